@@ -1,0 +1,222 @@
+"""IEEE-style binary floating-point formats, described by flags rather than by names."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+from floatlab.formats.base import Overflow, ScalarFormat, pow2
+
+
+class NanStyle(str, enum.Enum):
+    """How a format spends codes on NaN (and Inf)."""
+
+    IEEE = "ieee"  # top exponent field reserved: mantissa 0 is +-Inf, the rest NaN (e5m2, fp16)
+    FN = "fn"      # finite: only the all-ones code (per sign) is NaN, no Inf (e4m3fn, e8m0)
+    FNUZ = "fnuz"  # finite, unsigned zero: the negative-zero code 0x80 is the only NaN (e4m3fnuz)
+    NONE = "none"  # no NaN and no Inf at all (e2m1, e3m2, e2m3, e1m2)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class FloatFormat(ScalarFormat):
+    """A binary floating-point format ``(-1)^s * 2^(E - bias) * 1.M``.
+
+    Args:
+        ebits: exponent field width (>= 1).
+        mbits: mantissa (fraction) field width (>= 0).
+        bias: exponent bias; default ``2^(ebits-1) - 1`` (``2^(ebits-1)`` for ``fnuz``).
+        subnormals: exponent field 0 holds subnormals ``0.M * 2^(1-bias)``. If False, field 0 is
+            zero only (flush-to-zero formats), or, with ``zero=False``, an ordinary binade.
+        nan: :class:`NanStyle`, which also fixes whether Inf exists (only ``ieee`` has Inf).
+        signed: a sign bit exists. Unsigned formats map negative inputs to NaN.
+        zero: the format has a zero (``False`` only for scale formats like E8M0).
+        name: display name (the registry fills it in).
+    """
+
+    ebits: int
+    mbits: int
+    bias: int | None = None
+    subnormals: bool = True
+    nan: NanStyle = NanStyle.IEEE
+    signed: bool = True
+    zero: bool = True
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        nan = NanStyle(self.nan)
+        object.__setattr__(self, "nan", nan)
+        if not (1 <= self.ebits <= 11) or not (0 <= self.mbits <= 52):
+            raise ValueError(f"need 1 <= ebits <= 11 and 0 <= mbits <= 52, got e{self.ebits}m{self.mbits}")
+        if self.bias is None:
+            default = 2 ** (self.ebits - 1) - (0 if nan is NanStyle.FNUZ else 1)
+            object.__setattr__(self, "bias", default)
+        if nan is NanStyle.IEEE and self.mbits == 0:
+            raise ValueError("an IEEE-style format needs mbits >= 1 to tell Inf from NaN")
+        if nan is NanStyle.FNUZ and not self.signed:
+            raise ValueError("'fnuz' puts NaN on the negative-zero code: it needs a sign bit")
+        if not self.zero and (self.subnormals or self.signed):
+            raise ValueError("a format without zero must be unsigned and have subnormals=False")
+        if self.subnormals and not self.zero:
+            raise ValueError("subnormals imply a zero")
+        if not self.name:
+            object.__setattr__(self, "name", self.spelled())
+
+    # ---- identity -----------------------------------------------------------------------
+    def spelled(self) -> str:
+        """A canonical spelling that :func:`floatlab.get_format` parses back to this spec."""
+        s = ("" if self.signed else "u") + f"e{self.ebits}m{self.mbits}"
+        if self.nan is not NanStyle.IEEE:
+            s += {"fn": "fn", "fnuz": "fnuz", "none": "fnone"}[self.nan.value]
+        default_bias = 2 ** (self.ebits - 1) - (0 if self.nan is NanStyle.FNUZ else 1)
+        if self.bias != default_bias:
+            s += f"_b{self.bias}"
+        if not self.subnormals:
+            s += "_nosub" if self.zero else "_nozero"
+        return s
+
+    # ---- ScalarFormat facts -------------------------------------------------------------
+    @property
+    def bits(self) -> int:
+        return int(self.signed) + self.ebits + self.mbits
+
+    @property
+    def has_inf(self) -> bool:
+        return self.nan is NanStyle.IEEE
+
+    @property
+    def has_nan(self) -> bool:
+        return self.nan is not NanStyle.NONE
+
+    @property
+    def has_zero(self) -> bool:
+        return self.zero
+
+    @property
+    def neg_zero(self) -> bool:
+        return self.signed and self.nan is not NanStyle.FNUZ
+
+    @property
+    def overflow(self) -> Overflow:
+        return {NanStyle.IEEE: Overflow.INF, NanStyle.FN: Overflow.NAN,
+                NanStyle.FNUZ: Overflow.NAN, NanStyle.NONE: Overflow.SATURATE}[self.nan]
+
+    @property
+    def _top_field(self) -> int:
+        return 2 ** self.ebits - 1
+
+    @property
+    def _mmask(self) -> int:
+        return 2 ** self.mbits - 1
+
+    @property
+    def max_code(self) -> int:
+        top = self._top_field
+        if self.nan is NanStyle.IEEE:
+            return ((top - 1) << self.mbits) | self._mmask
+        if self.nan is NanStyle.FN:
+            return ((top << self.mbits) | self._mmask) - 1
+        return (top << self.mbits) | self._mmask
+
+    @property
+    def emin(self) -> int:
+        """Exponent of the lowest binade that holds values of the form 1.M."""
+        return 1 - self.bias if (self.subnormals or self.zero) else -self.bias
+
+    @property
+    def smallest_normal(self) -> float:
+        return 2.0 ** self.emin
+
+    @property
+    def nan_code(self) -> int | None:
+        if self.nan is NanStyle.IEEE:
+            return (self._top_field << self.mbits) | (1 << (self.mbits - 1))
+        if self.nan is NanStyle.FN:
+            return (self._top_field << self.mbits) | self._mmask
+        if self.nan is NanStyle.FNUZ:
+            return 1 << (self.bits - 1)
+        return None
+
+    @property
+    def inf_code(self) -> int | None:
+        return (self._top_field << self.mbits) if self.has_inf else None
+
+    def code_value(self, code: int):
+        if not 0 <= code < 2 ** self.bits:
+            raise ValueError(f"code {code} out of range for {self.name} ({self.bits} bits)")
+        sign_bit = (code >> (self.ebits + self.mbits)) & 1 if self.signed else 0
+        mag = code & ((1 << (self.ebits + self.mbits)) - 1)
+        field, mant = mag >> self.mbits, mag & self._mmask
+        sign = -1 if sign_bit else 1
+        if self.nan is NanStyle.FNUZ and sign_bit and mag == 0:
+            return float("nan")
+        if self.nan is NanStyle.IEEE and field == self._top_field:
+            return float("nan") if mant else sign * float("inf")
+        if self.nan is NanStyle.FN and mag == (self._top_field << self.mbits) | self._mmask:
+            return float("nan")
+        if field == 0 and self.subnormals:
+            return sign * Fraction(mant, 2 ** self.mbits) * Fraction(2) ** (1 - self.bias)
+        if field == 0 and self.zero:  # flush-to-zero format: field 0 means zero
+            return sign * Fraction(0)
+        return sign * (1 + Fraction(mant, 2 ** self.mbits)) * Fraction(2) ** (field - self.bias)
+
+    def quantum_exponent(self, e: torch.Tensor) -> torch.Tensor:
+        if self.subnormals:
+            return torch.clamp(e, min=self.emin) - self.mbits
+        # no subnormals: below the lowest binade the only candidates are 0 and 2^emin
+        return torch.where(e < self.emin, torch.full_like(e, self.emin), e - self.mbits)
+
+    # ---- vectorized codes ---------------------------------------------------------------
+    def encode(self, q: torch.Tensor) -> torch.Tensor:
+        a = q.abs()
+        finite_nonzero = torch.isfinite(a) & (a > 0)
+        safe = torch.where(finite_nonzero, a, torch.ones_like(a))
+        e = torch.frexp(safe).exponent.to(torch.int64) - 1
+        normal = e >= self.emin
+        field = torch.where(normal, e + self.bias, torch.zeros_like(e))
+        qe = torch.clamp(e, min=self.emin) - self.mbits
+        sig = torch.round(safe * pow2(-qe)).to(torch.int64)  # exact: safe is a multiple of 2^qe
+        mant = torch.where(normal, sig - (1 << self.mbits), sig)
+        mag = (field << self.mbits) | mant
+        mag = torch.where(finite_nonzero, mag, torch.zeros_like(mag))
+        if self.has_inf:
+            mag = torch.where(torch.isinf(a), torch.full_like(mag, self.inf_code), mag)
+        if self.signed:
+            negative = torch.signbit(q) & (finite_nonzero | torch.isinf(q) | torch.tensor(self.neg_zero))
+            mag = mag | (negative.to(torch.int64) << (self.bits - 1))
+        if self.has_nan:
+            mag = torch.where(torch.isnan(q), torch.full_like(mag, self.nan_code), mag)
+        return mag
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        c = codes.to(torch.int64)
+        nbits = self.ebits + self.mbits
+        mag = c & ((1 << nbits) - 1)
+        field, mant = mag >> self.mbits, mag & self._mmask
+        if self.subnormals:
+            sig = torch.where(field == 0, mant, mant + (1 << self.mbits))
+            exp = torch.clamp(field, min=1) - self.bias - self.mbits
+        else:
+            sig = mant + (1 << self.mbits)
+            exp = field - self.bias - self.mbits
+            if self.zero:
+                sig = torch.where(field == 0, torch.zeros_like(sig), sig)
+        v = sig.to(torch.float64) * pow2(exp)
+        if self.signed:
+            v = torch.where(((c >> nbits) & 1).bool(), -v, v)
+        if self.has_inf:
+            inf = (field == self._top_field) & (mant == 0)
+            v = torch.where(inf, torch.copysign(torch.full_like(v, float("inf")), v), v)
+        if self.nan is NanStyle.IEEE:
+            v = torch.where((field == self._top_field) & (mant != 0), torch.full_like(v, float("nan")), v)
+        elif self.nan is NanStyle.FN:
+            v = torch.where(mag == (self._top_field << self.mbits) | self._mmask,
+                            torch.full_like(v, float("nan")), v)
+        elif self.nan is NanStyle.FNUZ:
+            v = torch.where(c == self.nan_code, torch.full_like(v, float("nan")), v)
+        return v

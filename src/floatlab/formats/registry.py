@@ -1,0 +1,113 @@
+"""Format names: the built-in registry, user registration, and parsing of spelled formats.
+
+``get_format`` accepts a registered name or alias (case-insensitive), any spelled minifloat
+``[u]eXmY[fn|fnuz|fnone][_bBIAS][_nosub|_nozero]``, any ``intN`` / ``uintN`` (N = 2..16), or a
+format object (returned as is). Unknown names fail with the closest valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from floatlab.formats.floating import FloatFormat, NanStyle
+from floatlab.formats.hifloat8 import HiF8Format
+from floatlab.formats.integer import IntFormat
+
+_REGISTRY: dict[str, object] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_format(name: str, fmt, aliases: tuple[str, ...] = (), *, replace: bool = False):
+    """Register ``fmt`` under ``name`` (and ``aliases``) so every API accepts the name."""
+    key = name.lower()
+    if not replace and (key in _REGISTRY or key in _ALIASES):
+        raise ValueError(f"format name {name!r} is already registered")
+    _REGISTRY[key] = fmt
+    for a in aliases:
+        _ALIASES[a.lower()] = key
+    return fmt
+
+
+def _named(fmt, name):
+    """A copy of a dataclass format carrying its registry name."""
+    from dataclasses import replace
+    return replace(fmt, name=name)
+
+
+def _builtin() -> None:
+    F, N = FloatFormat, NanStyle
+    floats = [
+        ("fp32", F(8, 23), ("float32", "f32", "single")),
+        ("tf32", F(8, 10), ("tensorfloat32",)),
+        ("bf16", F(8, 7), ("bfloat16",)),
+        ("fp16", F(5, 10), ("float16", "half", "f16")),
+        ("e5m2", F(5, 2), ("fp8_e5m2", "float8_e5m2")),
+        ("e4m3", F(4, 3, nan=N.FN), ("e4m3fn", "fp8_e4m3", "float8_e4m3fn", "fp8")),
+        ("e4m3fnuz", F(4, 3, nan=N.FNUZ), ("float8_e4m3fnuz",)),
+        ("e5m2fnuz", F(5, 2, nan=N.FNUZ), ("float8_e5m2fnuz",)),
+        ("e3m4", F(3, 4), ("float8_e3m4",)),
+        ("e3m2", F(3, 2, nan=N.NONE), ("fp6_e3m2", "float6_e3m2fn", "e3m2fn")),
+        ("e2m3", F(2, 3, nan=N.NONE), ("fp6_e2m3", "float6_e2m3fn", "e2m3fn")),
+        ("e2m1", F(2, 1, nan=N.NONE), ("fp4", "fp4_e2m1", "float4_e2m1fn", "e2m1fn")),
+        ("e1m2", F(1, 2, bias=1, nan=N.NONE), ("fp4_e1m2", "float4_e1m2")),
+        ("e8m0", F(8, 0, bias=127, subnormals=False, nan=N.FN, signed=False, zero=False),
+         ("e8m0fnu", "float8_e8m0fnu", "ue8m0")),
+        ("ue4m3", F(4, 3, nan=N.FN, signed=False), ()),
+        ("ue5m3", F(5, 3, nan=N.FN, signed=False), ()),
+    ]
+    for name, fmt, aliases in floats:
+        register_format(name, _named(fmt, name), aliases, replace=True)
+    for n in (8, 4, 2):
+        register_format(f"int{n}", IntFormat(n), replace=True)
+    register_format("hif8", HiF8Format(), ("hifloat8",), replace=True)
+
+
+_SPELLED_FLOAT = re.compile(r"^(u)?e(\d+)m(\d+)(fnuz|fnone|fn)?(?:_b(-?\d+))?(_nosub|_nozero)?$")
+_SPELLED_INT = re.compile(r"^(u)?int(\d+)$")
+_NAN_SUFFIX = {None: NanStyle.IEEE, "fn": NanStyle.FN, "fnuz": NanStyle.FNUZ, "fnone": NanStyle.NONE}
+
+
+def _parse(key: str):
+    m = _SPELLED_FLOAT.match(key)
+    if m:
+        unsigned, e, mb, nan, bias, sub = m.groups()
+        return FloatFormat(int(e), int(mb), bias=None if bias is None else int(bias),
+                           subnormals=sub is None, zero=sub != "_nozero",
+                           nan=_NAN_SUFFIX[nan], signed=unsigned is None)
+    m = _SPELLED_INT.match(key)
+    if m:
+        return IntFormat(int(m.group(2)), signed=m.group(1) is None)
+    return None
+
+
+def get_format(fmt):
+    """Return the format object for a name, a spelled format, or a format object."""
+    if not isinstance(fmt, str):
+        if hasattr(fmt, "quantum_exponent") or hasattr(fmt, "block"):
+            return fmt
+        raise TypeError(f"a format must be a name or a format object, got {type(fmt).__name__}")
+    key = fmt.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    try:
+        parsed = _parse(key)
+    except ValueError as err:
+        raise ValueError(f"format {fmt!r} is not valid: {err}") from None
+    if parsed is not None:
+        return parsed
+    names = list(_REGISTRY) + list(_ALIASES)
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.4)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise ValueError(
+        f"unknown format {fmt!r}.{hint} See floatlab.list_formats() (or `floatlab formats`); "
+        "any eXmY[fn|fnuz|fnone][_bBIAS] or intN/uintN spelling also works.")
+
+
+def list_formats(kind: str | None = None) -> list[str]:
+    """Registered format names, in registration order; ``kind`` filters ("scalar", "block")."""
+    return [n for n, f in _REGISTRY.items() if kind is None or getattr(f, "kind", "scalar") == kind]
+
+
+_builtin()

@@ -1,0 +1,150 @@
+"""The public entry points: ``quantize``, ``encode``, ``decode``.
+
+One entry point per job for every format, scalar or block: the format object decides which
+core runs. Input validation lives here, so every core can assume clean arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from floatlab.formats.base import ScalarFormat
+from floatlab.formats.registry import get_format
+from floatlab.ops.scalar import quantize_to_float64
+from floatlab.rounding import RoundingMode, parse_rounding
+from floatlab.tensor.qtensor import QTensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_SR_BITS = 52
+
+
+def _check_input(x, what: str = "x") -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{what} has dtype {x.dtype}; floatlab quantizes floating tensors only "
+            "(float16, bfloat16, float32, float64). Convert integers with x.float() first.")
+
+
+def resolve_rounding(fmt, rounding, sr_bits) -> RoundingMode:
+    """Parse and validate a rounding mode (and ``sr_bits``) for ``fmt``."""
+    mode = fmt.default_rounding if rounding is None else parse_rounding(rounding)
+    if not fmt.valid_rounding(mode):
+        raise ValueError(f"rounding {mode.value!r} is not valid for format {fmt.name!r} "
+                         "(hybrid rounding is defined for hif8 only)")
+    if sr_bits is not None:
+        if mode is not RoundingMode.SR:
+            raise ValueError(f"sr_bits applies to rounding='sr' only, not {mode.value!r}")
+        if isinstance(sr_bits, bool) or not isinstance(sr_bits, int) or not 1 <= sr_bits <= MAX_SR_BITS:
+            raise ValueError(f"sr_bits must be an integer in 1..{MAX_SR_BITS}, got {sr_bits!r}")
+    return mode
+
+
+def _check_generator(generator, x: torch.Tensor) -> None:
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != x.device.type:
+        raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
+
+
+def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
+             generator: torch.Generator | None = None, sr_bits: int | None = None,
+             **block_options) -> torch.Tensor:
+    """Fake-quantize ``x`` into ``fmt``: round every value to the format, return the same dtype.
+
+    Args:
+        x: float16, bfloat16, float32 or float64 tensor (any shape, any device).
+        fmt: a format name (``"e4m3"``, ``"hif8"``, ``"e3m2"``, ``"int8"``, a spelled ``"e6m9"``,
+            ...) or a format object.
+        rounding: a :class:`~floatlab.RoundingMode` or its name. ``None`` takes the format's
+            default: ties-to-even (``"rne"``) everywhere except hif8, whose default is ties-away
+            (``"rna"``), as its reference cast.
+        saturate: clamp overflow to +-max. ``None`` keeps the format's own conversion semantics
+            (e4m3: NaN, e5m2/fp16/bf16/hif8: Inf, FP6/FP4/int: saturate).
+        generator: a ``torch.Generator`` for the stochastic modes (reproducible draws).
+        sr_bits: with ``rounding="sr"``, the number of random bits (1..52); ``None`` draws the
+            exact probability.
+
+    Returns:
+        A tensor of ``x``'s dtype and shape. If the format holds values that ``x``'s dtype cannot
+        (e.g. fp16 values in a bfloat16 tensor), the final cast rounds them to nearest-even.
+
+    Example:
+        >>> import torch, floatlab
+        >>> floatlab.quantize(torch.tensor([1.0625, 300.0, 1000.0]), "e4m3")
+        tensor([1.0000, 288.0000,    nan])
+        >>> floatlab.quantize(torch.tensor([1.0625]), "hif8")  # ties away
+        tensor([1.1250])
+    """
+    _check_input(x)
+    spec = get_format(fmt)
+    if not isinstance(spec, ScalarFormat):
+        return spec.quantize(x, rounding=rounding, saturate=saturate, generator=generator,
+                             sr_bits=sr_bits, **block_options)
+    _reject_block_options(spec, block_options)
+    mode = resolve_rounding(spec, rounding, sr_bits)
+    _check_generator(generator, x)
+    return quantize_to_float64(x, spec, mode, bool(saturate), generator, sr_bits).to(x.dtype)
+
+
+def _reject_block_options(spec, options) -> None:
+    if options:
+        raise TypeError(f"{spec.name!r} is a scalar format: unexpected options "
+                        f"{', '.join(sorted(options))} (axis/block options apply to block formats)")
+
+
+def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
+           generator: torch.Generator | None = None, sr_bits: int | None = None,
+           **block_options) -> QTensor:
+    """Quantize ``x`` into ``fmt`` and return the codes as a :class:`~floatlab.QTensor`.
+
+    ``encode(x, fmt).codes`` is an integer tensor of codes (``uint8`` for formats of 8 bits or
+    fewer); ``decode(encode(x, fmt))`` equals ``quantize(x, fmt)`` bit for bit. A NaN input to a
+    format without a NaN code raises ``ValueError`` (it has no code to go to).
+    """
+    _check_input(x)
+    spec = get_format(fmt)
+    if not isinstance(spec, ScalarFormat):
+        return spec.encode(x, rounding=rounding, saturate=saturate, generator=generator,
+                           sr_bits=sr_bits, **block_options)
+    _reject_block_options(spec, block_options)
+    mode = resolve_rounding(spec, rounding, sr_bits)
+    _check_generator(generator, x)
+    q = quantize_to_float64(x, spec, mode, bool(saturate), generator, sr_bits)
+    if not spec.has_nan and bool(torch.isnan(q).any()):
+        raise ValueError(f"format {spec.name!r} has no NaN code, but the input holds NaN "
+                         f"({int(torch.isnan(x).sum())} values); fake-quantize with "
+                         "floatlab.quantize keeps NaN, encode cannot")
+    codes = spec.encode(q).to(spec.code_dtype)
+    return QTensor.from_codes(codes, spec, dtype=x.dtype)
+
+
+def decode(codes, fmt=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Values of ``codes`` in ``fmt`` as a ``dtype`` tensor.
+
+    ``codes`` is a :class:`~floatlab.QTensor` (``fmt`` optional) or an integer tensor of codes
+    (``fmt`` required).
+    """
+    if isinstance(codes, QTensor):
+        if fmt is not None and get_format(fmt) != codes.format:
+            raise ValueError(f"QTensor holds {codes.format.name!r}, not {get_format(fmt).name!r}")
+        return codes.dequantize(dtype)
+    if fmt is None:
+        raise TypeError("decode(codes, fmt): fmt is required unless codes is a QTensor")
+    if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
+        raise TypeError("codes must be an integer torch.Tensor of format codes (or a QTensor)")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of {', '.join(map(str, FLOAT_DTYPES))}, got {dtype}")
+    spec = get_format(fmt)
+    if not isinstance(spec, ScalarFormat):
+        raise TypeError(f"{spec.name!r} is a block format: decode its QTensor (from encode)")
+    c = codes.to(torch.int64)
+    if codes.dtype.itemsize * 8 == spec.bits and codes.dtype.is_signed:
+        c = c & ((1 << spec.bits) - 1)  # a signed container holding the bit pattern
+    if bool(((c < 0) | (c >= 2 ** spec.bits)).any()):
+        raise ValueError(f"codes out of range for {spec.name!r}: {spec.bits}-bit codes are "
+                         f"0..{2 ** spec.bits - 1}")
+    return spec.decode(c).to(dtype)

@@ -1,0 +1,91 @@
+"""Rounding modes: one enum, with the tie rule in every name.
+
+The names follow ``FORMATS.md`` section 0. A mode says how a real number that lies between two
+neighbouring representable values ``lo < x < hi`` is mapped to one of them:
+
+======== ==================================================================================
+``rne``  nearest; a tie goes to the neighbour with an *even significand* (counted in units
+         of the spacing between the two neighbours), as IEEE 754 and ml_dtypes do
+``rna``  nearest; a tie goes away from zero (HiFloat8's "TA", AscendC ``CAST_ROUND``)
+``rnz``  nearest; a tie goes toward zero
+``rtz``  toward zero (truncation)
+``rup``  toward +infinity (ceiling)
+``rdn``  toward -infinity (floor)
+``rto``  round to odd: exact values stay, anything else goes to the neighbour with an odd
+         significand (useful to avoid double rounding)
+``sr``   stochastic: away from zero with probability ``(|x| - |lo|) / (|hi| - |lo|)``;
+         with ``sr_bits=k`` that fraction is truncated to ``k`` bits and compared with a
+         ``k``-bit random integer, as hardware does
+``sr_half`` stochastic with probability 1/2 for every inexact value
+``hybrid`` HiFloat8 only: Huawei's hybrid rounding (HR), ties-away where ``|E| < 4`` and
+         self-stochastic rounding elsewhere (see :mod:`floatlab.formats.hifloat8`)
+======== ==================================================================================
+
+Exactly representable values are never moved by any mode.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+
+
+class RoundingMode(str, enum.Enum):
+    RNE = "rne"
+    RNA = "rna"
+    RNZ = "rnz"
+    RTZ = "rtz"
+    RUP = "rup"
+    RDN = "rdn"
+    RTO = "rto"
+    SR = "sr"
+    SR_HALF = "sr_half"
+    HYBRID = "hybrid"
+
+    @property
+    def is_stochastic(self) -> bool:
+        return self in (RoundingMode.SR, RoundingMode.SR_HALF, RoundingMode.HYBRID)
+
+    @property
+    def is_nearest(self) -> bool:
+        return self in (RoundingMode.RNE, RoundingMode.RNA, RoundingMode.RNZ)
+
+    @property
+    def is_symmetric(self) -> bool:
+        """True when ``round(-x) == -round(x)`` (every deterministic mode except rup/rdn)."""
+        return self in (RoundingMode.RNE, RoundingMode.RNA, RoundingMode.RNZ,
+                        RoundingMode.RTZ, RoundingMode.RTO)
+
+    def __str__(self) -> str:  # so f-strings print "rne", not "RoundingMode.RNE"
+        return self.value
+
+
+_ALIASES = {
+    "nearest_even": "rne", "even": "rne", "rint": "rne",
+    "nearest_away": "rna", "ta": "rna", "away": "rna", "round": "rna",
+    "nearest_zero": "rnz",
+    "trunc": "rtz", "toward_zero": "rtz", "truncate": "rtz",
+    "ceil": "rup", "up": "rup",
+    "floor": "rdn", "down": "rdn",
+    "odd": "rto",
+    "stochastic": "sr",
+    "hr": "hybrid",
+}
+
+
+def parse_rounding(mode: "str | RoundingMode") -> RoundingMode:
+    """Turn a name (or an enum member) into a :class:`RoundingMode`, or raise a clear error."""
+    if isinstance(mode, RoundingMode):
+        return mode
+    if not isinstance(mode, str):
+        raise TypeError(f"rounding must be a string or RoundingMode, got {type(mode).__name__}")
+    key = mode.strip().lower()
+    key = _ALIASES.get(key, key)
+    try:
+        return RoundingMode(key)
+    except ValueError:
+        valid = [m.value for m in RoundingMode]
+        close = difflib.get_close_matches(key, valid + list(_ALIASES), n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown rounding mode {mode!r}.{hint} Valid modes: {', '.join(valid)}") from None

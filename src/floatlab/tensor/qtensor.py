@@ -1,0 +1,78 @@
+"""QTensor: packed codes plus whatever scales the format needs, with real memory savings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from floatlab.tensor.packing import pack, unpack
+
+
+@dataclass
+class QTensor:
+    """A quantized tensor: packed element codes, optional scale tensors, and the format.
+
+    Attributes:
+        data: packed element codes (``uint8``, two codes per byte for 4-bit formats).
+        format: the format object.
+        shape: the logical shape of the tensor.
+        dtype: the dtype ``dequantize()`` returns by default (the dtype that was encoded).
+        scales: named scale tensors of block formats (empty for scalar formats).
+        meta: small JSON-able facts a block format needs to decode (axis, padding, ...).
+    """
+
+    data: torch.Tensor
+    format: object
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, fmt, dtype=torch.float32, scales=None, meta=None,
+                   bits: int | None = None) -> "QTensor":
+        b = fmt.bits if bits is None else bits
+        return cls(pack(codes, b), fmt, tuple(codes.shape), dtype, dict(scales or {}),
+                   dict(meta or {}))
+
+    @property
+    def element_bits(self) -> int:
+        return getattr(self.format, "element_bits", None) or self.format.bits
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """The element codes, unpacked, as int64 of the logical shape."""
+        numel = 1
+        for s in self.shape:
+            numel *= s
+        return unpack(self.data, self.element_bits, numel).reshape(self.shape)
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        out_dtype = self.dtype if dtype is None else dtype
+        if self.scales or hasattr(self.format, "dequantize"):
+            return self.format.dequantize(self).to(out_dtype)
+        return self.format.decode(self.codes).to(out_dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of real storage: codes plus scales."""
+        total = self.data.numel() * self.data.element_size()
+        return total + sum(t.numel() * t.element_size() for t in self.scales.values())
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def bits_per_value(self) -> float:
+        """Storage bits per element of the nominal format (codes plus amortized scales)."""
+        fn = getattr(self.format, "bits_per_value", None)
+        return float(fn) if fn is not None else float(self.format.bits)
+
+    def __repr__(self) -> str:
+        return (f"QTensor(format={self.format.name!r}, shape={self.shape}, "
+                f"nbytes={self.nbytes}, bits_per_value={self.bits_per_value:g})")
