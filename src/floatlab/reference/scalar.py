@@ -42,18 +42,8 @@ def value_table(fmt: ScalarFormat) -> tuple[Fraction, ...]:
 
 def _neighbours(fmt: ScalarFormat, X: Fraction) -> tuple[Fraction, Fraction]:
     """The largest representable ``lo <= X`` and smallest ``hi >= X`` (on an extended grid)."""
-    if fmt.name == "fp32" and fmt.bits == 32:
-        f = np.float32(float(X))  # any float32 near X; step to the bracketing pair
-        if abs(f) == np.inf:
-            f = np.float32(np.copysign(np.finfo(np.float32).max, float(X)))
-        while Fraction(float(f)) > X:
-            f = np.nextafter(f, np.float32(-np.inf))
-        lo = Fraction(float(f)) if np.isfinite(f) else -Fraction(fmt.overflow_boundary)
-        if lo == X:
-            return lo, lo
-        g = np.nextafter(f, np.float32(np.inf)) if np.isfinite(f) else -np.finfo(np.float32).max
-        hi = Fraction(float(g)) if np.isfinite(g) else Fraction(fmt.overflow_boundary)
-        return lo, hi
+    if fmt.bits > 20:  # fp32: bracket with numpy's correctly rounded float32 and nextafter
+        return _float32_neighbours(fmt, X)
     table = value_table(fmt)
     lower_virtual = -Fraction(fmt.max_negative) - (Fraction(fmt.overflow_boundary) - Fraction(fmt.max_value))
     if not fmt.signed:
@@ -65,6 +55,24 @@ def _neighbours(fmt: ScalarFormat, X: Fraction) -> tuple[Fraction, Fraction]:
     if i < 0 or i + 1 >= len(ext):
         raise OverflowError  # beyond the extended grid: overflows in every mode
     return ext[i], ext[i + 1]
+
+
+def _float32_neighbours(fmt: ScalarFormat, X: Fraction) -> tuple[Fraction, Fraction]:
+    big = np.finfo(np.float32).max
+    with np.errstate(over="ignore"):
+        f = np.float32(float(X))
+    if np.isinf(f):
+        f = np.float32(np.copysign(big, float(X)))
+    if Fraction(float(f)) == X:
+        return X, X
+    with np.errstate(over="ignore"):
+        other = np.nextafter(f, np.float32(-np.inf if Fraction(float(f)) > X else np.inf))
+    boundary = Fraction(fmt.overflow_boundary)
+    pair = sorted(Fraction(float(v)) if np.isfinite(v) else boundary * (1 if v > 0 else -1)
+                  for v in (f, other))
+    if not pair[0] <= X <= pair[1]:
+        raise OverflowError
+    return pair[0], pair[1]
 
 
 def reference_round(x: float, fmt: ScalarFormat, mode: RoundingMode, saturate: bool = False,
