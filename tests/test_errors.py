@@ -1,0 +1,77 @@
+"""Bad input gets a clear error that names the problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import floatlab
+
+
+def test_integer_tensor_is_rejected():
+    with pytest.raises(TypeError, match="dtype torch.int64"):
+        floatlab.quantize(torch.arange(4), "e4m3")
+
+
+def test_non_tensor_is_rejected():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        floatlab.quantize([1.0, 2.0], "e4m3")
+
+
+def test_unknown_format_suggests_close_names():
+    with pytest.raises(ValueError, match=r"unknown format 'fp8_e4m3x'.*Did you mean: .*fp8_e4m3"):
+        floatlab.quantize(torch.ones(2), "fp8_e4m3x")
+    with pytest.raises(ValueError, match="hif8"):
+        floatlab.get_format("hifp8")
+
+
+def test_unknown_rounding_suggests_close_names():
+    with pytest.raises(ValueError, match=r"unknown rounding mode 'rme'.*rne"):
+        floatlab.quantize(torch.ones(2), "e4m3", rounding="rme")
+
+
+@pytest.mark.parametrize("bits", [0, 53, -1, 2.5, True])
+def test_sr_bits_out_of_range(bits):
+    with pytest.raises(ValueError, match="sr_bits must be an integer in 1..52"):
+        floatlab.quantize(torch.ones(2), "e4m3", rounding="sr", sr_bits=bits)
+
+
+def test_sr_bits_without_sr():
+    with pytest.raises(ValueError, match="sr_bits applies to rounding='sr' only"):
+        floatlab.quantize(torch.ones(2), "e4m3", sr_bits=8)
+
+
+def test_hybrid_is_hif8_only():
+    with pytest.raises(ValueError, match="not valid for format 'e4m3'"):
+        floatlab.quantize(torch.ones(2), "e4m3", rounding="hybrid")
+
+
+def test_bad_generator():
+    with pytest.raises(TypeError, match="torch.Generator"):
+        floatlab.quantize(torch.ones(2), "e4m3", rounding="sr", generator=123)
+
+
+def test_decode_needs_format_and_integer_codes():
+    with pytest.raises(TypeError, match="fmt is required"):
+        floatlab.decode(torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="integer"):
+        floatlab.decode(torch.tensor([1.0]), "e4m3")
+    with pytest.raises(ValueError, match="codes out of range for 'e2m1'"):
+        floatlab.decode(torch.tensor([16]), "e2m1")
+
+
+def test_encode_nan_into_a_format_without_nan():
+    with pytest.raises(ValueError, match="'e2m1' has no NaN code"):
+        floatlab.encode(torch.tensor([float("nan")]), "e2m1")
+
+
+def test_invalid_spelled_formats():
+    with pytest.raises(ValueError, match="IEEE-style format needs mbits >= 1"):
+        floatlab.get_format("e5m0")
+    with pytest.raises(ValueError, match="2..16 bits"):
+        floatlab.get_format("int17")
+
+
+def test_scalar_format_rejects_block_options():
+    with pytest.raises(TypeError, match="scalar format"):
+        floatlab.quantize(torch.ones(4), "e4m3", axis=0)
