@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -31,9 +32,18 @@ def _specials(info) -> str:
 def formats_command(
     name: str = typer.Argument(None, help="One format to show (e.g. hif8, e4m3, e6m9); all if omitted."),
     values: bool = typer.Option(False, "--values", help="List every code of the format and its value."),
+    quality: bool = typer.Option(False, "--quality", help="Relative MSE / SQNR of every format on Gaussian, Laplace and Student-t(3) data."),
+    plot: Path = typer.Option(None, "--plot", help="Write PNG plots (tapered precision; 4-bit error distributions) into this folder."),
+    n: int = typer.Option(2 ** 18, "--n", help="Samples per distribution for --quality."),
 ) -> None:
     """Print every format's facts (bits, range, precision, specials), or one format's codes."""
     console = Console()
+    if quality or plot:
+        if quality:
+            _print_quality(console, [name] if name else floatlab.list_formats(), n)
+        if plot:
+            _write_plots(console, plot)
+        return
     if values:
         if name is None:
             raise typer.BadParameter("--values needs a format name, e.g. `floatlab formats hif8 --values`")
@@ -53,6 +63,54 @@ def formats_command(
                       _num(info.smallest_subnormal), _num(info.eps), str(info.num_finite),
                       str(info.binades), _specials(info), info.overflow)
     console.print(table)
+    if name is None:
+        _print_blocks(console)
+
+
+def _print_blocks(console: Console) -> None:
+    table = Table(title="block formats")
+    for col in ("format", "element", "scale", "block", "scale rule", "tensor scale", "bits/value"):
+        table.add_column(col)
+    for n in floatlab.list_formats("block"):
+        f = floatlab.get_format(n)
+        table.add_row(n, f.element.name, f.scale.name, "x".join(map(str, f.block)), f.rule.value,
+                      "fp32" if f.tensor_scale else "-", f"{f.bits_per_value:g}")
+    console.print(table)
+
+
+def _print_quality(console: Console, names: list[str], n: int) -> None:
+    from rich.progress import Progress
+
+    from floatlab.eval.quality import DISTRIBUTIONS, quality_table
+
+    names = [x for x in names if floatlab.get_format(x).bits <= 16 or floatlab.get_format(x).kind == "block"]
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("measuring", total=len(names))
+        rows = quality_table(names, n=n, progress=lambda f: bar.advance(task))
+    rows.sort(key=lambda r: (r.bits_per_value, r.rel_mse["gaussian"]))
+    table = Table(title=f"quantization quality, {n} samples per distribution. Block formats: blocks "
+                        "along the last axis. Float formats: unit scale, overflow saturated. Integers: "
+                        "per-row (1024) absmax scale. Unsigned formats: |x|.")
+    table.add_column("format")
+    table.add_column("bits/value", justify="right")
+    for d in DISTRIBUTIONS:
+        table.add_column(f"rel. MSE {d}", justify="right")
+        table.add_column(f"SQNR dB {d}", justify="right")
+    for r in rows:
+        cells = []
+        for d in DISTRIBUTIONS:
+            cells += [f"{r.rel_mse[d]:.3e}", f"{r.sqnr_db[d]:.2f}"]
+        table.add_row(r.format, f"{r.bits_per_value:g}", *cells)
+    console.print(table)
+
+
+def _write_plots(console: Console, folder: Path) -> None:
+    from floatlab.eval.quality import plot_error_distributions, plot_tapered_precision
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in (plot_tapered_precision(folder / "tapered_precision.png"),
+              plot_error_distributions(folder / "fp4_error_distributions.png")):
+        console.print(f"wrote {p}")
 
 
 def _print_codes(console: Console, name: str) -> None:

@@ -61,6 +61,33 @@ def _builtin() -> None:
     for n in (8, 4, 2):
         register_format(f"int{n}", IntFormat(n), replace=True)
     register_format("hif8", HiF8Format(), ("hifloat8",), replace=True)
+    _builtin_blocks()
+
+
+def _builtin_blocks() -> None:
+    from floatlab.formats.block import BlockFormat, ScaleRule
+    from floatlab.ops.hif4 import E6M2
+    from floatlab.rounding import RoundingMode
+
+    g, R = get_format, ScaleRule
+    e8m0 = g("e8m0")
+    mxint8_elem = IntFormat(8, frac_bits=6, symmetric=True, name="int8_f6_sym")
+    blocks = [
+        ("mxfp8_e4m3", BlockFormat(g("e4m3"), e8m0, 32), ("mxfp8",)),
+        ("mxfp8_e5m2", BlockFormat(g("e5m2"), e8m0, 32), ()),
+        ("mxfp6_e3m2", BlockFormat(g("e3m2"), e8m0, 32), ()),
+        ("mxfp6_e2m3", BlockFormat(g("e2m3"), e8m0, 32), ("mxfp6",)),
+        ("mxfp4", BlockFormat(g("e2m1"), e8m0, 32), ("mxfp4_e2m1",)),
+        ("mxint8", BlockFormat(mxint8_elem, e8m0, 32), ()),
+        ("nvfp4", BlockFormat(g("e2m1"), g("e4m3"), 16, R.AMAX, tensor_scale=True), ()),
+        ("nvfp4_46", BlockFormat(g("e2m1"), g("e4m3"), 16, R.FOUR_OVER_SIX, tensor_scale=True),
+         ("nvfp4_four_over_six",)),
+        ("nvfp4_2d", BlockFormat(g("e2m1"), g("e4m3"), (16, 16), R.AMAX, tensor_scale=True), ()),
+        ("hif4", BlockFormat(g("e1m2"), E6M2, 64, R.HIF4, element_rounding=RoundingMode.RNA,
+                             scale_bits=32), ("hifloat4",)),
+    ]
+    for name, fmt, aliases in blocks:
+        register_format(name, _named(fmt, name), aliases, replace=True)
 
 
 _SPELLED_FLOAT = re.compile(r"^(u)?e(\d+)m(\d+)(fnuz|fnone|fn)?(?:_b(-?\d+))?(_nosub|_nozero)?$")
@@ -84,7 +111,7 @@ def _parse(key: str):
 def get_format(fmt):
     """Return the format object for a name, a spelled format, or a format object."""
     if not isinstance(fmt, str):
-        if hasattr(fmt, "quantum_exponent") or hasattr(fmt, "block"):
+        if hasattr(fmt, "quantum_exponent") or hasattr(fmt, "block_numel"):
             return fmt
         raise TypeError(f"a format must be a name or a format object, got {type(fmt).__name__}")
     key = fmt.strip().lower()

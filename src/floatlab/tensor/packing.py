@@ -1,4 +1,11 @@
-"""Packing integer codes into their storage: two 4-bit codes per byte, 16-bit codes in int16."""
+"""Packing integer codes into their storage.
+
+Codes of fewer than 8 bits form one little-endian bit stream: element i occupies bits
+``[i*b, (i+1)*b)`` counted from the least significant bit of byte 0. For 4-bit codes this is
+"two codes per byte, the even element in the low nibble" (FORMATS.md 2.2); 6-bit codes take
+3 bytes per 4 elements. 8-bit codes are bytes; 9-16-bit codes sit in int16, wider ones in int32
+(the unsigned bit pattern, wrapped).
+"""
 
 from __future__ import annotations
 
@@ -11,28 +18,34 @@ def storage_dtype(bits: int) -> torch.dtype:
     return torch.int16 if bits <= 16 else torch.int32
 
 
+def packed_nbytes(numel: int, bits: int) -> int:
+    return -(-numel * bits // 8) if bits < 8 else numel * storage_dtype(bits).itemsize
+
+
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Flatten ``codes`` and store them compactly. 4-bit (or narrower) codes go two per byte,
-    the even element in the low nibble; a trailing odd element gets a zero high nibble."""
     flat = codes.reshape(-1).to(torch.int64)
-    if bits <= 4:
-        if flat.numel() % 2:
-            flat = torch.cat([flat, flat.new_zeros(1)])
-        pairs = flat.view(-1, 2)
-        return (pairs[:, 0] | (pairs[:, 1] << 4)).to(torch.uint8)
-    if bits <= 8:
+    if bits < 8:
+        shifts = torch.arange(bits, device=flat.device)
+        stream = ((flat[:, None] >> shifts) & 1).reshape(-1)
+        pad = (-stream.numel()) % 8
+        if pad:
+            stream = torch.cat([stream, stream.new_zeros(pad)])
+        weights = 2 ** torch.arange(8, device=flat.device)
+        return (stream.view(-1, 8) * weights).sum(1).to(torch.uint8)
+    if bits == 8:
         return flat.to(torch.uint8)
-    # 16/32-bit containers hold the unsigned bit pattern (two's-complement wrap)
     width = 16 if bits <= 16 else 32
     wrapped = torch.where(flat >= 2 ** (width - 1), flat - 2 ** width, flat)
     return wrapped.to(storage_dtype(bits))
 
 
 def unpack(data: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    """Inverse of :func:`pack`: int64 codes, flat, ``numel`` long."""
-    d = data.to(torch.int64)
-    if bits <= 4:
-        return torch.stack([d & 0xF, d >> 4], dim=1).reshape(-1)[:numel]
-    if bits <= 8:
+    """Inverse of :func:`pack`: ``numel`` int64 codes, flat."""
+    d = data.reshape(-1).to(torch.int64)
+    if bits < 8:
+        stream = ((d[:, None] >> torch.arange(8, device=d.device)) & 1).reshape(-1)
+        stream = stream[: numel * bits].view(numel, bits)
+        return (stream * 2 ** torch.arange(bits, device=d.device)).sum(1)
+    if bits == 8:
         return d
     return d & ((1 << (16 if bits <= 16 else 32)) - 1)

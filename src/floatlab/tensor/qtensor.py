@@ -31,26 +31,26 @@ class QTensor:
 
     @classmethod
     def from_codes(cls, codes: torch.Tensor, fmt, dtype=torch.float32, scales=None, meta=None,
-                   bits: int | None = None) -> "QTensor":
-        b = fmt.bits if bits is None else bits
-        return cls(pack(codes, b), fmt, tuple(codes.shape), dtype, dict(scales or {}),
-                   dict(meta or {}))
+                   shape: tuple[int, ...] | None = None) -> "QTensor":
+        """Pack ``codes``; ``shape`` is the logical shape (block formats store padded blocks)."""
+        shape = tuple(codes.shape) if shape is None else tuple(shape)
+        return cls(pack(codes, fmt.element_bits if hasattr(fmt, "element_bits") else fmt.bits),
+                   fmt, shape, dtype, dict(scales or {}), dict(meta or {}))
 
     @property
     def element_bits(self) -> int:
-        return getattr(self.format, "element_bits", None) or self.format.bits
+        return getattr(self.format, "element_bits", self.format.bits)
 
     @property
     def codes(self) -> torch.Tensor:
         """The element codes, unpacked, as int64 of the logical shape."""
-        numel = 1
-        for s in self.shape:
-            numel *= s
-        return unpack(self.data, self.element_bits, numel).reshape(self.shape)
+        if hasattr(self.format, "element_codes"):
+            return self.format.element_codes(self)
+        return unpack(self.data, self.element_bits, self.numel).reshape(self.shape)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         out_dtype = self.dtype if dtype is None else dtype
-        if self.scales or hasattr(self.format, "dequantize"):
+        if hasattr(self.format, "dequantize"):
             return self.format.dequantize(self).to(out_dtype)
         return self.format.decode(self.codes).to(out_dtype)
 

@@ -1,0 +1,3 @@
+from floatlab.cli import main
+
+main()

@@ -1,0 +1,204 @@
+"""Block-format quantization: one pipeline, parameterized by the scale rule.
+
+``encode`` cuts the tensor into blocks (:mod:`floatlab.ops.blocking`), lets the rule compute
+element codes and scales, and stores them packed in a QTensor. ``quantize`` is
+``dequantize(encode(x))``, so the fake-quantized values and the stored ones cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from floatlab.formats.base import pow2
+from floatlab.formats.block import BlockFormat, ScaleRule
+from floatlab.ops import hif4 as hif4_rule
+from floatlab.ops.blocking import Blocking, to_blocks
+from floatlab.ops.scalar import quantize_to_float64
+from floatlab.rounding import RoundingMode
+from floatlab.tensor.qtensor import QTensor
+
+RNE = RoundingMode.RNE
+
+
+def _q(x: torch.Tensor, fmt, mode=RNE, saturate=True, generator=None, sr_bits=None):
+    return quantize_to_float64(x, fmt, mode, saturate, generator, sr_bits)
+
+
+def _floor_log2(a: torch.Tensor) -> torch.Tensor:
+    """floor(log2 a) for a > 0 (exact, from frexp); a == 0 gives a very small exponent."""
+    safe = torch.where(a > 0, a, torch.ones_like(a))
+    e = torch.frexp(safe).exponent.to(torch.int64) - 1
+    return torch.where(a > 0, e, torch.full_like(e, -100000))
+
+
+# ---- power-of-two scales (OCP MX and variants) -------------------------------------------
+def _pow2_scale_exponent(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
+    elem, rule = fmt.element, fmt.rule
+    emax_elem = math.floor(math.log2(elem.max_value))
+    if rule is ScaleRule.FLOOR:
+        e = _floor_log2(amax) - emax_elem
+    elif rule is ScaleRule.CEIL:
+        f = _floor_log2(amax)
+        exact = amax == pow2(f)
+        e = f + (~exact).to(torch.int64) - emax_elem
+    elif rule is ScaleRule.EVEN:
+        from floatlab.formats.floating import FloatFormat
+        rounded = _q(amax, FloatFormat(11, getattr(elem, "mbits", 0)), saturate=False)
+        e = _floor_log2(rounded) - emax_elem
+    else:  # RCEIL: the smallest e with elem_max * 2^e >= amax
+        e = _floor_log2(amax) - math.floor(math.log2(elem.max_value))
+        too_small = elem.max_value * pow2(e) < amax
+        e = e + too_small.to(torch.int64)
+        fits_lower = elem.max_value * pow2(e - 1) >= amax
+        e = e - fits_lower.to(torch.int64)
+    lo = round(math.log2(fmt.scale.smallest_positive))
+    hi = math.floor(math.log2(fmt.scale.max_value))
+    return e.clamp(lo, hi)
+
+
+def _encode_pow2(xb, fmt, mode, generator, sr_bits):
+    finite = torch.isfinite(xb)
+    bad = ~finite.all(dim=1)
+    amax = torch.where(finite, xb.abs(), torch.zeros_like(xb)).amax(dim=1)
+    e = _pow2_scale_exponent(amax, fmt)
+    X = pow2(e)
+    p = torch.where(finite, xb, torch.zeros_like(xb)) / X[:, None]      # exact: power of two
+    pq = _q(p, fmt.element, mode, True, generator, sr_bits)
+    scale_codes = fmt.scale.encode(torch.where(bad, torch.full_like(X, float("nan")), X))
+    return fmt.element.encode(pq), {"scale": scale_codes.to(torch.uint8)}
+
+
+def _decode_pow2(codes, scales, fmt, meta):
+    X = fmt.scale.decode(scales["scale"].to(torch.int64))
+    return fmt.element.decode(codes) * X[:, None]
+
+
+# ---- amax / elem_max scales in float32 (NVFP4, user recipes with E4M3/UE5M3 scales) --------
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32)
+
+
+def _tensor_scales(x_fin_abs_max: torch.Tensor, fmt: BlockFormat, scale_max: float):
+    """NVFP4's second level: s_enc = elem_max * scale_max / amax, s_dec = 1 / s_enc (fp32)."""
+    if not fmt.tensor_scale:
+        one = torch.ones((), dtype=torch.float32)
+        return one, one
+    amax = _f32(x_fin_abs_max)
+    num = torch.tensor(fmt.element.max_value * scale_max, dtype=torch.float32)
+    s_enc = torch.where(amax > 0, num / amax, torch.ones_like(amax))
+    s_enc = torch.where(torch.isfinite(s_enc), s_enc, torch.ones_like(s_enc))
+    return s_enc, _f32(1.0 / s_enc)
+
+
+def _amax_candidate(xb32, amax_b, target, s_enc, s_dec, fmt, mode, generator, sr_bits):
+    s_dec_b = amax_b / torch.tensor(target, dtype=torch.float32)
+    s_b = _f32(_q(s_dec_b * s_enc, fmt.scale, RNE, True))
+    s_enc_b = torch.where(s_b > 0, 1.0 / (s_b * s_dec), torch.zeros_like(s_b))
+    p = xb32 * s_enc_b[:, None]
+    pq = _q(p, fmt.element, mode, True, generator, sr_bits)
+    return pq, s_b
+
+
+def _encode_amax(xb, fmt, mode, generator, sr_bits, tensor_amax=None):
+    xb32 = _f32(xb)
+    finite = torch.isfinite(xb32)
+    bad = ~finite.all(dim=1)
+    xa = torch.where(finite, xb32.abs(), torch.zeros_like(xb32))
+    xb32 = torch.where(finite, xb32, torch.zeros_like(xb32))
+    amax_b = xa.amax(dim=1)
+    four_six = fmt.rule is ScaleRule.FOUR_OVER_SIX
+    scale_max = 256.0 if four_six else fmt.scale.max_value
+    t_amax = amax_b.max() if tensor_amax is None else tensor_amax
+    s_enc, s_dec = _tensor_scales(t_amax if amax_b.numel() else torch.zeros(()), fmt, scale_max)
+    emax = fmt.element.max_value
+    pq, s_b = _amax_candidate(xb32, amax_b, emax, s_enc, s_dec, fmt, mode, generator, sr_bits)
+    if four_six:
+        pq4, s_b4 = _amax_candidate(xb32, amax_b, emax * 4 / 6, s_enc, s_dec, fmt, mode, generator, sr_bits)
+        err6 = ((_dequant_amax(pq, s_b, s_dec) - xb32.double()) ** 2).sum(dim=1)
+        err4 = ((_dequant_amax(pq4, s_b4, s_dec) - xb32.double()) ** 2).sum(dim=1)
+        pick4 = err4 < err6
+        pq = torch.where(pick4[:, None], pq4, pq)
+        s_b = torch.where(pick4, s_b4, s_b)
+    scale_codes = fmt.scale.encode(torch.where(bad, torch.full_like(s_b, float("nan")), s_b).double())
+    scales = {"scale": scale_codes.to(torch.uint8 if fmt.scale.bits <= 8 else torch.int32)}
+    if fmt.tensor_scale:
+        scales["tensor_scale"] = s_dec.reshape(1)
+    return fmt.element.encode(pq), scales
+
+
+def _dequant_amax(pq, s_b, s_dec):
+    return _f32(_f32(pq) * s_b[:, None]) * s_dec
+
+
+def _decode_amax(codes, scales, fmt, meta):
+    s_b = _f32(fmt.scale.decode(scales["scale"].to(torch.int64)))
+    s_dec = scales.get("tensor_scale", torch.ones(1, dtype=torch.float32)).to(torch.float32)
+    return _dequant_amax(fmt.element.decode(codes), s_b, s_dec.reshape(())).double()
+
+
+_RULES = {
+    ScaleRule.HIF4: (hif4_rule.encode_blocks, hif4_rule.decode_blocks),
+    ScaleRule.AMAX: (_encode_amax, _decode_amax),
+    ScaleRule.FOUR_OVER_SIX: (_encode_amax, _decode_amax),
+}
+
+
+def _rule(fmt: BlockFormat):
+    return _RULES.get(fmt.rule, (_encode_pow2, _decode_pow2))
+
+
+# ---- entry points ---------------------------------------------------------------------------
+def _resolve(fmt, rounding, sr_bits, saturate):
+    from floatlab.ops.api import resolve_rounding
+    mode = resolve_rounding(fmt, rounding, sr_bits)
+    if saturate is False:
+        raise ValueError(f"{fmt.name!r}: block formats always clamp elements to the element "
+                         "range (saturate=False is not available)")
+    return mode
+
+
+def block_encode(x: torch.Tensor, fmt: BlockFormat, rounding=None, saturate=None, generator=None,
+                 sr_bits=None, axis: int = -1, pad: bool = True) -> QTensor:
+    """Encode ``x`` into the block format ``fmt``; blocks run along ``axis`` (or 2D tiles)."""
+    mode = _resolve(fmt, rounding, sr_bits, saturate)
+    xb, blocking = to_blocks(x, fmt.block, axis, pad)
+    encode_blocks, _ = _rule(fmt)
+    codes, scales = encode_blocks(xb.to(torch.float64) if x.dtype != torch.float64 else xb, fmt,
+                                  mode, generator, sr_bits)
+    meta = {"axis": blocking.axis, "padded": list(blocking.padded)}
+    return QTensor.from_codes(codes, fmt, dtype=x.dtype, scales=scales, meta=meta, shape=x.shape)
+
+
+def _blocking_of(qt: QTensor) -> Blocking:
+    fmt = qt.format
+    return Blocking(tuple(qt.shape), int(qt.meta["axis"]), fmt.block, tuple(qt.meta["padded"]))
+
+
+def block_codes(qt: QTensor) -> torch.Tensor:
+    """Element codes of a block QTensor in the blocked layout ``(nblocks, block)``."""
+    from floatlab.tensor.packing import unpack
+    b = _blocking_of(qt)
+    blocked_axes = (b.axis,) if len(b.block) == 1 else (len(b.shape) - 2, len(b.shape) - 1)
+    others = math.prod(n for i, n in enumerate(b.shape) if i not in blocked_axes)
+    total = others * math.prod(b.padded)
+    return unpack(qt.data, qt.format.element.bits, total).reshape(-1, b.block_numel)
+
+
+def block_element_codes(qt: QTensor) -> torch.Tensor:
+    """Element codes of a block QTensor in the tensor's own layout (padding dropped)."""
+    return _blocking_of(qt).unblock(block_codes(qt))
+
+
+def block_dequantize(qt: QTensor) -> torch.Tensor:
+    fmt = qt.format
+    _, decode_blocks = _rule(fmt)
+    values = decode_blocks(block_codes(qt), qt.scales, fmt, qt.meta)
+    return _blocking_of(qt).unblock(values)
+
+
+def block_quantize(x: torch.Tensor, fmt: BlockFormat, rounding=None, saturate=None,
+                   generator=None, sr_bits=None, axis: int = -1, pad: bool = True) -> torch.Tensor:
+    qt = block_encode(x, fmt, rounding, saturate, generator, sr_bits, axis, pad)
+    return block_dequantize(qt).to(x.dtype)
