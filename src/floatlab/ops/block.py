@@ -96,7 +96,8 @@ def _amax_candidate(xb32, amax_b, target, s_enc, s_dec, fmt, mode, generator, sr
     s_dec_b = amax_b / torch.tensor(target, dtype=torch.float32)
     s_b = _f32(_q(s_dec_b * s_enc, fmt.scale, RNE, True))
     s_enc_b = torch.where(s_b > 0, 1.0 / (s_b * s_dec), torch.zeros_like(s_b))
-    p = xb32 * s_enc_b[:, None]
+    # a zero block scale gives +0 elements (not -0 from x * 0)
+    p = torch.where(s_b[:, None] > 0, xb32 * s_enc_b[:, None], torch.zeros_like(xb32))
     pq = _q(p, fmt.element, mode, True, generator, sr_bits)
     return pq, s_b
 

@@ -12,6 +12,10 @@ A block is 64 values, indexed [8 groups][2 subgroups][4 elements]:
    ties away (the reference; ``rounding="rne"`` gives the A6 hardware golden) and saturation;
 6. value = ``sign * S1 * 2^(E1_8 + E1_16) * c / 4``.
 
+Every product is rounded to float32 first and then, where the spec says bf16, to bfloat16
+(``bf16(f32(.))``), exactly as the amct reference computes it; the double rounding can change
+the E6M2 byte (e.g. Ma = 1.979452133178711 gives sf = 0.28125, byte 0xB8).
+
 Scale metadata is 4 bytes a block: [E6M2, E1_8 bits, E1_16 bits of subgroups 0-7, 8-15], the
 first group/subgroup in the most significant bit.
 """
@@ -33,7 +37,12 @@ _MSB_FIRST8 = 2 ** torch.arange(7, -1, -1)
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:
-    return quantize_to_float64(t, _BF16, RoundingMode.RNE, False, None, None)
+    """Round to bfloat16 (RNE) through float32, as amct does: ``bf16(f32(t))``."""
+    return quantize_to_float64(_f32(t), _BF16, RoundingMode.RNE, False, None, None)
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.float32).to(torch.float64)
 
 
 def _bits_to_byte(bits: torch.Tensor) -> torch.Tensor:
@@ -48,6 +57,7 @@ def _byte_to_bits(byte: torch.Tensor) -> torch.Tensor:
 def encode_blocks(xb: torch.Tensor, fmt, mode, generator, sr_bits):
     """(nb, 64) float64 -> element codes (nb, 64) and {"scale": uint8 (nb, 4)}."""
     nb = xb.shape[0]
+    xb = _f32(xb)  # amct works on float32 inputs
     finite = torch.isfinite(xb)
     bad = ~finite.all(dim=1)
     xa = torch.where(finite, xb.abs(), torch.zeros_like(xb))
@@ -57,11 +67,12 @@ def encode_blocks(xb: torch.Tensor, fmt, mode, generator, sr_bits):
     sf = _bf16(ma * _ONE_SEVENTH_BF16).clamp(_SF_MIN, _SF_MAX)
     s1 = quantize_to_float64(sf, E6M2, RoundingMode.RNE, True, None, None)
     r = _bf16(1.0 / s1)
-    e1_8 = (mb * r[:, None] >= 4).to(torch.int64)                        # (nb, 8)
+    # the comparisons use float32 products (amct); a power-of-two factor is exact
+    e1_8 = (_f32(mb * r[:, None]) >= 4).to(torch.int64)                  # (nb, 8)
     e1_8_sub = e1_8.repeat_interleave(2, dim=1)                           # (nb, 16)
-    e1_16 = (mc * r[:, None] * torch.exp2(-e1_8_sub.double()) >= 2).to(torch.int64)
+    e1_16 = (_f32(mc * r[:, None]) * torch.exp2(-e1_8_sub.double()) >= 2).to(torch.int64)
     shift = (e1_8_sub + e1_16).repeat_interleave(4, dim=1)                # (nb, 64)
-    v = _bf16(xa * r[:, None] * torch.exp2(-shift.double()))
+    v = _bf16(_f32(xa * r[:, None]) * torch.exp2(-shift.double()))
     c = quantize_to_float64(v, fmt.element, mode, True, generator, sr_bits)
     negative = (torch.where(finite, xb, torch.zeros_like(xb)) < 0)
     codes = fmt.element.encode(torch.where(negative, -c, c))             # -0 keeps its sign
