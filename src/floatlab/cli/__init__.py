@@ -16,13 +16,23 @@ app = typer.Typer(
 app.command("formats")(formats_command)
 
 
+# Subcommands live in their own modules (floatlab/cli/<name>.py), each with
+# ``register(app: typer.Typer) -> None``. A module that is absent or whose optional
+# dependencies are missing is skipped, so the core CLI always works.
+SUBCOMMANDS = ("gemm", "compare", "ptq", "eval", "models", "train", "bench")
+
+
 def _register_optional() -> None:
-    """Subcommands from optional subpackages (each module exposes a typer app or command)."""
-    try:
-        from floatlab.cli_gemm import app as gemm_app
-    except ImportError:
-        return
-    app.add_typer(gemm_app, name="gemm", help="Precision-recovery GEMM: error analysis of FP32-from-FP16/BF16 schemes.")
+    import importlib
+
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"floatlab.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name and err.name.startswith("floatlab.cli"):
+                continue
+            raise
+        module.register(app)
 
 
 _register_optional()
