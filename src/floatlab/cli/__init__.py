@@ -16,6 +16,11 @@ app = typer.Typer(
 app.command("formats")(formats_command)
 
 
+@app.callback()
+def _main_callback() -> None:
+    """floatlab: low-precision number formats for deep learning, bit-exact."""
+
+
 # Subcommands live in their own modules (floatlab/cli/<name>.py), each with
 # ``register(app: typer.Typer) -> None``. A module that is absent or whose optional
 # dependencies are missing is skipped, so the core CLI always works.
