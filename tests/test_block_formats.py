@@ -63,15 +63,13 @@ def test_two_d_tiles_share_one_scale_per_16x16_tile():
     x = torch.randn(32, 48)
     q = floatlab.encode(x, "nvfp4_2d")
     assert q.scales["scale"].numel() == (32 // 16) * (48 // 16)
-    # each tile equals the same tile quantized alone as one block of 256 (same tensor scale)
-    tile = x[16:32, 16:32].reshape(1, 256)
-    one = floatlab.block_format(elem="e2m1", scale="e4m3", block=256, rule="amax")
-    y = floatlab.quantize(x, "nvfp4_2d")[16:32, 16:32].reshape(1, 256)
-    ts = q.scales["tensor_scale"].item()
-    # without the tensor scale the tile result differs only through it: compare block scales' use
-    assert y.abs().max() <= x.abs().max()
-    assert torch.isfinite(y).all() and ts > 0
-    del tile, one
+    # the same as cutting the 16x16 tiles out by hand and quantizing each as one 256-block
+    tiles = x.reshape(2, 16, 3, 16).permute(0, 2, 1, 3).reshape(6, 256)
+    one_block = floatlab.BlockFormat(floatlab.get_format("e2m1"), floatlab.get_format("e4m3"), 256,
+                                     floatlab.ScaleRule.AMAX, tensor_scale=True)
+    by_hand = floatlab.quantize(tiles, one_block).reshape(2, 3, 16, 16).permute(0, 2, 1, 3).reshape(32, 48)
+    assert torch.equal(floatlab.quantize(x, "nvfp4_2d"), by_hand)
+    assert not torch.equal(floatlab.quantize(x, "nvfp4_2d"), floatlab.quantize(x, "nvfp4"))
 
 
 def test_two_d_tiles_pad_ragged_shapes():

@@ -80,12 +80,14 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32)
 
 
-def _tensor_scales(x_fin_abs_max: torch.Tensor, fmt: BlockFormat, scale_max: float):
-    """NVFP4's second level: s_enc = elem_max * scale_max / amax, s_dec = 1 / s_enc (fp32)."""
+def _tensor_scales(tensor_amax: torch.Tensor, fmt: BlockFormat, scale_max: float):
+    """NVFP4's second level: s_enc = elem_max * scale_max / amax, s_dec = 1 / s_enc (fp32).
+
+    A zero amax, or one so small that s_enc overflows float32, gives s_enc = 1."""
     if not fmt.tensor_scale:
         one = torch.ones((), dtype=torch.float32)
         return one, one
-    amax = _f32(x_fin_abs_max)
+    amax = _f32(tensor_amax)
     num = torch.tensor(fmt.element.max_value * scale_max, dtype=torch.float32)
     s_enc = torch.where(amax > 0, num / amax, torch.ones_like(amax))
     s_enc = torch.where(torch.isfinite(s_enc), s_enc, torch.ones_like(s_enc))
@@ -102,7 +104,7 @@ def _amax_candidate(xb32, amax_b, target, s_enc, s_dec, fmt, mode, generator, sr
     return pq, s_b
 
 
-def _encode_amax(xb, fmt, mode, generator, sr_bits, tensor_amax=None):
+def _encode_amax(xb, fmt, mode, generator, sr_bits):
     xb32 = _f32(xb)
     finite = torch.isfinite(xb32)
     bad = ~finite.all(dim=1)
@@ -111,8 +113,8 @@ def _encode_amax(xb, fmt, mode, generator, sr_bits, tensor_amax=None):
     amax_b = xa.amax(dim=1)
     four_six = fmt.rule is ScaleRule.FOUR_OVER_SIX
     scale_max = 256.0 if four_six else fmt.scale.max_value
-    t_amax = amax_b.max() if tensor_amax is None else tensor_amax
-    s_enc, s_dec = _tensor_scales(t_amax if amax_b.numel() else torch.zeros(()), fmt, scale_max)
+    t_amax = amax_b.max() if amax_b.numel() else torch.zeros(())   # over finite values only
+    s_enc, s_dec = _tensor_scales(t_amax, fmt, scale_max)
     emax = fmt.element.max_value
     pq, s_b = _amax_candidate(xb32, amax_b, emax, s_enc, s_dec, fmt, mode, generator, sr_bits)
     if four_six:

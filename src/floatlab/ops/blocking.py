@@ -5,6 +5,7 @@ Every block format uses this one helper: the scale rule then sees a ``(nblocks, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +23,7 @@ class Blocking:
 
     @property
     def block_numel(self) -> int:
-        n = 1
-        for b in self.block:
-            n *= b
-        return n
+        return math.prod(self.block)
 
     def unblock(self, blocks: torch.Tensor) -> torch.Tensor:
         """Inverse of :func:`to_blocks`: drop the padding and restore the original layout."""
