@@ -18,7 +18,7 @@ from floatlab.reference.scalar import reference_round
 from floatlab.rounding import RoundingMode as M
 from conftest import SCALAR_FORMATS, stress_float32
 
-N_DEFAULT = int(os.environ.get("FLOATLAB_REF_N", "1500"))
+N_DEFAULT = int(os.environ.get("FLOATLAB_REF_N", "4000"))
 N_SLOW = 100_000
 DETERMINISTIC = [M.RNE, M.RNA, M.RNZ, M.RTZ, M.RUP, M.RDN, M.RTO]
 

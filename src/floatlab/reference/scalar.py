@@ -40,15 +40,20 @@ def value_table(fmt: ScalarFormat) -> tuple[Fraction, ...]:
     return tuple(sorted(vals))
 
 
+@lru_cache(maxsize=None)
+def _extended_table(fmt: ScalarFormat) -> list[Fraction]:
+    """The value table with the virtual values just past each end (where overflow starts)."""
+    table = value_table(fmt)
+    step_past_max = Fraction(fmt.overflow_boundary) - Fraction(fmt.max_value)
+    lower_virtual = -Fraction(fmt.max_negative) - step_past_max if fmt.signed else Fraction(0)
+    return [lower_virtual] + list(table) + [Fraction(fmt.overflow_boundary)]
+
+
 def _neighbours(fmt: ScalarFormat, X: Fraction) -> tuple[Fraction, Fraction]:
     """The largest representable ``lo <= X`` and smallest ``hi >= X`` (on an extended grid)."""
     if fmt.bits > 20:  # fp32: bracket with numpy's correctly rounded float32 and nextafter
         return _float32_neighbours(fmt, X)
-    table = value_table(fmt)
-    lower_virtual = -Fraction(fmt.max_negative) - (Fraction(fmt.overflow_boundary) - Fraction(fmt.max_value))
-    if not fmt.signed:
-        lower_virtual = Fraction(0)  # unsigned formats: only reached by X >= 0
-    ext = [lower_virtual] + list(table) + [Fraction(fmt.overflow_boundary)]
+    ext = _extended_table(fmt)
     i = bisect.bisect_right(ext, X) - 1
     if i >= 0 and ext[i] == X:
         return X, X
