@@ -75,7 +75,7 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     Example:
         >>> import torch, floatlab
         >>> floatlab.quantize(torch.tensor([1.0625, 300.0, 1000.0]), "e4m3")
-        tensor([1.0000, 288.0000,    nan])
+        tensor([  1., 288.,  nan])
         >>> floatlab.quantize(torch.tensor([1.0625]), "hif8")  # ties away
         tensor([1.1250])
     """

@@ -33,7 +33,6 @@ E6M2 = FloatFormat(6, 2, bias=48, subnormals=False, zero=False, nan=NanStyle.FN,
 _BF16 = FloatFormat(8, 7, name="bf16")
 _ONE_SEVENTH_BF16 = 0.142578125
 _SF_MIN, _SF_MAX = 2.0 ** -48, 1.5 * 2 ** 15
-_MSB_FIRST8 = 2 ** torch.arange(7, -1, -1)
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:
@@ -45,13 +44,17 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32).to(torch.float64)
 
 
+def _msb_first8(device) -> torch.Tensor:
+    return 2 ** torch.arange(7, -1, -1, device=device)
+
+
 def _bits_to_byte(bits: torch.Tensor) -> torch.Tensor:
     """(..., 8) 0/1 -> (...) byte, element 0 in bit 7."""
-    return (bits.to(torch.int64) * _MSB_FIRST8).sum(-1)
+    return (bits.to(torch.int64) * _msb_first8(bits.device)).sum(-1)
 
 
 def _byte_to_bits(byte: torch.Tensor) -> torch.Tensor:
-    return (byte.to(torch.int64)[..., None] // _MSB_FIRST8) % 2
+    return (byte.to(torch.int64)[..., None] // _msb_first8(byte.device)) % 2
 
 
 def encode_blocks(xb: torch.Tensor, fmt, mode, generator, sr_bits):
