@@ -1,0 +1,22 @@
+"""Training with emulated low-precision GEMMs.
+
+>>> import torch, floatlab.nn as fnn
+>>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+>>> model = fnn.quantize_model(model, "mxfp8")      # swaps nn.Linear for QLinear
+>>> model(torch.randn(4, 64)).shape
+torch.Size([4, 8])
+"""
+
+from floatlab.nn.functional import QuantState, qgemm, qlinear, qmatmul
+from floatlab.nn.hadamard import hadamard_matrix, random_hadamard, rht
+from floatlab.nn.modules import QLinear
+from floatlab.nn.optim import LowPrecisionOptimizer
+from floatlab.nn.patch import quantize_model, quantized_layers
+from floatlab.nn.recipe import (BlockAxis, Gemm, GemmSpec, LinearSpec, Recipe, Rule, Scaling,
+                                TensorSpec)
+from floatlab.nn.recipes import RECIPES, get_recipe, list_recipes
+
+__all__ = ["BlockAxis", "Gemm", "GemmSpec", "LinearSpec", "Recipe", "Rule", "Scaling", "TensorSpec",
+           "QuantState", "qgemm", "qlinear", "qmatmul", "QLinear", "quantize_model",
+           "quantized_layers", "hadamard_matrix", "random_hadamard", "rht", "RECIPES", "get_recipe",
+           "list_recipes", "LowPrecisionOptimizer"]

@@ -1,0 +1,82 @@
+"""Built-in recipes (see docs/training.md for the sources and the choices made).
+
+Every recipe keeps embeddings, the LM head and norms in float32 (``Recipe.keep``), and runs
+attention products (``qmatmul``) in bf16, as NVIDIA's NVFP4 recipe does.
+"""
+
+from __future__ import annotations
+
+from floatlab.nn.recipe import GemmSpec, LinearSpec, Recipe, Scaling, TensorSpec
+
+BF16 = LinearSpec.uniform("bf16")
+
+
+def _t(fmt, rounding=None, scaling=Scaling.NONE, scale_to=None):
+    return TensorSpec(fmt, rounding, True, "contraction", scaling, scale_to)
+
+
+def _fp4(fmt: str, weight: str, *, sr: bool, rht: int) -> LinearSpec:
+    """A 4-bit linear: ``weight`` for W, ``fmt`` for inputs and gradients; optional SR on
+    gradients and RHT on the wgrad GEMM (NVIDIA's stabilizers)."""
+    g = _t(fmt, "sr" if sr else None)
+    return LinearSpec(GemmSpec(_t(fmt), _t(weight)), GemmSpec(g, _t(weight)),
+                      GemmSpec(g, _t(fmt), rht))
+
+
+def _r(name, spec, description, **kw) -> Recipe:
+    return Recipe(name, spec, attention=BF16, description=description, **kw)
+
+
+def _builtin() -> dict[str, Recipe]:
+    D, C = Scaling.DELAYED, Scaling.CURRENT
+    fp8 = LinearSpec(GemmSpec(_t("e4m3", None, D), _t("e4m3", None, D)),
+                     GemmSpec(_t("e5m2", None, D), _t("e4m3", None, D)),
+                     GemmSpec(_t("e5m2", None, D), _t("e4m3", None, D)))
+    hif8 = LinearSpec(GemmSpec(_t("hif8"), _t("hif8")),
+                      GemmSpec(_t("hif8", None, C, 2.0 ** 7), _t("hif8")),
+                      GemmSpec(_t("hif8", None, C, 2.0 ** 7), _t("hif8")))
+    recipes = [
+        _r("bf16", BF16, "every linear GEMM operand in bf16 (RNE); the baseline"),
+        _r("fp8", fp8, "e4m3 forward, e5m2 gradients, delayed per-tensor power-of-two scaling "
+           "(amax history 16), as TransformerEngine's DelayedScaling(HYBRID)"),
+        _r("hif8", hif8, "HiFloat8 forward and backward (ties-away, the reference cast); "
+           "gradients with per-tensor power-of-two scaling of the amax to 2^7 (our stand-in for "
+           "loss scaling: it puts the bulk where HiF8 has 3 mantissa bits)"),
+        _r("mxfp8", LinearSpec.uniform("mxfp8_e4m3"),
+           "MXFP8 E4M3 for every operand, blocks of 32 along each GEMM's contraction dimension"),
+        _r("mxfp4", _fp4("mxfp4", "mxfp4", sr=False, rht=0),
+           "MXFP4 for every operand, RNE, no stabilizers"),
+        _r("mxfp4_rht_sr", _fp4("mxfp4", "mxfp4", sr=True, rht=16),
+           "MXFP4 with stochastic rounding of gradients and a 16-point RHT on wgrad"),
+        _r("nvfp4", _fp4("nvfp4", "nvfp4_2d", sr=True, rht=16),
+           "NVIDIA's NVFP4 recipe: 16x16 2D weight tiles, SR on gradients, 16-point RHT on "
+           "wgrad inputs, the last 2 linear layers in high precision", keep_last=2),
+        _r("nvfp4_plain", _fp4("nvfp4", "nvfp4", sr=False, rht=0),
+           "NVFP4 without stabilizers: 1x16 weight blocks, RNE, no RHT, all layers quantized"),
+        _r("hif4", _fp4("hif4", "hif4", sr=True, rht=16),
+           "HiFloat4 for every operand with SR on gradients and a 16-point RHT on wgrad"),
+        _r("hif4_plain", _fp4("hif4", "hif4", sr=False, rht=0),
+           "HiFloat4 without stabilizers (reference ties-away rounding, no RHT)"),
+    ]
+    return {r.name: r for r in recipes}
+
+
+RECIPES: dict[str, Recipe] = _builtin()
+
+
+def list_recipes() -> list[str]:
+    return list(RECIPES)
+
+
+def get_recipe(recipe) -> Recipe:
+    """A :class:`Recipe`, a built-in name, or a path to a ``.json`` / ``.yaml`` file."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str):
+        if recipe in RECIPES:
+            return RECIPES[recipe]
+        if recipe.endswith((".json", ".yaml", ".yml")):
+            return Recipe.load(recipe)
+        raise ValueError(f"unknown recipe {recipe!r}; built-in: {', '.join(RECIPES)} "
+                         "(or a .json/.yaml file)")
+    raise TypeError(f"recipe must be a Recipe or a name, got {type(recipe).__name__}")

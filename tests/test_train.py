@@ -1,0 +1,102 @@
+"""floatlab.train: resume gives identical losses, DDP equals one process, the CLI writes its files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from floatlab.train import Corpus, get_preset, train_run
+from floatlab.train.data import load_text
+
+TINY = replace(get_preset("smoke"), steps=8, ckpt_every=3, eval_batches=1)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return Corpus.load()
+
+
+def test_corpus_and_batches_are_deterministic(corpus):
+    assert len(load_text()) > 400_000
+    x1, y1 = corpus.batch("train", 5, 8, 32, seed=1)
+    x2, _ = corpus.batch("train", 5, 8, 32, seed=1)
+    x3, _ = corpus.batch("train", 6, 8, 32, seed=1)
+    assert torch.equal(x1, x2) and not torch.equal(x1, x3)
+    assert torch.equal(x1[:, 1:], y1[:, :-1])
+    a, _ = corpus.batch("train", 5, 8, 32, seed=1, rank=0, world=2)
+    b, _ = corpus.batch("train", 5, 8, 32, seed=1, rank=1, world=2)
+    assert torch.equal(torch.cat([a, b]), x1)
+
+
+@pytest.mark.parametrize("recipe,master", [("nvfp4", "bf16"), ("fp8", None)])
+def test_resume_continues_with_identical_losses(tmp_path, corpus, recipe, master):
+    torch.set_num_threads(1)
+    full = train_run(recipe, 0, TINY, tmp_path / "full", corpus, master=master)
+    killed = train_run(recipe, 0, TINY, tmp_path / "killed", corpus, master=master, stop_after=7)
+    assert len(killed.train_loss) == 7                       # died after step 7...
+    resumed = train_run(recipe, 0, TINY, tmp_path / "killed", corpus, master=master)
+    assert resumed.done and len(resumed.train_loss) == 8     # ...resumed from the step-6 checkpoint
+    assert resumed.train_loss == full.train_loss
+    assert resumed.val_loss == full.val_loss
+    again = train_run(recipe, 0, TINY, tmp_path / "killed", corpus, master=master)
+    assert again.train_loss == full.train_loss               # a finished run is reused
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _losses(out):
+    with open(out / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {(r["recipe"], int(r["step"])): float(r["train_loss"]) for r in rows}
+
+
+def test_ddp_two_processes_equal_one(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo) gives the single-process losses for the same global batch."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["-m", "floatlab.train", "--preset", "smoke", "--steps", "5", "-r", "bf16", "-r", "mxfp8"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(_free_port()), *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert a.keys() == b.keys() and len(a) == 10
+    worst = max(abs(a[k] - b[k]) / abs(a[k]) for k in a)
+    print(f"DDP vs single process: max relative loss difference {worst:.3g}")
+    for k in a:   # gradients are averaged over ranks by all-reduce: equal up to float32 sums
+        assert abs(a[k] - b[k]) <= 1e-5 * abs(a[k]), (k, a[k], b[k])
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+
+
+def test_cli_smoke_writes_summary_curves_plot(tmp_path):
+    from typer.testing import CliRunner
+
+    from floatlab.cli import app
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, ["train", "--preset", "smoke", "--steps", "4", "-r", "hif8",
+                                   "--seeds", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s["recipes"]) == {"bf16", "hif8"}
+    r = s["recipes"]["hif8"]
+    bf = s["recipes"]["bf16"]["final_loss"]
+    assert r["relative_to_bf16"] == pytest.approx((r["final_loss"] - bf) / bf)
+    assert len(r["final_loss_per_seed"]) == 2 and s["recipes"]["bf16"]["relative_to_bf16"] == 0
+    assert (out / "loss.png").stat().st_size > 10_000
+    assert len(_losses(out)) == 2 * 4      # recipe x step, per seed rows collapse in the dict
+    assert "hif8" in res.output and "final loss" in res.output
