@@ -20,6 +20,7 @@ Zero is ``0x00`` (no negative zero), NaN is ``0x80``, +-Inf are ``0x6F``/``0xEF`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 from fractions import Fraction
 
 import torch
@@ -38,37 +39,14 @@ class HiF8Format(ScalarFormat):
 
     name: str = "hif8"
 
-    @property
-    def bits(self) -> int:
-        return 8
-
-    @property
-    def signed(self) -> bool:
-        return True
-
-    @property
-    def has_inf(self) -> bool:
-        return True
-
-    @property
-    def has_nan(self) -> bool:
-        return True
-
-    @property
-    def has_zero(self) -> bool:
-        return True
-
-    @property
-    def neg_zero(self) -> bool:
-        return False
-
-    @property
-    def overflow(self) -> Overflow:
-        return Overflow.INF
-
-    @property
-    def max_code(self) -> int:
-        return 0x6E
+    bits: ClassVar[int] = 8
+    signed: ClassVar[bool] = True
+    has_inf: ClassVar[bool] = True
+    has_nan: ClassVar[bool] = True
+    has_zero: ClassVar[bool] = True
+    neg_zero: ClassVar[bool] = False
+    overflow: ClassVar[Overflow] = Overflow.INF
+    max_code: ClassVar[int] = 0x6E  # 2^15, the largest finite value
 
     @property
     def smallest_normal(self) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 from fractions import Fraction
 
 import torch
@@ -30,6 +31,12 @@ class IntFormat(ScalarFormat):
     symmetric: bool = False
     name: str = ""
 
+    has_inf: ClassVar[bool] = False
+    has_nan: ClassVar[bool] = False
+    has_zero: ClassVar[bool] = True
+    neg_zero: ClassVar[bool] = False
+    overflow: ClassVar[Overflow] = Overflow.SATURATE
+
     def __post_init__(self) -> None:
         if not 2 <= self.nbits <= 16:
             raise ValueError(f"integer formats take 2..16 bits, got {self.nbits}")
@@ -43,26 +50,6 @@ class IntFormat(ScalarFormat):
     @property
     def bits(self) -> int:
         return self.nbits
-
-    @property
-    def has_inf(self) -> bool:
-        return False
-
-    @property
-    def has_nan(self) -> bool:
-        return False
-
-    @property
-    def has_zero(self) -> bool:
-        return True
-
-    @property
-    def neg_zero(self) -> bool:
-        return False
-
-    @property
-    def overflow(self) -> Overflow:
-        return Overflow.SATURATE
 
     @property
     def _imax(self) -> int:
