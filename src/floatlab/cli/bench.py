@@ -1,0 +1,28 @@
+"""``floatlab bench speed``: floatlab and the installed peers on one tensor, side by side."""
+
+from __future__ import annotations
+
+import typer
+
+
+def speed_command(
+    size: int = typer.Option(2 ** 24, help="elements of the float32 test tensor"),
+    reps: int = typer.Option(5, help="timed runs per implementation (the best counts)"),
+    case: list[str] = typer.Option(None, help="cases to run (default: all): "
+                                   "'e4m3 rne', 'hif8 rna', 'e4m3 sr', 'bf16 sr', mxfp4, nvfp4, hif4"),
+    peers: bool = typer.Option(True, help="also time the installed peers"),
+) -> None:
+    """Elements/s and the ratio to x.clone() and to dst.copy_(x) for every implementation."""
+    from floatlab.ops.fast_bench import CASES, HEADER, run_speed
+
+    unknown = [c for c in case or [] if c not in CASES]
+    if unknown:
+        raise typer.BadParameter(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    typer.echo(HEADER)
+    run_speed(size=size, reps=reps, cases=case or None, peers=peers, log=typer.echo)
+
+
+def register(app: typer.Typer) -> None:
+    bench = typer.Typer(help="Benchmarks: speed against the peers.", no_args_is_help=True)
+    bench.command("speed")(speed_command)
+    app.add_typer(bench, name="bench")

@@ -1,0 +1,153 @@
+"""The fused fast path behind ``floatlab.quantize``: backend choice and dispatch.
+
+Backends (``backend=`` argument of :func:`floatlab.quantize`, or the ``FLOATLAB_FAST``
+environment variable when the argument is None):
+
+========== ============================================================================
+``auto``   default: the compiled fast kernel where it supports the case (tensors of fewer
+           than 65536 elements run the same kernel uncompiled), the plain path otherwise
+           (and everywhere once ``torch.compile`` failed, with one warning)
+``compiled`` the compiled kernel; raises if the case is not supported or cannot compile
+``eager``  the same kernel run op by op without a compiler (for tests and debugging)
+``plain``  the plain reference path (:mod:`floatlab.ops.scalar`, :mod:`floatlab.ops.block`)
+========== ============================================================================
+
+``FLOATLAB_FAST=0`` (or ``plain``) selects ``plain``, ``FLOATLAB_FAST=eager`` selects ``eager``.
+
+Every backend returns the same bits, with one documented exception: the stochastic modes with
+``generator=None``. With a generator, the fast path consumes exactly the plain path's draws
+(``torch.rand``/``torch.randint`` from that generator) and returns the same values. Without one,
+the fast path hashes (seed, element index) inside the kernel (:mod:`floatlab.ops.fast_rng`),
+seeded from torch's default generator: reproducible under ``torch.manual_seed``, with the same
+probabilities (exact to 2^-32, 2^-62 for float64 inputs), but other draws than the plain path.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import torch
+
+from floatlab.formats.floating import FloatFormat
+from floatlab.formats.hifloat8 import HiF8Format
+from floatlab.formats.integer import IntFormat
+from floatlab.ops import fast_compile
+from floatlab.ops.fast_rng import draw_seed
+from floatlab.ops.fast_scalar import F32, F64, Plan, quantize_kernel
+from floatlab.rounding import RoundingMode as M
+
+BACKENDS = ("auto", "compiled", "eager", "plain")
+COMPILE_MIN_NUMEL = 1 << 16   # "auto" runs smaller tensors through the same kernel uncompiled:
+                              # compiling a new plan (0.3-10 s) only pays off on large tensors
+_ENV = "FLOATLAB_FAST"
+_SUPPORTED_TYPES = (FloatFormat, IntFormat, HiF8Format)
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+class FastPathUnsupported(ValueError):
+    """The requested fast backend cannot serve this call (the plain path can)."""
+
+
+def resolve_backend(backend: str | None) -> str:
+    """``backend`` validated, or the one ``FLOATLAB_FAST`` selects when it is None."""
+    if backend is None:
+        env = os.environ.get(_ENV, "").strip().lower()
+        if env in ("0", "plain", "off", "false", "no"):
+            return "plain"
+        if env == "eager":
+            return "eager"
+        return "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+@lru_cache(maxsize=4096)
+def _exact_in(value: float, dtype: torch.dtype) -> bool:
+    v = torch.tensor(value, dtype=torch.float64)
+    if dtype is torch.float32 and abs(value) > _F32_MAX:
+        return True   # beyond float32: becomes inf, which compares like the float64 value
+    return float(v.to(dtype).to(torch.float64)) == value
+
+
+@torch.compiler.disable   # plain Python bookkeeping: never traced into a caller's graph
+def scalar_plan(fmt, mode: M, saturate: bool, dtype: torch.dtype, sr_bits: int | None,
+                generator) -> Plan | None:
+    """The kernel plan for this call, or None where the fast kernel does not apply."""
+    if not isinstance(fmt, _SUPPORTED_TYPES):
+        return None
+    return _plan(fmt, mode, bool(saturate), dtype, sr_bits, generator is None)
+
+
+@lru_cache(maxsize=1024)
+def _plan(fmt, mode: M, saturate: bool, dtype: torch.dtype, sr_bits: int | None,
+          no_generator: bool) -> Plan | None:
+    layout = F64 if (dtype is torch.float64 and mode is not M.HYBRID) else F32
+    consts = [fmt.max_value, fmt.max_negative] + ([] if fmt.has_zero else [fmt.smallest_positive])
+    if not all(_exact_in(float(c), layout.float_dtype) for c in consts):
+        return None
+    rng = "none"
+    if mode in (M.SR, M.SR_HALF):
+        rng = "hash" if no_generator else "replay"
+    return Plan.make(fmt, mode, bool(saturate), layout, dtype, sr_bits, rng)
+
+
+def draws(p: Plan, shape, device, generator) -> torch.Tensor | None:
+    """The random input of the kernel: the plain path's draws (same calls, same order), a seed
+    for the in-kernel hash, or None for the deterministic modes."""
+    if p.rng == "hash":
+        return draw_seed(device)
+    if p.rng == "none":
+        return None
+    if p.mode is M.SR and p.sr_bits is None:
+        return torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
+    if p.mode is M.SR:
+        return torch.randint(0, 2 ** p.sr_bits, shape, device=device, generator=generator)
+    return torch.randint(0, 2, shape, device=device, generator=generator)
+
+
+def _kernel(plan: Plan, with_out: bool):
+    if with_out:
+        def quantize_into(x, rnd, out):
+            out.copy_(quantize_kernel(x, rnd, plan))
+        return quantize_into
+
+    def quantize_fast(x, rnd):
+        return quantize_kernel(x, rnd, plan)
+    return quantize_fast
+
+
+def quantize_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr_bits,
+                    out: torch.Tensor | None, backend: str) -> torch.Tensor | None:
+    """The fast path for a scalar format, or None when the caller must use the plain path."""
+    if backend == "plain":
+        return None
+    plan = scalar_plan(fmt, mode, saturate, x.dtype, sr_bits, generator)
+    use_compiler = (backend == "compiled" and x.numel() >= 2) or \
+        (backend == "auto" and x.numel() >= COMPILE_MIN_NUMEL)
+    if plan is None or (backend == "auto" and not fast_compile.compile_available()):
+        if backend in ("compiled", "eager"):
+            raise FastPathUnsupported(f"the fast path does not support {fmt.name!r} with "
+                                      f"{mode.value!r} for {x.dtype} inputs")
+        return None
+    flat = x.reshape(-1)
+    rnd = draws(plan, x.shape, x.device, generator)
+    rnd = rnd.reshape(-1) if rnd is not None and rnd.ndim else rnd
+    direct = out is not None and out.is_contiguous()
+    if not use_compiler:
+        y = quantize_kernel(flat, rnd, plan)
+    else:
+        try:
+            if direct:
+                fast_compile.run((plan, True), lambda: _kernel(plan, True), flat, rnd, out.view(-1))
+                return out
+            y = fast_compile.run((plan, False), lambda: _kernel(plan, False), flat, rnd)
+        except fast_compile.CompileUnavailable:
+            if backend == "compiled":
+                raise
+            y = quantize_kernel(flat, rnd, plan)   # same bits; the draws are already taken
+    y = y.view(x.shape)
+    if out is not None:
+        return out.copy_(y)
+    return y

@@ -1,0 +1,221 @@
+"""Fused fast path for block formats: scales, element rounding and dequantization in one kernel.
+
+Covered: 1-D blocks along the last axis whose length is a multiple of the block (no padding),
+with the rules FLOOR (OCP MX: mxfp8/6/4, mxint8), AMAX (NVFP4, with or without the FP32 tensor
+scale) and HIF4. Everything else goes to the plain pipeline (:mod:`floatlab.ops.block`).
+
+Each kernel repeats the plain pipeline's arithmetic step by step, in the same precision:
+MX in float64 (the plain path divides by the power-of-two scale in float64), NVFP4 in float32,
+HiF4 in float32 with bf16 roundings (the plain path rounds every float64 product to float32,
+which is what a float32 operation does). The element rounding is
+:func:`floatlab.ops.fast_scalar.quantize_kernel`, so the stochastic modes take the same draws as
+the plain path when a generator is given. ``encode(x).dequantize()`` of the plain pipeline is
+returned; a non-finite value poisons its block with NaN, as there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from floatlab.formats.block import BlockFormat, ScaleRule
+from floatlab.ops import fast, fast_compile
+from floatlab.ops.fast_scalar import F32, F64, Layout, Plan, pow2, quantize_kernel
+from floatlab.rounding import RoundingMode as M
+
+_RULES = (ScaleRule.FLOOR, ScaleRule.AMAX, ScaleRule.HIF4)
+_ONE_SEVENTH_BF16 = 0.142578125
+_SF_MIN, _SF_MAX = 2.0 ** -48, 1.5 * 2 ** 15
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    fmt: BlockFormat
+    elem: Plan          # element rounding (saturating, as the plain pipeline)
+    out_dtype: torch.dtype
+    emax_elem: int      # floor(log2(element max))
+    scale_lo: int       # log2 of the smallest and largest power-of-two scale (FLOOR)
+    scale_hi: int
+    scale: Plan | None  # rounding of the block scales (AMAX: to the scale format; HIF4: E6M2)
+    scale_product: float  # AMAX with a tensor scale: element max * scale max
+
+
+def _floor_log2(a: torch.Tensor, L: Layout) -> torch.Tensor:
+    """floor(log2 a) for finite a >= 0 (subnormals included); a == 0 gives -100000."""
+    bits = a.view(L.int_dtype)
+    field = bits >> L.mbits
+    mant = bits & ((1 << L.mbits) - 1)
+    sub = ((mant.to(L.float_dtype).view(L.int_dtype) >> L.mbits) - L.bias) + L.min_exp
+    e = torch.where(field == 0, sub, field - L.bias)
+    return torch.where(a > 0, e, torch.full_like(e, -100000))
+
+
+def _nan(t: torch.Tensor) -> torch.Tensor:
+    return torch.full((), float("nan"), dtype=t.dtype, device=t.device)
+
+
+def mx_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
+    """OCP MX (FLOOR): X = 2^(floor(log2 amax) - emax_elem) clamped to the scale's range.
+
+    The elements are rounded on the grid scaled by X (``quantize_kernel(shift=...)``), which
+    equals rounding ``x / X`` and multiplying back, with no underflow of ``x / X``.
+    """
+    L = p.elem.layout
+    xb = x.to(L.float_dtype)
+    finite = torch.isfinite(xb)
+    bad = ~finite.all(dim=1, keepdim=True)
+    xf = torch.where(finite, xb, torch.zeros_like(xb))
+    amax = xf.abs().amax(dim=1, keepdim=True)
+    e = torch.clamp(_floor_log2(amax, L) - p.emax_elem, p.scale_lo, p.scale_hi)
+    y = quantize_kernel(xf, rnd, p.elem, shift=e)
+    return torch.where(bad, _nan(y), y).to(p.out_dtype)
+
+
+def amax_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
+    """NVFP4-style (AMAX): float32 block scales amax/elem_max rounded to the scale format."""
+    fmt = p.fmt
+    xb = x.to(torch.float32)
+    finite = torch.isfinite(xb)
+    bad = ~finite.all(dim=1, keepdim=True)
+    xb = torch.where(finite, xb, torch.zeros_like(xb))
+    amax_b = xb.abs().amax(dim=1, keepdim=True)
+    one = torch.ones((), dtype=torch.float32, device=x.device)
+    s_enc, s_dec = one, one
+    if fmt.tensor_scale:
+        t_amax = amax_b.max()
+        num = torch.full((), p.scale_product, dtype=torch.float32, device=x.device)
+        s_enc = torch.where(t_amax > 0, num / t_amax, one)
+        s_enc = torch.where(torch.isfinite(s_enc), s_enc, one)
+        s_dec = 1.0 / s_enc
+    target = torch.full((), p.elem.max_value, dtype=torch.float32, device=x.device)
+    s_b = quantize_kernel((amax_b / target) * s_enc, None, p.scale)
+    s_enc_b = torch.where(s_b > 0, 1.0 / (s_b * s_dec), torch.zeros_like(s_b))
+    pp = torch.where(s_b > 0, xb * s_enc_b, torch.zeros_like(xb))
+    pq = quantize_kernel(pp, rnd, p.elem)
+    y = (pq * s_b) * s_dec
+    return torch.where(bad, _nan(y), y).to(p.out_dtype)
+
+
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    """Round finite float32 values to bfloat16 (RNE), kept in float32.
+
+    Done on the bits: inductor may drop a ``.to(bfloat16).to(float32)`` round trip (it does not
+    emulate precision casts by default), which would skip the rounding.
+    """
+    bits = t.view(torch.int32)
+    mag = bits & 0x7FFFFFFF
+    mag = (mag + (0x7FFF + ((mag >> 16) & 1))) & ~0xFFFF
+    return (mag | (bits & ~0x7FFFFFFF)).view(torch.float32)
+
+
+def _spread(t: torch.Tensor, k: int) -> torch.Tensor:
+    """(nb, g) -> (nb, g*k): each column repeated k times."""
+    nb, g = t.shape
+    return t[:, :, None].expand(nb, g, k).reshape(nb, g * k)
+
+
+def hif4_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
+    """HiFloat4 (:mod:`floatlab.ops.hif4`) in float32 with bf16 roundings."""
+    nb = x.shape[0]
+    xb = x.to(torch.float32)
+    finite = torch.isfinite(xb)
+    bad = ~finite.all(dim=1, keepdim=True)
+    xa = torch.where(finite, xb.abs(), torch.zeros_like(xb))
+    ma = xa.amax(dim=1, keepdim=True)
+    mb = xa.view(nb, 8, 8).amax(dim=2)
+    mc = xa.view(nb, 16, 4).amax(dim=2)
+    sf = _bf16(ma * _ONE_SEVENTH_BF16).clamp(_SF_MIN, _SF_MAX)
+    s1 = quantize_kernel(sf, None, p.scale)
+    r = _bf16(1.0 / s1)
+    e1_8 = ((mb * r) >= 4).to(torch.int32)
+    e1_8_sub = _spread(e1_8, 2)
+    e1_16 = (((mc * r) * pow2(-e1_8_sub, F32)) >= 2).to(torch.int32)
+    shift = _spread(e1_8_sub + e1_16, 4)
+    v = _bf16((xa * r) * pow2(-shift, F32))
+    c = quantize_kernel(v, rnd, p.elem)
+    c = torch.where(torch.where(finite, xb, torch.zeros_like(xb)) < 0, -c, c)
+    y = (c * s1) * pow2(shift, F32)
+    return torch.where(bad, _nan(y), y).to(p.out_dtype)
+
+
+_KERNELS = {ScaleRule.FLOOR: mx_kernel, ScaleRule.AMAX: amax_kernel, ScaleRule.HIF4: hif4_kernel}
+
+
+@torch.compiler.disable   # plain Python bookkeeping: never traced into a caller's graph
+def block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, generator) -> BlockPlan | None:
+    """The kernel plan for a block format, or None where the plain pipeline must run."""
+    if not isinstance(fmt, BlockFormat) or fmt.rule not in _RULES or len(fmt.block) != 1:
+        return None
+    return _block_plan(fmt, mode, dtype, sr_bits, generator is None)
+
+
+@lru_cache(maxsize=256)
+def _block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, no_generator: bool) -> BlockPlan | None:
+    generator = None if no_generator else True
+    layout = F64 if (fmt.rule is ScaleRule.FLOOR and dtype is torch.float64) else F32
+    elem = fast.scalar_plan(fmt.element, mode, True, layout.float_dtype, sr_bits, generator)
+    lo = round(math.log2(fmt.scale.smallest_positive))
+    hi = math.floor(math.log2(fmt.scale.max_value))
+    if elem is not None and fmt.rule is ScaleRule.FLOOR:
+        elem = Plan.make(elem.fmt, elem.mode, True, layout, layout.float_dtype, elem.sr_bits,
+                         elem.rng, shifts=(lo, hi))
+    scale = None
+    if fmt.rule is ScaleRule.AMAX:
+        scale = fast.scalar_plan(fmt.scale, M.RNE, True, torch.float32, None, None)
+        if scale is None:
+            return None
+    elif fmt.rule is ScaleRule.HIF4:
+        from floatlab.ops.hif4 import E6M2
+        scale = Plan.make(E6M2, M.RNE, True, F32, torch.float32)
+    if elem is None:
+        return None
+    return BlockPlan(fmt, elem, dtype, math.floor(math.log2(fmt.element.max_value)), lo, hi, scale,
+                     float(fmt.element.max_value * fmt.scale.max_value))
+
+
+def _kernel(plan: BlockPlan):
+    body = _KERNELS[plan.fmt.rule]
+
+    def quantize_blocks(x, rnd):
+        return body(x, rnd, plan)
+    return quantize_blocks
+
+
+def quantize_block(x: torch.Tensor, fmt, rounding, saturate, generator, sr_bits,
+                   out: torch.Tensor | None, backend: str, options: dict) -> torch.Tensor | None:
+    """The fast path for a block format, or None when the plain pipeline must run."""
+    if backend == "plain":
+        return None
+    plan = None
+    if set(options) <= {"axis", "pad"} and saturate is not False and x.ndim >= 1:
+        from floatlab.ops.api import resolve_rounding
+        mode = resolve_rounding(fmt, rounding, sr_bits) if isinstance(fmt, BlockFormat) else None
+        axis = options.get("axis", -1)
+        last = isinstance(axis, int) and not isinstance(axis, bool) and axis in (-1, x.ndim - 1)
+        if mode is not None and last and x.shape[-1] % fmt.block_numel == 0 and x.numel() > 0:
+            plan = block_plan(fmt, mode, x.dtype, sr_bits, generator)
+    if plan is None or (backend == "auto" and not fast_compile.compile_available()):
+        if backend in ("compiled", "eager"):
+            raise fast.FastPathUnsupported(f"the fast path does not support {fmt.name!r} with "
+                                           f"these options for {x.dtype} inputs")
+        return None
+    if generator is not None:
+        from floatlab.ops.api import _check_generator
+        _check_generator(generator, x)
+    xb = x.reshape(-1, fmt.block_numel)
+    rnd = fast.draws(plan.elem, xb.shape, x.device, generator)
+    y = None
+    if (backend == "compiled" and xb.shape[0] >= 2) or \
+            (backend == "auto" and x.numel() >= fast.COMPILE_MIN_NUMEL and xb.shape[0] >= 2):
+        try:
+            y = fast_compile.run(plan, lambda: _kernel(plan), xb, rnd)
+        except fast_compile.CompileUnavailable:
+            if backend == "compiled":
+                raise
+    if y is None:
+        y = _KERNELS[fmt.rule](xb, rnd, plan)
+    y = y.view(x.shape)
+    return y if out is None else out.copy_(y)
