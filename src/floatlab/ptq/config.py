@@ -1,0 +1,111 @@
+"""What to quantize and how: one frozen config, from the CLI or from code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from floatlab.ptq.quantizer import QuantSpec, as_spec
+
+#: rounding methods (how a weight is put on the grid)
+ROUNDERS = ("rtn", "gptq")
+#: transforms applied before rounding (they keep the fp32 model's function)
+TRANSFORMS = ("rotate", "smoothquant", "awq")
+
+
+@dataclass(frozen=True)
+class GPTQOptions:
+    """GPTQ (Frantar et al. 2022) settings.
+
+    Args:
+        damp: dampening, a fraction of the mean Hessian diagonal added to the diagonal.
+        block_size: columns per lazy batch update.
+        act_order: process columns by decreasing Hessian diagonal.
+        group_size: scalar formats: one scale per ``group_size`` columns, computed when GPTQ
+            reaches the group (block formats always use their own block as the group).
+    """
+
+    damp: float = 0.01
+    block_size: int = 128
+    act_order: bool = True
+    group_size: int | None = None
+
+
+@dataclass(frozen=True)
+class PTQConfig:
+    """Quantize a model's linear layers.
+
+    Args:
+        weight: spec of every quantized layer's weight (a format name is accepted).
+        act: spec of its input activation; ``None`` is weight-only (e.g. W4A16).
+        method: a rounder (``rtn``, ``gptq``), optionally after transforms joined with ``+``:
+            ``"rotate+gptq"``, ``"smoothquant+rtn"``, ``"awq"`` (AWQ is a transform: ``awq`` alone
+            means ``awq+rtn``).
+        overrides: ``(glob pattern, weight format or None, act format or None)`` per layer name;
+            ``None`` keeps the layer in fp32 for that role. Later entries win.
+        gptq: :class:`GPTQOptions`.
+        smooth_alpha: SmoothQuant's migration strength.
+        awq_grid: number of AWQ scale exponents searched in [0, 1].
+    """
+
+    weight: QuantSpec | None
+    act: QuantSpec | None = None
+    method: str = "rtn"
+    overrides: tuple = ()
+    gptq: GPTQOptions = field(default_factory=GPTQOptions)
+    smooth_alpha: float = 0.5
+    awq_grid: int = 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weight", as_spec(self.weight))
+        object.__setattr__(self, "act", as_spec(self.act))
+        self.steps()  # validates the method
+        ov = []
+        for entry in self.overrides:
+            pattern, w, a = entry
+            ov.append((pattern, as_spec(w), as_spec(a)))
+        object.__setattr__(self, "overrides", tuple(ov))
+
+    def steps(self) -> tuple[tuple[str, ...], str]:
+        """``(transforms, rounder)`` parsed from ``method``."""
+        parts = [p.strip().lower() for p in self.method.split("+") if p.strip()]
+        if not parts:
+            raise ValueError("method is empty")
+        rounder = parts[-1] if parts[-1] in ROUNDERS else "rtn"
+        transforms = tuple(parts[:-1] if parts[-1] in ROUNDERS else parts)
+        for t in transforms:
+            if t not in TRANSFORMS:
+                known = ", ".join(ROUNDERS + TRANSFORMS)
+                raise ValueError(f"unknown PTQ method part {t!r} in {self.method!r}; known: {known}")
+        return transforms, rounder
+
+    def weight_spec(self, layer: str) -> QuantSpec | None:
+        from floatlab.ptq.modules import spec_for
+        return spec_for(layer, self.weight, {p: w for p, w, _ in self.overrides})
+
+    def act_spec(self, layer: str) -> QuantSpec | None:
+        from floatlab.ptq.modules import spec_for
+        return spec_for(layer, self.act, {p: a for p, _, a in self.overrides})
+
+    def label(self) -> str:
+        w = str(self.weight) if self.weight else "fp32"
+        a = str(self.act) if self.act else "-"
+        return f"W:{w} A:{a} {self.method}"
+
+    def to_dict(self) -> dict:
+        return {
+            "weight": self.weight.to_dict() if self.weight else None,
+            "act": self.act.to_dict() if self.act else None,
+            "method": self.method,
+            "overrides": [[p, w.to_dict() if w else None, a.to_dict() if a else None] for p, w, a in self.overrides],
+            "gptq": vars(self.gptq).copy(),
+            "smooth_alpha": self.smooth_alpha,
+            "awq_grid": self.awq_grid,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PTQConfig":
+        return cls(weight=QuantSpec.from_dict(d["weight"]), act=QuantSpec.from_dict(d.get("act")),
+                   method=d.get("method", "rtn"),
+                   overrides=tuple((p, QuantSpec.from_dict(w), QuantSpec.from_dict(a)) for p, w, a in d.get("overrides", [])),
+                   gptq=GPTQOptions(**d.get("gptq", {})), smooth_alpha=d.get("smooth_alpha", 0.5),
+                   awq_grid=d.get("awq_grid", 10))

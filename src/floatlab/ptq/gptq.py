@@ -1,0 +1,182 @@
+"""GPTQ (Frantar et al., 2022) for any floatlab format.
+
+The format enters only through :class:`floatlab.ptq.quantizer.FrozenGrid` (the quantizer's
+rounding with its scales fixed). Choices:
+
+* Hessian ``H = 2/n sum x x^T`` of each layer's input over the calibration tokens, collected in
+  one pass of the fp32 model (inputs are not re-collected after earlier layers are quantized);
+  dampening ``damp * mean(diag H)``; dead inputs (zero diagonal) get weight 0.
+* Lazy batch updates over ``block_size`` columns; the inverse Hessian through its Cholesky factor.
+* Groups: block formats use their own block as the group: when GPTQ reaches a block of columns
+  it computes that block's scales (per row) from the *current, already updated* weights, then
+  rounds the block's columns one by one on that fixed grid (GPTQ-with-groups). NVFP4's per-tensor
+  scale comes from the whole original weight. Scalar formats: one absmax scale per row from the
+  original weight, or per ``group_size`` columns computed at the group's start.
+* ``act_order`` (columns by decreasing Hessian diagonal) applies when there are no groups (scalar
+  formats with per-row scales); with groups the columns keep their order so that every group is
+  a real block of the format.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from floatlab.ptq.config import GPTQOptions, PTQConfig
+from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, absmax_scale
+from floatlab.ptq.weights import QWeight
+
+
+def _group_of(spec: QuantSpec, opts: GPTQOptions) -> int | None:
+    if spec.is_block:
+        blk = spec.fmt.block
+        if len(blk) != 1:
+            raise ValueError(f"GPTQ needs 1D blocks; {spec.format!r} has {blk} tiles (use RTN)")
+        return blk[0]
+    return spec.group_size or opts.group_size
+
+
+@torch.no_grad()
+def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOptions = GPTQOptions()) -> QWeight:
+    """Quantize one weight ``(out, in)`` given its input Hessian ``(in, in)``."""
+    W = w.detach().to(torch.float32).clone()
+    rows, cols = W.shape
+    H = H.to(torch.float32).clone()
+    group = _group_of(spec, opts)
+    if group is not None and not spec.is_block and cols % group:
+        raise ValueError(f"group_size {group} does not divide in_features {cols}")
+    if spec.is_block and cols % group and not spec.pad:
+        raise ValueError(f"{spec.format!r}: block {group} does not divide in_features {cols} and padding is off")
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    perm = None
+    if opts.act_order and group is None:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    damp = opts.damp * torch.mean(torch.diag(H))
+    H += damp * torch.eye(cols)
+    L = torch.linalg.cholesky(H.double())
+    Hinv = torch.cholesky_inverse(L)
+    Hinv = torch.linalg.cholesky(Hinv, upper=True).to(torch.float32)
+
+    tensor_amax = w.detach().abs().amax().to(torch.float32) if spec.is_block else None
+    row_grid = None
+    if group is None:
+        row_grid = FrozenGrid(W, spec, row_scale=absmax_scale(W, QuantSpec(spec.format, None, spec.scale_target), "weight")
+                              if spec.scaled else None)
+    Q = torch.zeros_like(W)
+    values = torch.zeros_like(W)
+    grids: list[FrozenGrid] = []
+    bs = opts.block_size if group is None else max(group, (opts.block_size // group) * group)
+    for i1 in range(0, cols, bs):
+        i2 = min(i1 + bs, cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        grid = row_grid
+        for i in range(i2 - i1):
+            col = i1 + i
+            if group is not None and col % group == 0:
+                grid = FrozenGrid(W1[:, i:i + group], spec, tensor_amax=tensor_amax)
+                grids.append(grid)
+            j = col % group if group is not None else col
+            wcol = W1[:, i]
+            qv, q = _round(grid, wcol, j)
+            Q[:, col], values[:, col] = q, qv
+            err = (wcol - q) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    if perm is not None:
+        inv = torch.argsort(perm)
+        Q, values = Q[:, inv], values[:, inv]
+    return _assemble(spec, w.shape, Q, values, grids, row_grid, group)
+
+
+def _round(grid: FrozenGrid, col: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grid value stored, dequantized value) of one column."""
+    spec = grid.spec
+    if spec.is_block:
+        c = grid.grid.elements(col[:, None], slice(j, j + 1))
+        return c[:, 0], grid.grid.decode(c, slice(j, j + 1))[:, 0]
+    q = grid.round(col, j)
+    if spec.scaled:
+        from floatlab.ptq import fastquant
+        s = grid.scale.reshape(-1)
+        v = fastquant.scalar_quantize(col.to(torch.float32) / s, spec.fmt, spec.rounding, saturate=True)
+        return v, v * s
+    return q, q
+
+
+def _assemble(spec, shape, Q, values, grids, row_grid, group) -> QWeight:
+    rows, cols = shape
+    if spec.is_block:
+        scales = [g.grid.scales() for g in grids]
+        merged = {}
+        for key in scales[0]:
+            if key == "tensor_scale":
+                merged[key] = scales[0][key]
+            else:
+                merged[key] = torch.stack([s[key] for s in scales], dim=1).reshape(rows * len(scales), *scales[0][key].shape[1:])
+        return QWeight(spec, tuple(shape), values.contiguous(), merged, wq=Q.contiguous())
+    if not spec.scaled:
+        return QWeight(spec, tuple(shape), values.contiguous(), wq=Q.contiguous())
+    if group is None:
+        return QWeight(spec, tuple(shape), values.contiguous(), None, row_grid.scale, wq=Q.contiguous())
+    scale = torch.stack([g.scale.reshape(rows) for g in grids], dim=1).unsqueeze(-1)   # (rows, ngroups, 1)
+    gspec = QuantSpec(spec.format, group, spec.scale_target, spec.rounding, spec.pad)
+    return QWeight(gspec, tuple(shape), values.contiguous(), None, scale, wq=Q.contiguous())
+
+
+@torch.no_grad()
+def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict]) -> dict[str, torch.Tensor]:
+    """``2/n X^T X`` of every layer's input over the calibration batches (padding tokens excluded)."""
+    H = {n: torch.zeros(l.in_features, l.in_features) for n, l in layers.items()}
+    count = {n: 0 for n in layers}
+    state = {"mask": None}
+
+    def hook(name):
+        def fn(mod, args):
+            x = args[0].detach().to(torch.float32)
+            m = state["mask"]
+            if m is not None and x.dim() == 3 and m.shape == x.shape[:2]:
+                x = x[m.bool()]
+            x = x.reshape(-1, x.shape[-1])
+            n = x.shape[0]
+            tot = count[name] + n
+            H[name] *= count[name] / tot
+            H[name] += (2.0 / tot) * (x.T @ x)
+            count[name] = tot
+        return fn
+    handles = [l.register_forward_pre_hook(hook(n)) for n, l in layers.items()]
+    try:
+        for batch in calib:
+            state["mask"] = batch.get("attention_mask")
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return H
+
+
+def gptq_model(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict], config: PTQConfig,
+               progress=None) -> dict[str, QWeight]:
+    H = collect_hessians(model, layers, calib)
+    out = {}
+    for name, lin in layers.items():
+        spec = config.weight_spec(name)
+        if spec is None:
+            continue
+        out[name] = gptq_weight(lin.weight, H[name], spec, config.gptq)
+        if progress:
+            progress(name)
+    return out
+
+
+def reconstruction_error(w: torch.Tensor, wq: torch.Tensor, H: torch.Tensor) -> float:
+    """``tr((W - Wq) H (W - Wq)^T)``: the layer-output error GPTQ minimizes (H = 2/n X^T X)."""
+    d = (w.detach().double() - wq.detach().double())
+    return float(torch.einsum("ij,jk,ik->", d, H.double(), d)) / 2.0

@@ -1,0 +1,114 @@
+"""Save a quantized model as packed QTensors (safetensors) plus a config, and load it back.
+
+Layout of the output folder:
+
+* ``config.json``: the source model, the :class:`PTQConfig`, and the metric measured right after
+  quantization (``floatlab eval DIR`` recomputes it and checks that it is identical);
+* ``quantized.safetensors`` (written by :func:`floatlab.save`): for every quantized layer
+  ``<layer>.qweight`` (a QTensor: packed codes plus block scales) and, for scaled scalar formats,
+  ``<layer>.wscale`` (float32 per-row scales); every other tensor of the model's state dict
+  (embeddings, norms, biases, after any rotation) as a plain tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import floatlab
+from floatlab.models.loading import LoadedModel, load_model
+from floatlab.ptq.apply import rebuild_quantized
+from floatlab.ptq.config import PTQConfig
+from floatlab.ptq.modules import QuantLinear
+from floatlab.ptq.weights import QWeight
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "quantized.safetensors"
+
+
+def save_quantized(out: Path, lm: LoadedModel, model: nn.Module, config: PTQConfig,
+                   qweights: dict[str, QWeight], metric: dict | None = None) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, qw in qweights.items():
+        tensors.update(qw.tensors(name))
+    quant_names = set(qweights)
+    transforms = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantLinear) and mod.input_transform is not None:
+            transforms[name] = _describe(mod.input_transform)
+    for key, t in model.state_dict().items():
+        layer = key.rsplit(".", 1)[0]
+        if layer in quant_names and key.endswith(".weight"):
+            continue
+        tensors[key] = t.detach().contiguous().clone()
+    floatlab.save(out / WEIGHTS, tensors)
+    cfg = {"floatlab_ptq": FORMAT_VERSION, "model": lm.name if lm.name in ("minilm", "smollm2") else str(lm.folder),
+           "model_type": lm.model_type, "kind": lm.kind, "baseline_note": lm.baseline_note,
+           "ptq": config.to_dict(), "layers": sorted(quant_names), "input_transforms": transforms,
+           "untied_lm_head": bool(hasattr(model, "lm_head") and hasattr(model, "model")
+                                  and model.lm_head.weight is not getattr(model.model, "embed_tokens", model.lm_head).weight),
+           "metric": metric or {}}
+    (out / CONFIG).write_text(json.dumps(cfg, indent=2))
+    return out
+
+
+def load_quantized(folder: Path, *, log=print) -> tuple[LoadedModel, PTQConfig, dict]:
+    """Rebuild the quantized model saved in ``folder``: ``(loaded model, config, saved config dict)``."""
+    folder = Path(folder)
+    cfg_path = folder / CONFIG
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a floatlab ptq output folder (no {CONFIG})")
+    saved = json.loads(cfg_path.read_text())
+    if saved.get("floatlab_ptq") != FORMAT_VERSION:
+        raise ValueError(f"{cfg_path}: not a floatlab ptq config (version {saved.get('floatlab_ptq')!r})")
+    config = PTQConfig.from_dict(saved["ptq"])
+    lm = load_model(saved["model"], log=log)
+    tensors = floatlab.load(folder / WEIGHTS)
+    transforms = {}
+    if saved.get("input_transforms"):
+        transforms = _transforms_for(lm.model, saved["input_transforms"], tensors)
+        if saved.get("untied_lm_head"):
+            from floatlab.ptq.rotation import untie_lm_head
+            untie_lm_head(lm.model)
+    qweights = {name: QWeight.from_tensors(config.weight_spec(name), name, tensors) for name in saved["layers"]}
+    plain = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)
+             and not k.endswith(".wscale")}
+    rebuild_quantized(lm.model, config, qweights, transforms)
+    missing, unexpected = lm.model.load_state_dict(plain, strict=False)
+    bad = [k for k in unexpected]
+    if bad:
+        raise ValueError(f"{folder}: tensors that the model does not have: {bad[:5]}")
+    lm.model.eval()
+    return lm, config, saved
+
+
+def _describe(t: nn.Module) -> list[str]:
+    mods = list(t) if isinstance(t, nn.Sequential) else [t]
+    return [type(m).__name__ for m in mods]
+
+
+def _transforms_for(model: nn.Module, described: dict, tensors: dict) -> dict[str, nn.Module]:
+    """Empty transform modules of the saved kinds; load_state_dict fills their buffers."""
+    from floatlab.models.loading import linear_layers
+    from floatlab.ptq.rotation import OnlineRotation
+    from floatlab.ptq.smooth import ChannelScale
+    layers = linear_layers(model)
+    out = {}
+    for name, kinds in described.items():
+        n = layers[name].in_features
+        mods = []
+        for k in kinds:
+            if k == "OnlineRotation":
+                mods.append(OnlineRotation(n))
+            elif k == "ChannelScale":
+                mods.append(ChannelScale(torch.ones(n)))
+            else:
+                raise ValueError(f"unknown saved input transform {k!r} on {name}")
+        out[name] = mods[0] if len(mods) == 1 else nn.Sequential(*mods)
+    return out

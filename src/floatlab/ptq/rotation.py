@@ -1,0 +1,116 @@
+"""Hadamard rotation (QuaRot-style): rotate so that activation outliers spread over channels,
+without changing what the fp32 model computes.
+
+* Llama-family models (pre-norm RMSNorm): fold every RMSNorm weight into the linears that read
+  its output (the final norm into an untied copy of the LM head), then rotate the residual stream
+  by an orthonormal ``Q``: embeddings ``E <- E Q``, every reader ``W <- W Q`` (q/k/v, gate/up,
+  LM head), every writer ``W <- Q^T W`` (o_proj, down_proj). RMSNorm with unit weight commutes
+  with ``Q``. ``down_proj`` and ``o_proj`` get an *online* Hadamard on their input
+  (``x <- x Q'``, ``W <- W Q'``), computed in every forward pass.
+* Other architectures (BERT: post-LayerNorm, whose mean subtraction does not commute with a
+  rotation): every linear gets the online rotation of its input.
+
+``Q`` is the normalized Sylvester Hadamard matrix when the size is a power of two; otherwise a
+block-diagonal matrix of Sylvester Hadamards of the largest power-of-two block dividing the size
+(384 = 3 x 128, 576 = 9 x 64, 1536 = 3 x 512), times fixed pseudo-random signs (seed 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from floatlab.models.loading import linear_layers
+
+
+def hadamard(n: int, seed: int = 0) -> torch.Tensor:
+    """An ``n x n`` orthonormal (block-)Hadamard matrix with random signs, float64."""
+    b = n & (-n)                       # largest power of two dividing n
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < b:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    h = h / math.sqrt(b)
+    q = torch.block_diag(*([h] * (n // b)))
+    g = torch.Generator().manual_seed(seed + n)
+    signs = torch.randint(0, 2, (n,), generator=g).to(torch.float64) * 2 - 1
+    return signs[:, None] * q          # diag(signs) @ q: still orthonormal
+
+
+class OnlineRotation(nn.Module):
+    """``x -> x Q`` on the last axis (``Q`` orthonormal), computed in float32."""
+
+    def __init__(self, n: int, seed: int = 0):
+        super().__init__()
+        self.register_buffer("matrix", hadamard(n, seed).to(torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(torch.float32) @ self.matrix).to(x.dtype)
+
+
+def is_llama_like(model: nn.Module) -> bool:
+    inner = getattr(model, "model", None)
+    return inner is not None and hasattr(inner, "layers") and hasattr(inner, "embed_tokens") \
+        and hasattr(model, "lm_head")
+
+
+def _fold_norm(norm: nn.Module, linears: list[nn.Linear]) -> None:
+    g = norm.weight.detach().double()
+    for lin in linears:
+        lin.weight.data = (lin.weight.detach().double() * g).to(lin.weight.dtype)
+    norm.weight.data = torch.ones_like(norm.weight)
+
+
+def untie_lm_head(model: nn.Module) -> None:
+    """Give the LM head its own weight (a copy) when it shares the embeddings'."""
+    head = model.lm_head
+    if head.weight is model.model.embed_tokens.weight:
+        head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    if hasattr(model.config, "tie_word_embeddings"):
+        model.config.tie_word_embeddings = False
+
+
+@torch.no_grad()
+def rotate_model(model: nn.Module, seed: int = 0) -> dict[str, nn.Module]:
+    """Rotate ``model`` in place; return ``{layer name: OnlineRotation}`` for the linears whose
+    input must be rotated online (their weights already hold the inverse)."""
+    online = {}
+    layers = linear_layers(model)
+    if is_llama_like(model):
+        untie_lm_head(model)
+        inner = model.model
+        hidden = inner.embed_tokens.weight.shape[1]
+        Q = hadamard(hidden, seed)
+        for blk in inner.layers:
+            at, mlp = blk.self_attn, blk.mlp
+            _fold_norm(blk.input_layernorm, [at.q_proj, at.k_proj, at.v_proj])
+            _fold_norm(blk.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
+            for lin in (at.q_proj, at.k_proj, at.v_proj, mlp.gate_proj, mlp.up_proj):
+                lin.weight.data = (lin.weight.double() @ Q).to(lin.weight.dtype)
+            for lin in (at.o_proj, mlp.down_proj):
+                lin.weight.data = (Q.T @ lin.weight.double()).to(lin.weight.dtype)
+                if lin.bias is not None:
+                    lin.bias.data = (lin.bias.double() @ Q).to(lin.bias.dtype)
+        _fold_norm(inner.norm, [model.lm_head])
+        model.lm_head.weight.data = (model.lm_head.weight.double() @ Q).to(model.lm_head.weight.dtype)
+        emb = inner.embed_tokens.weight
+        emb.data = (emb.double() @ Q).to(emb.dtype)
+        targets = [n for n in layers if n.endswith(("mlp.down_proj", "self_attn.o_proj"))]
+    else:
+        targets = list(layers)
+    for name in targets:
+        lin = layers[name]
+        rot = OnlineRotation(lin.in_features, seed)
+        lin.weight.data = (lin.weight.double() @ rot.matrix.double()).to(lin.weight.dtype)
+        online[name] = rot
+    return online
+
+
+def attach_transforms(model: nn.Module, transforms: dict[str, nn.Module]) -> None:
+    """Wrap the named linears so that their transform runs (no quantization): for checks."""
+    from floatlab.ptq.modules import QuantLinear, set_module
+    layers = linear_layers(model)
+    for name, t in transforms.items():
+        lin = layers[name]
+        set_module(model, name, QuantLinear(lin, lin.weight.detach(), None, None, t))

@@ -1,0 +1,97 @@
+"""A quantized weight as stored: grid values plus scales, its dequantized tensor, and packing
+into floatlab QTensors (exact save/reload).
+
+* block formats: ``values`` are the signed element values, ``scales`` the block scales in the
+  layout of :func:`floatlab.encode` (so the QTensor decodes with floatlab's own decoder);
+* scaled scalar formats: ``values`` = ``q(W / s)`` on the format's grid, ``row_scale`` = ``s``
+  (float32, one per row or per (row, group)); the weight is ``values * s``;
+* unscaled formats (bf16, fp16): ``values`` is the weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+import floatlab
+from floatlab.ops.blocking import to_blocks
+from floatlab.ptq import fastquant
+from floatlab.ptq.quantizer import QuantSpec, _grouped, absmax_scale
+from floatlab.tensor.qtensor import QTensor
+
+
+@dataclass
+class QWeight:
+    spec: QuantSpec
+    shape: tuple[int, ...]
+    values: torch.Tensor                       # see the module docstring
+    scales: dict | None = None                 # block formats: floatlab's scale tensors
+    row_scale: torch.Tensor | None = None      # scaled scalar formats
+    wq: torch.Tensor | None = None             # the dequantized weight, when already known
+    _qt: QTensor | None = field(default=None, repr=False)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 weight the model computes with (equal to the packed QTensor's decode)."""
+        if self.wq is not None:
+            return self.wq
+        spec = self.spec
+        if spec.is_block:
+            return self.to_qtensor().dequantize(torch.float32)
+        if self.row_scale is None:
+            return self.values
+        if spec.group_size:
+            return (_grouped(self.values, spec.group_size) * self.row_scale).reshape(self.shape)
+        return self.values * self.row_scale
+
+    def to_qtensor(self) -> QTensor:
+        """Pack the grid values (codes, 2 per byte for 4-bit formats) and block scales."""
+        if self._qt is not None:
+            return self._qt
+        fmt = self.spec.fmt
+        if self.spec.is_block:
+            blocks, blocking = to_blocks(self.values, fmt.block, axis=-1, pad=self.spec.pad)
+            codes = fmt.element.encode(blocks.double())
+            meta = {"axis": blocking.axis, "padded": list(blocking.padded)}
+            self._qt = QTensor.from_codes(codes, fmt, dtype=torch.float32, scales=self.scales, meta=meta,
+                                          shape=self.shape)
+            return self._qt
+        return QTensor.from_codes(fmt.encode(self.values.double()), fmt, dtype=torch.float32)
+
+    def tensors(self, prefix: str) -> dict:
+        """``{name: QTensor | Tensor}`` for :func:`floatlab.save`."""
+        out = {f"{prefix}.qweight": self.to_qtensor()}
+        if self.row_scale is not None:
+            out[f"{prefix}.wscale"] = self.row_scale.contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, spec: QuantSpec, prefix: str, tensors: dict) -> "QWeight":
+        qt = tensors[f"{prefix}.qweight"]
+        if spec.is_block:
+            return cls(spec, tuple(qt.shape), None, dict(qt.scales), _qt=qt)
+        return cls(spec, tuple(qt.shape), qt.dequantize(torch.float32), None, tensors.get(f"{prefix}.wscale"))
+
+
+def rtn_weight(w: torch.Tensor, spec: QuantSpec) -> QWeight:
+    """Round-to-nearest: the weight through ``fake_quant``'s conventions, keeping codes and scales.
+
+    ``rtn_weight(w, spec).dequantize()`` equals ``fake_quant(w, spec, "weight")`` (tested)."""
+    w = w.detach().to(torch.float32)
+    fmt = spec.fmt
+    if spec.is_block:
+        if not fastquant.block_supported(fmt) or not bool(torch.isfinite(w).all()):
+            qt = floatlab.encode(w, fmt, rounding=spec.rounding, axis=-1, pad=spec.pad)
+            return QWeight(spec, tuple(w.shape), None, dict(qt.scales), _qt=qt)
+        blocks, blocking = to_blocks(w, fmt.block, axis=-1, pad=spec.pad)
+        grid = fastquant.block_grid(blocks, fmt, spec.rounding)
+        elements = grid.elements(blocks)
+        values = blocking.unblock(elements).contiguous()
+        wq = blocking.unblock(grid.decode(elements, None)).contiguous()
+        return QWeight(spec, tuple(w.shape), values, grid.scales(), wq=wq)
+    if not spec.scaled:
+        return QWeight(spec, tuple(w.shape), fastquant.scalar_quantize(w, fmt, spec.rounding, saturate=True))
+    s = absmax_scale(w, spec, "weight")
+    x = _grouped(w, spec.group_size) if spec.group_size else w
+    values = fastquant.scalar_quantize(x / s, fmt, spec.rounding, saturate=True).reshape(w.shape)
+    return QWeight(spec, tuple(w.shape), values, None, s)
