@@ -24,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from floatlab.ptq.calibration import token_rows
 from floatlab.ptq.config import GPTQOptions, PTQConfig
 from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, absmax_scale
 from floatlab.ptq.weights import QWeight
@@ -140,11 +141,7 @@ def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib: list
 
     def hook(name):
         def fn(mod, args):
-            x = args[0].detach().to(torch.float32)
-            m = state["mask"]
-            if m is not None and x.dim() == 3 and m.shape == x.shape[:2]:
-                x = x[m.bool()]
-            x = x.reshape(-1, x.shape[-1])
+            x = token_rows(args[0], state["mask"])
             n = x.shape[0]
             tot = count[name] + n
             H[name] *= count[name] / tot

@@ -19,8 +19,10 @@ import torch
 from torch import nn
 
 from floatlab.models.loading import linear_layers
+from floatlab.ptq.calibration import token_rows
 from floatlab.ptq.config import PTQConfig
 from floatlab.ptq.quantizer import fake_quant
+
 
 _MAX_TOKENS = 512
 
@@ -44,11 +46,7 @@ def input_statistics(model: nn.Module, layers: dict[str, nn.Linear], calib: list
 
     def hook(name):
         def fn(mod, args):
-            x = args[0].detach().to(torch.float32)
-            m = state["mask"]
-            if m is not None and x.dim() == 3 and m.shape == x.shape[:2]:
-                x = x[m.bool()]
-            x = x.reshape(-1, x.shape[-1])
+            x = token_rows(args[0], state["mask"])
             st = stats[name]
             a = x.abs()
             st["max"] = a.amax(0) if st["max"] is None else torch.maximum(st["max"], a.amax(0))
