@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
 
 
 def token_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -15,3 +18,25 @@ def token_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask is not None and x.dim() == 3 and mask.shape == x.shape[:2]:
         x = x[mask.bool()]
     return x.reshape(-1, x.shape[-1])
+
+
+@torch.no_grad()
+def for_each_input(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict],
+                   update: Callable[[str, torch.Tensor], None]) -> None:
+    """Run the calibration batches through ``model`` and call ``update(name, rows)`` with the
+    real-token input rows of every layer in ``layers`` (hooks are removed afterwards)."""
+    state = {"mask": None}
+
+    def hook(name: str):
+        def fn(mod, args):
+            update(name, token_rows(args[0], state["mask"]))
+        return fn
+
+    handles = [layer.register_forward_pre_hook(hook(n)) for n, layer in layers.items()]
+    try:
+        for batch in calib:
+            state["mask"] = batch.get("attention_mask")
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()

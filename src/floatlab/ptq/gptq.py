@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from floatlab.ptq.calibration import token_rows
+from floatlab.ptq.calibration import for_each_input
 from floatlab.ptq.config import GPTQOptions, PTQConfig
 from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, absmax_scale
 from floatlab.ptq.weights import QWeight
@@ -137,25 +137,14 @@ def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib: list
     """``2/n X^T X`` of every layer's input over the calibration batches (padding tokens excluded)."""
     H = {n: torch.zeros(l.in_features, l.in_features) for n, l in layers.items()}
     count = {n: 0 for n in layers}
-    state = {"mask": None}
 
-    def hook(name):
-        def fn(mod, args):
-            x = token_rows(args[0], state["mask"])
-            n = x.shape[0]
-            tot = count[name] + n
-            H[name] *= count[name] / tot
-            H[name] += (2.0 / tot) * (x.T @ x)
-            count[name] = tot
-        return fn
-    handles = [l.register_forward_pre_hook(hook(n)) for n, l in layers.items()]
-    try:
-        for batch in calib:
-            state["mask"] = batch.get("attention_mask")
-            model(**batch)
-    finally:
-        for h in handles:
-            h.remove()
+    def update(name: str, x: torch.Tensor) -> None:
+        tot = count[name] + x.shape[0]
+        H[name] *= count[name] / tot
+        H[name] += (2.0 / tot) * (x.T @ x)
+        count[name] = tot
+
+    for_each_input(model, layers, calib, update)
     return H
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from floatlab.models.loading import linear_layers
-from floatlab.ptq.calibration import token_rows
+from floatlab.ptq.calibration import for_each_input
 from floatlab.ptq.config import PTQConfig
 from floatlab.ptq.quantizer import fake_quant
 
@@ -42,28 +42,18 @@ class ChannelScale(nn.Module):
 def input_statistics(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict]) -> dict[str, dict]:
     """Per layer: per-channel max|x|, mean|x| and up to 512 sampled input rows (real tokens)."""
     stats = {n: {"max": None, "sum": None, "n": 0, "rows": []} for n in layers}
-    state = {"mask": None}
 
-    def hook(name):
-        def fn(mod, args):
-            x = token_rows(args[0], state["mask"])
-            st = stats[name]
-            a = x.abs()
-            st["max"] = a.amax(0) if st["max"] is None else torch.maximum(st["max"], a.amax(0))
-            st["sum"] = a.sum(0) if st["sum"] is None else st["sum"] + a.sum(0)
-            st["n"] += x.shape[0]
-            have = sum(r.shape[0] for r in st["rows"])
-            if have < _MAX_TOKENS:
-                st["rows"].append(x[: _MAX_TOKENS - have].clone())
-        return fn
-    handles = [l.register_forward_pre_hook(hook(n)) for n, l in layers.items()]
-    try:
-        for batch in calib:
-            state["mask"] = batch.get("attention_mask")
-            model(**batch)
-    finally:
-        for h in handles:
-            h.remove()
+    def update(name: str, x: torch.Tensor) -> None:
+        st = stats[name]
+        a = x.abs()
+        st["max"] = a.amax(0) if st["max"] is None else torch.maximum(st["max"], a.amax(0))
+        st["sum"] = a.sum(0) if st["sum"] is None else st["sum"] + a.sum(0)
+        st["n"] += x.shape[0]
+        have = sum(r.shape[0] for r in st["rows"])
+        if have < _MAX_TOKENS:
+            st["rows"].append(x[: _MAX_TOKENS - have].clone())
+
+    for_each_input(model, layers, calib, update)
     for st in stats.values():
         st["mean"] = st["sum"] / max(st["n"], 1)
         st["rows"] = torch.cat(st["rows"]) if st["rows"] else None
