@@ -47,6 +47,13 @@ def pow2(k: torch.Tensor) -> torch.Tensor:
     return torch.where(k >= -1022, normal_bits, subnormal_bits).view(torch.float64)
 
 
+def floor_log2(a: torch.Tensor, zero: int = 0) -> torch.Tensor:
+    """Exact ``floor(log2 a)`` as int64 where ``a > 0`` (from ``frexp``); ``zero`` elsewhere."""
+    positive = a > 0
+    e = torch.frexp(torch.where(positive, a, torch.ones_like(a))).exponent.to(torch.int64) - 1
+    return torch.where(positive, e, torch.full_like(e, zero))
+
+
 class ScalarFormat(abc.ABC):
     """Base class of every element-wise number format (frozen dataclasses subclass it)."""
 

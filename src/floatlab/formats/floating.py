@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import torch
 
-from floatlab.formats.base import Overflow, ScalarFormat, pow2
+from floatlab.formats.base import Overflow, ScalarFormat, floor_log2, pow2
 
 
 class NanStyle(str, enum.Enum):
@@ -176,7 +176,7 @@ class FloatFormat(ScalarFormat):
         a = q.abs()
         finite_nonzero = torch.isfinite(a) & (a > 0)
         safe = torch.where(finite_nonzero, a, torch.ones_like(a))
-        e = torch.frexp(safe).exponent.to(torch.int64) - 1
+        e = floor_log2(safe)
         normal = e >= self.emin
         field = torch.where(normal, e + self.bias, torch.zeros_like(e))
         qe = torch.clamp(e, min=self.emin) - self.mbits

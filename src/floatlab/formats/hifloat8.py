@@ -25,7 +25,7 @@ from fractions import Fraction
 
 import torch
 
-from floatlab.formats.base import Overflow, ScalarFormat, pow2
+from floatlab.formats.base import Overflow, ScalarFormat, floor_log2, pow2
 from floatlab.rounding import RoundingMode
 
 _INF_CODE = 0x6F
@@ -109,7 +109,7 @@ class HiF8Format(ScalarFormat):
         a = q.abs()
         finite_nonzero = torch.isfinite(a) & (a > 0)
         safe = torch.where(finite_nonzero, a, torch.ones_like(a))
-        e = torch.frexp(safe).exponent.to(torch.int64) - 1
+        e = floor_log2(safe)
         ae = e.abs()
         m = torch.where(ae <= 3, 3, torch.where(ae <= 7, 2, 1))
         mant = torch.round(safe * pow2(m - e)).to(torch.int64) - (1 << m)

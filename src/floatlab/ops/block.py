@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from floatlab.formats.base import pow2
+from floatlab.formats.base import floor_log2, pow2
 from floatlab.formats.block import BlockFormat, ScaleRule
 from floatlab.ops import hif4 as hif4_rule
 from floatlab.ops.blocking import Blocking, to_blocks
@@ -20,17 +20,11 @@ from floatlab.rounding import RoundingMode
 from floatlab.tensor.qtensor import QTensor
 
 RNE = RoundingMode.RNE
+_NO_EXPONENT = -100000  # floor(log2 0): far below any scale, clamped to the smallest
 
 
 def _q(x: torch.Tensor, fmt, mode=RNE, saturate=True, generator=None, sr_bits=None):
     return quantize_to_float64(x, fmt, mode, saturate, generator, sr_bits)
-
-
-def _floor_log2(a: torch.Tensor) -> torch.Tensor:
-    """floor(log2 a) for a > 0 (exact, from frexp); a == 0 gives a very small exponent."""
-    safe = torch.where(a > 0, a, torch.ones_like(a))
-    e = torch.frexp(safe).exponent.to(torch.int64) - 1
-    return torch.where(a > 0, e, torch.full_like(e, -100000))
 
 
 # ---- power-of-two scales (OCP MX and variants) -------------------------------------------
@@ -38,17 +32,17 @@ def _pow2_scale_exponent(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
     elem, rule = fmt.element, fmt.rule
     emax_elem = math.floor(math.log2(elem.max_value))
     if rule is ScaleRule.FLOOR:
-        e = _floor_log2(amax) - emax_elem
+        e = floor_log2(amax, zero=_NO_EXPONENT) - emax_elem
     elif rule is ScaleRule.CEIL:
-        f = _floor_log2(amax)
+        f = floor_log2(amax, zero=_NO_EXPONENT)
         exact = amax == pow2(f)
         e = f + (~exact).to(torch.int64) - emax_elem
     elif rule is ScaleRule.EVEN:
         from floatlab.formats.floating import FloatFormat
         rounded = _q(amax, FloatFormat(11, getattr(elem, "mbits", 0)), saturate=False)
-        e = _floor_log2(rounded) - emax_elem
+        e = floor_log2(rounded, zero=_NO_EXPONENT) - emax_elem
     else:  # RCEIL: the smallest e with elem_max * 2^e >= amax
-        e = _floor_log2(amax) - math.floor(math.log2(elem.max_value))
+        e = floor_log2(amax, zero=_NO_EXPONENT) - math.floor(math.log2(elem.max_value))
         too_small = elem.max_value * pow2(e) < amax
         e = e + too_small.to(torch.int64)
         fits_lower = elem.max_value * pow2(e - 1) >= amax

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from floatlab.formats.base import Overflow, ScalarFormat, pow2
+from floatlab.formats.base import Overflow, ScalarFormat, floor_log2, pow2
 from floatlab.rounding import RoundingMode
 
 _HYBRID_TA_LIMIT = 4          # HiF8 HR: ties-away where |E| < 4, self-stochastic elsewhere
@@ -67,7 +67,7 @@ def _hybrid_round_up(fl, frac, x):
     """
     x32 = x.to(torch.float32)
     t14 = (x32.view(torch.int32) & 0x3FFF).to(torch.float64)
-    e = torch.frexp(x32.abs().to(torch.float64)).exponent - 1
+    e = floor_log2(x32.abs().to(torch.float64))
     f14 = torch.floor(frac * 2.0 ** 14)
     ssr = (frac > 0) & (f14 >= t14)
     return torch.where(e.abs() < _HYBRID_TA_LIMIT, frac >= 0.5, ssr)
@@ -86,8 +86,7 @@ def quantize_to_float64(x: torch.Tensor, fmt: ScalarFormat, mode: RoundingMode, 
     # keeps every scaled value finite without changing any decision.
     limit = 2.0 * fmt.overflow_boundary
     a_fin = torch.where(finite, torch.clamp(a, max=limit), torch.zeros_like(a))
-    safe = torch.where(a_fin > 0, a_fin, torch.ones_like(a_fin))
-    e = torch.frexp(safe).exponent.to(torch.int64) - 1
+    e = floor_log2(a_fin)
     qe = fmt.quantum_exponent(e)
     s = a_fin * pow2(-qe)
     fl = torch.floor(s)

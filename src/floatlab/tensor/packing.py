@@ -18,10 +18,6 @@ def storage_dtype(bits: int) -> torch.dtype:
     return torch.int16 if bits <= 16 else torch.int32
 
 
-def packed_nbytes(numel: int, bits: int) -> int:
-    return -(-numel * bits // 8) if bits < 8 else numel * storage_dtype(bits).itemsize
-
-
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     flat = codes.reshape(-1).to(torch.int64)
     if bits < 8:
