@@ -22,7 +22,7 @@ from conftest import SCALAR_FORMATS, stress_float32
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 FAST_BLOCKS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8",
-               "nvfp4", "hif4"]
+               "nvfp4", "nvfp4_2d", "hif4"]
 _INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
@@ -207,9 +207,26 @@ def test_env_selects_plain(monkeypatch):
         fast.resolve_backend("turbo")
 
 
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "hif4", "nvfp4_2d"])
+@pytest.mark.parametrize("backend", ["eager", "compiled"])
+def test_block_any_axis_and_padding_equals_plain(name, backend):
+    """Blocks along a leading axis, lengths that need padding, 3-D inputs, SR draws in order."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(70, 3, 100, generator=g) * torch.exp2(torch.randint(-20, 20, (70, 1, 1), generator=g).float())
+    x[5, 1, 7] = float("nan")
+    for axis in (0, 1, -1):
+        for mode, seed in (("rne", None), ("sr", 3)):
+            a, p = _both(x, name, backend=backend, rounding=mode, seed=seed, axis=axis)
+            assert_same_bits(a, p, f"{name} axis={axis} {mode}")
+    with pytest.raises(ValueError, match="pad"):
+        floatlab.quantize(x, name, backend=backend, axis=-1, pad=False)
+
+
 def test_unsupported_cases_fall_back_or_raise():
     x = torch.randn(4, 40)
-    for fmt, kw in (("nvfp4_46", {}), ("mxfp4", {"axis": 0}), ("mxfp4", {})):  # 40 % 32 != 0
+    with pytest.raises(ValueError, match="saturate=False"):
+        floatlab.quantize(x, "mxfp4", saturate=False)
+    for fmt, kw in (("nvfp4_46", {}),):          # Four Over Six: plain pipeline only
         with pytest.raises(fast.FastPathUnsupported):
             floatlab.quantize(x, fmt, backend="eager", **kw)
         assert_same_bits(floatlab.quantize(x, fmt, backend="auto", **kw),

@@ -1,7 +1,8 @@
 """Fused fast path for block formats: scales, element rounding and dequantization in one kernel.
 
-Covered: 1-D blocks along the last axis whose length is a multiple of the block (no padding),
-with the rules FLOOR (OCP MX: mxfp8/6/4, mxint8), AMAX (NVFP4, with or without the FP32 tensor
+Covered: 1-D blocks along any axis and 2-D tiles, with or without padding (the tensor is cut
+with the same :func:`floatlab.ops.blocking.to_blocks` as the plain pipeline, so blocks, padding
+and stochastic draws line up), with the rules FLOOR (OCP MX: mxfp8/6/4, mxint8), AMAX (NVFP4, with or without the FP32 tensor
 scale) and HIF4. Everything else goes to the plain pipeline (:mod:`floatlab.ops.block`).
 
 Each kernel repeats the plain pipeline's arithmetic step by step, in the same precision:
@@ -23,6 +24,7 @@ import torch
 
 from floatlab.formats.block import BlockFormat, ScaleRule
 from floatlab.ops import fast, fast_compile
+from floatlab.ops.blocking import to_blocks
 from floatlab.ops.fast_scalar import F32, F64, Layout, Plan, pow2, quantize_kernel
 from floatlab.rounding import RoundingMode as M
 
@@ -147,7 +149,7 @@ _KERNELS = {ScaleRule.FLOOR: mx_kernel, ScaleRule.AMAX: amax_kernel, ScaleRule.H
 @torch.compiler.disable   # plain Python bookkeeping: never traced into a caller's graph
 def block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, generator) -> BlockPlan | None:
     """The kernel plan for a block format, or None where the plain pipeline must run."""
-    if not isinstance(fmt, BlockFormat) or fmt.rule not in _RULES or len(fmt.block) != 1:
+    if not isinstance(fmt, BlockFormat) or fmt.rule not in _RULES:
         return None
     return _block_plan(fmt, mode, dtype, sr_bits, generator is None)
 
@@ -190,12 +192,10 @@ def quantize_block(x: torch.Tensor, fmt, rounding, saturate, generator, sr_bits,
     if backend == "plain":
         return None
     plan = None
-    if set(options) <= {"axis", "pad"} and saturate is not False and x.ndim >= 1:
+    if set(options) <= {"axis", "pad"} and saturate is not False and x.ndim >= 1 and x.numel() > 0:
         from floatlab.ops.api import resolve_rounding
         mode = resolve_rounding(fmt, rounding, sr_bits) if isinstance(fmt, BlockFormat) else None
-        axis = options.get("axis", -1)
-        last = isinstance(axis, int) and not isinstance(axis, bool) and axis in (-1, x.ndim - 1)
-        if mode is not None and last and x.shape[-1] % fmt.block_numel == 0 and x.numel() > 0:
+        if mode is not None:
             plan = block_plan(fmt, mode, x.dtype, sr_bits, generator)
     if plan is None or (backend == "auto" and not fast_compile.compile_available()):
         if backend in ("compiled", "eager"):
@@ -205,7 +205,7 @@ def quantize_block(x: torch.Tensor, fmt, rounding, saturate, generator, sr_bits,
     if generator is not None:
         from floatlab.ops.api import _check_generator
         _check_generator(generator, x)
-    xb = x.reshape(-1, fmt.block_numel)
+    xb, blocking = to_blocks(x, fmt.block, options.get("axis", -1), options.get("pad", True))
     rnd = fast.draws(plan.elem, xb.shape, x.device, generator)
     y = None
     if (backend == "compiled" and xb.shape[0] >= 2) or \
@@ -217,5 +217,5 @@ def quantize_block(x: torch.Tensor, fmt, rounding, saturate, generator, sr_bits,
                 raise
     if y is None:
         y = _KERNELS[fmt.rule](xb, rnd, plan)
-    y = y.view(x.shape)
+    y = blocking.unblock(y)
     return y if out is None else out.copy_(y)
