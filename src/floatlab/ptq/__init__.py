@@ -9,10 +9,9 @@ rotation, for any floatlab format (the format enters at :func:`fake_quant` only)
 
 from floatlab.ptq.apply import quantize_model
 from floatlab.ptq.config import GPTQOptions, PTQConfig
-from floatlab.ptq.fastquant import fast_quantize
 from floatlab.ptq.modules import QuantLinear
 from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, fake_quant
 from floatlab.ptq.weights import QWeight, rtn_weight
 
 __all__ = ["quantize_model", "PTQConfig", "GPTQOptions", "QuantSpec", "fake_quant", "FrozenGrid",
-           "fast_quantize", "QuantLinear", "QWeight", "rtn_weight"]
+           "QuantLinear", "QWeight", "rtn_weight"]

@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+import floatlab
+
 from floatlab.ptq.calibration import for_each_input
 from floatlab.ptq.config import GPTQOptions, PTQConfig
 from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, absmax_scale
@@ -105,9 +107,8 @@ def _round(grid: FrozenGrid, col: torch.Tensor, j: int) -> tuple[torch.Tensor, t
         return c[:, 0], grid.grid.decode(c, slice(j, j + 1))[:, 0]
     q = grid.round(col, j)
     if spec.scaled:
-        from floatlab.ptq import fastquant
         s = grid.scale.reshape(-1)
-        v = fastquant.scalar_quantize(col.to(torch.float32) / s, spec.fmt, spec.rounding, saturate=True)
+        v = floatlab.quantize(col.to(torch.float32) / s, spec.fmt, spec.rounding, saturate=True)
         return v, v * s
     return q, q
 

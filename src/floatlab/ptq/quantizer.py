@@ -19,8 +19,8 @@ rounding with the scales computed once per group of columns). Conventions:
   on MiniLM's layer-0 weights). ``scale_target="max"`` forces the format's max everywhere.
   Values are saturated at the format's max (never Inf/NaN).
 
-The rounding is :func:`floatlab.quantize`'s own, computed by the bit-exact float32 fast path of
-:mod:`floatlab.ptq.fastquant`.
+The rounding is :func:`floatlab.quantize` itself (its fused fast path); GPTQ's frozen block
+scales come from :mod:`floatlab.ptq.grid`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 
 import floatlab
 from floatlab.ops.blocking import to_blocks
-from floatlab.ptq import fastquant
+from floatlab.ptq.grid import block_grid
 
 ROLES = ("weight", "act")
 #: formats whose absmax maps to a value other than their max (see the module docstring)
@@ -144,16 +144,16 @@ def fake_quant(t: torch.Tensor, spec, role: str = "weight") -> torch.Tensor:
     dtype = t.dtype
     x = t.to(torch.float32)
     if spec.is_block:
-        y = fastquant.block_quantize(x, spec.fmt, spec.rounding, axis=-1, pad=spec.pad)
+        y = floatlab.quantize(x, spec.fmt, spec.rounding, axis=-1, pad=spec.pad)
     elif not spec.scaled:
-        y = fastquant.scalar_quantize(x, spec.fmt, spec.rounding, saturate=True)
+        y = floatlab.quantize(x, spec.fmt, spec.rounding, saturate=True)
     else:
         s = absmax_scale(x, spec, role)
         if spec.group_size:
             xg = _grouped(x, spec.group_size)
-            y = (fastquant.scalar_quantize(xg / s, spec.fmt, spec.rounding, saturate=True) * s).reshape(x.shape)
+            y = (floatlab.quantize(xg / s, spec.fmt, spec.rounding, saturate=True) * s).reshape(x.shape)
         else:
-            y = fastquant.scalar_quantize(x / s, spec.fmt, spec.rounding, saturate=True) * s
+            y = floatlab.quantize(x / s, spec.fmt, spec.rounding, saturate=True) * s
     return y.to(dtype)
 
 
@@ -180,7 +180,7 @@ class FrozenGrid:
             if self.ncols > b or (self.ncols < b and not spec.pad):
                 raise ValueError(f"a GPTQ group for {spec.format!r} must be one block ({b} columns)")
             xb, _ = to_blocks(wg, fmt.block, axis=-1, pad=True)      # (rows, b): one block per row
-            self.grid = fastquant.block_grid(xb, fmt, spec.rounding, tensor_amax)
+            self.grid = block_grid(xb, fmt, spec.rounding, tensor_amax)
         elif spec.scaled:
             self.scale = row_scale if row_scale is not None else absmax_scale(wg, QuantSpec(spec.format, None, spec.scale_target), "weight")
         self.row_scale = row_scale
@@ -191,6 +191,6 @@ class FrozenGrid:
         if spec.is_block:
             return self.grid.round(c[:, None], slice(j, j + 1))[:, 0]
         if not spec.scaled:
-            return fastquant.scalar_quantize(c, spec.fmt, spec.rounding, saturate=True)
+            return floatlab.quantize(c, spec.fmt, spec.rounding, saturate=True)
         s = self.scale.reshape(-1)
-        return fastquant.scalar_quantize(c / s, spec.fmt, spec.rounding, saturate=True) * s
+        return floatlab.quantize(c / s, spec.fmt, spec.rounding, saturate=True) * s

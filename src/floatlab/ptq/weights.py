@@ -16,7 +16,7 @@ import torch
 
 import floatlab
 from floatlab.ops.blocking import to_blocks
-from floatlab.ptq import fastquant
+from floatlab.ptq import grid as block_grids
 from floatlab.ptq.quantizer import QuantSpec, _grouped, absmax_scale
 from floatlab.tensor.qtensor import QTensor
 
@@ -80,18 +80,18 @@ def rtn_weight(w: torch.Tensor, spec: QuantSpec) -> QWeight:
     w = w.detach().to(torch.float32)
     fmt = spec.fmt
     if spec.is_block:
-        if not fastquant.block_supported(fmt) or not bool(torch.isfinite(w).all()):
+        if not block_grids.block_supported(fmt) or not bool(torch.isfinite(w).all()):
             qt = floatlab.encode(w, fmt, rounding=spec.rounding, axis=-1, pad=spec.pad)
             return QWeight(spec, tuple(w.shape), None, dict(qt.scales), _qt=qt)
         blocks, blocking = to_blocks(w, fmt.block, axis=-1, pad=spec.pad)
-        grid = fastquant.block_grid(blocks, fmt, spec.rounding)
+        grid = block_grids.block_grid(blocks, fmt, spec.rounding)
         elements = grid.elements(blocks)
         values = blocking.unblock(elements).contiguous()
         wq = blocking.unblock(grid.decode(elements, None)).contiguous()
         return QWeight(spec, tuple(w.shape), values, grid.scales(), wq=wq)
     if not spec.scaled:
-        return QWeight(spec, tuple(w.shape), fastquant.scalar_quantize(w, fmt, spec.rounding, saturate=True))
+        return QWeight(spec, tuple(w.shape), floatlab.quantize(w, fmt, spec.rounding, saturate=True))
     s = absmax_scale(w, spec, "weight")
     x = _grouped(w, spec.group_size) if spec.group_size else w
-    values = fastquant.scalar_quantize(x / s, fmt, spec.rounding, saturate=True).reshape(w.shape)
+    values = floatlab.quantize(x / s, fmt, spec.rounding, saturate=True).reshape(w.shape)
     return QWeight(spec, tuple(w.shape), values, None, s)

@@ -1,10 +1,12 @@
-"""The PTQ fast path equals floatlab.quantize bit for bit, and the quantizer's conventions hold."""
+"""PTQ rounding: fake_quant and GPTQ's frozen block grids equal floatlab.quantize bit for bit; the
+quantizer's conventions hold."""
 
 import pytest
 import torch
 
 import floatlab
-from floatlab.ptq.fastquant import fast_quantize
+from floatlab.ptq.grid import block_grid
+from floatlab.ops.blocking import to_blocks
 from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, fake_quant
 from floatlab.ptq.weights import rtn_weight
 
@@ -31,37 +33,28 @@ def _scaled(seed):
     return x * torch.logspace(-4, 3, x.shape[0])[:, None]
 
 
-@pytest.mark.parametrize("fmt", SCALAR)
-@pytest.mark.parametrize("saturate", [None, True])
-def test_scalar_fast_path_is_exact(fmt, saturate):
-    x = _scaled(1)
-    assert _same(fast_quantize(x, fmt, saturate=saturate), floatlab.quantize(x, fmt, saturate=saturate))
-
-
-@pytest.mark.parametrize("fmt", ["e4m3", "hif8", "int4", pytest.param("e2m1", marks=pytest.mark.slow),
-                                 pytest.param("e1m2", marks=pytest.mark.slow)])
-def test_scalar_fast_path_ties_and_specials(fmt):
-    f = floatlab.get_format(fmt)
-    vals = floatlab.decode(torch.arange(2 ** f.bits), f).float()
-    vals = vals[torch.isfinite(vals)].unique()
-    mids = (vals[1:] + vals[:-1]) / 2                      # every tie between neighbours
-    x = torch.cat([vals, mids, torch.tensor([float("nan"), float("inf"), -float("inf"), 1e30, -1e30])])
-    for sat in (None, True):
-        for mode in ("rne", "rna", "rnz"):
-            assert _same(fast_quantize(x, f, rounding=mode, saturate=sat),
-                         floatlab.quantize(x, f, rounding=mode, saturate=sat))
-
-
 @pytest.mark.parametrize("fmt", BLOCK)
-def test_block_fast_path_is_exact(fmt):
+def test_block_grid_of_unchanged_blocks_is_quantize(fmt):
     x = _scaled(2)
-    assert _same(fast_quantize(x, fmt), floatlab.quantize(x, fmt))
+    f = floatlab.get_format(fmt)
+    xb, blocking = to_blocks(x, f.block)
+    assert _same(blocking.unblock(block_grid(xb, f).round(xb)), floatlab.quantize(x, fmt))
 
 
-def test_block_fast_path_nonfinite_falls_back():
-    x = _data(3)
-    x[0, 5] = float("nan")
-    assert _same(fast_quantize(x, "mxfp4"), floatlab.quantize(x, "mxfp4"))
+@pytest.mark.parametrize("fmt", SCALAR + BLOCK)
+def test_fake_quant_is_quantize_with_its_scale(fmt):
+    """fake_quant = floatlab.quantize (block formats, bf16/fp16) or quantize(x/s)*s with the
+    row absmax mapped to the scale target (narrow scalar formats)."""
+    x = _scaled(1)
+    spec = QuantSpec(fmt)
+    if spec.is_block:
+        expect = floatlab.quantize(x, fmt)
+    elif not spec.scaled:
+        expect = floatlab.quantize(x, fmt, saturate=True)
+    else:
+        s = x.abs().amax(-1, keepdim=True) / spec.target
+        expect = floatlab.quantize(x / s, fmt, saturate=True) * s
+    assert _same(fake_quant(x, spec, "act"), expect)
 
 
 @pytest.mark.parametrize("fmt", ["bf16", "e4m3", "hif8", "int8", "int4", "mxfp8_e4m3", "mxfp4", "nvfp4", "nvfp4_46", "hif4"])
