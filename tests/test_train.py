@@ -50,6 +50,34 @@ def test_resume_continues_with_identical_losses(tmp_path, corpus, recipe, master
     assert again.train_loss == full.train_loss               # a finished run is reused
 
 
+def test_sigkilled_cli_run_resumes_with_identical_losses(tmp_path):
+    """A real kill (SIGKILL mid-run, no clean-up) of `python -m floatlab.train`; rerunning the
+    command continues from the last checkpoint and reproduces the uninterrupted losses."""
+    import signal
+    import time
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = [sys.executable, "-m", "floatlab.train", "--preset", "smoke", "--steps", "300", "-r", "bf16"]
+    ckpt = tmp_path / "killed" / "runs" / "bf16" / "seed0" / "checkpoint.pt"
+    proc = subprocess.Popen([*args, "--out", str(tmp_path / "killed")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)                       # somewhere past the first checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert ckpt.exists() and not (tmp_path / "killed" / "curves.csv").exists()
+    done_at_kill = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < done_at_kill < 300
+    for out in ("killed", "full"):
+        res = subprocess.run([*args, "--out", str(tmp_path / out)], env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    killed, full = _losses(tmp_path / "killed"), _losses(tmp_path / "full")
+    assert len(full) == 300 and killed == full
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,6 +3,8 @@
 Model state (parameters, amax histories, the stochastic-rounding generators as extra state),
 optimizer state, the step, the losses so far and the run's config. Written atomically
 (temporary file, then rename), so a run killed while saving keeps its previous checkpoint.
+Loaded with ``weights_only=True``: tensors, numbers, strings, lists and dicts only (no pickle
+code runs).
 """
 
 from __future__ import annotations
@@ -27,4 +29,4 @@ def load_checkpoint(path: Path) -> dict | None:
     path = Path(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
