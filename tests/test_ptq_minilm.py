@@ -53,6 +53,34 @@ def test_gptq_beats_rtn_on_layer_error(minilm, calib, fmt):
         assert torch.equal(deq, g.dequantize())             # the packed form is exact
 
 
+def test_hessians_equal_inputs_gram_and_are_reusable(minilm, calib):
+    """collect_hessians (which shares x^T x between q/k/v) equals 2/n X^T X of each layer's
+    captured real-token input; passing them to quantize_model gives the same GPTQ weights."""
+    layers = linear_layers(minilm.model)
+    names = [f"encoder.layer.0.attention.self.{n}" for n in ("query", "key", "value")] + \
+        ["encoder.layer.0.output.dense"]
+    sub = {n: layers[n] for n in names}
+    H = collect_hessians(minilm.model, sub, calib)
+    seen = {}
+    hooks = [layers[n].register_forward_hook(lambda m, a, o, n=n: seen.__setitem__(n, a[0])) for n in names]
+    with torch.no_grad():
+        minilm.model(**calib[0])
+    for h in hooks:
+        h.remove()
+    mask = calib[0]["attention_mask"].bool()
+    for n in names:
+        x = seen[n][mask].double()
+        assert torch.allclose(H[n].double(), 2 / x.shape[0] * x.T @ x, rtol=1e-5, atol=1e-6), n
+    cfg = PTQConfig(weight="int4", method="gptq", overrides=(("encoder.layer.[1-5].*", None, None),))
+    a = quantize_model(copy.deepcopy(minilm.model), cfg, calib=calib)
+    b = quantize_model(copy.deepcopy(minilm.model), cfg, calib=calib,
+                       hessians=collect_hessians(minilm.model, linear_layers(minilm.model), calib))
+    assert all(torch.equal(a[n].dequantize(), b[n].dequantize()) for n in a)
+    with pytest.raises(ValueError, match="untransformed"):
+        quantize_model(copy.deepcopy(minilm.model), PTQConfig(weight="int4", method="rotate+gptq"),
+                       calib=calib, hessians={})
+
+
 # GPTQ runs a Python loop over columns: the CI-sized slice quantizes layer 0 only
 ONLY_LAYER0 = (("encoder.layer.[1-5].*", None, None),)
 

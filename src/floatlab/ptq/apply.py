@@ -15,11 +15,14 @@ from floatlab.ptq.weights import QWeight, rtn_weight
 
 
 def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict] | None = None,
-                   progress: Callable[[str], None] | None = None) -> dict[str, QWeight]:
+                   progress: Callable[[str], None] | None = None,
+                   hessians: dict[str, torch.Tensor] | None = None) -> dict[str, QWeight]:
     """Quantize ``model``'s linear layers (in place) and return their :class:`QWeight` by name.
 
     ``calib`` is a list of model input dicts (``input_ids``, ``attention_mask``), needed by GPTQ,
-    SmoothQuant and AWQ."""
+    SmoothQuant and AWQ. ``hessians``: GPTQ's input Hessians by layer name, precomputed with
+    :func:`floatlab.ptq.gptq.collect_hessians` on this same (untransformed) model and ``calib``;
+    ``floatlab compare`` computes them once for all its formats."""
     transforms, rounder = config.steps()
     calib = list(calib or [])
     transforms_done: dict[str, nn.Module] = {}
@@ -40,7 +43,10 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
         if not calib:
             raise ValueError("GPTQ needs calibration data (calib)")
         from floatlab.ptq.gptq import gptq_model
-        qweights = gptq_model(model, layers, calib, config, progress=progress)
+        if hessians is not None and transforms:
+            raise ValueError("precomputed hessians describe the untransformed model; "
+                             f"method {config.method!r} transforms it first")
+        qweights = gptq_model(model, layers, calib, config, progress=progress, hessians=hessians)
     else:
         qweights = {}
         for name, lin in layers.items():

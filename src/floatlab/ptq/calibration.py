@@ -24,12 +24,16 @@ def token_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def for_each_input(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict],
                    update: Callable[[str, torch.Tensor], None]) -> None:
     """Run the calibration batches through ``model`` and call ``update(name, rows)`` with the
-    real-token input rows of every layer in ``layers`` (hooks are removed afterwards)."""
-    state = {"mask": None}
+    real-token input rows of every layer in ``layers`` (hooks are removed afterwards). Layers
+    that read the same input tensor (q/k/v, gate/up) receive the same ``rows`` object, so an
+    ``update`` may reuse work by identity."""
+    state = {"mask": None, "input": None, "rows": None}
 
     def hook(name: str):
         def fn(mod, args):
-            update(name, token_rows(args[0], state["mask"]))
+            if state["input"] is not args[0]:       # layers reading one tensor get one rows object
+                state["input"], state["rows"] = args[0], token_rows(args[0], state["mask"])
+            update(name, state["rows"])
         return fn
 
     handles = [layer.register_forward_pre_hook(hook(n)) for n, layer in layers.items()]
@@ -38,5 +42,6 @@ def for_each_input(model: nn.Module, layers: dict[str, nn.Linear], calib: list[d
             state["mask"] = batch.get("attention_mask")
             model(**batch)
     finally:
+        state.update(input=None, rows=None)
         for h in handles:
             h.remove()

@@ -138,11 +138,14 @@ def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib: list
     """``2/n X^T X`` of every layer's input over the calibration batches (padding tokens excluded)."""
     H = {n: torch.zeros(l.in_features, l.in_features) for n, l in layers.items()}
     count = {n: 0 for n in layers}
+    last = [None, None]          # (rows, rows^T rows): q/k/v and gate/up read the same input
 
     def update(name: str, x: torch.Tensor) -> None:
+        if last[0] is not x:
+            last[0], last[1] = x, x.T @ x
         tot = count[name] + x.shape[0]
         H[name] *= count[name] / tot
-        H[name] += (2.0 / tot) * (x.T @ x)
+        H[name] += (2.0 / tot) * last[1]
         count[name] = tot
 
     for_each_input(model, layers, calib, update)
@@ -150,8 +153,8 @@ def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib: list
 
 
 def gptq_model(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict], config: PTQConfig,
-               progress=None) -> dict[str, QWeight]:
-    H = collect_hessians(model, layers, calib)
+               progress=None, hessians: dict[str, torch.Tensor] | None = None) -> dict[str, QWeight]:
+    H = hessians if hessians is not None else collect_hessians(model, layers, calib)
     out = {}
     for name, lin in layers.items():
         spec = config.weight_spec(name)
