@@ -104,6 +104,8 @@ def test_block_eager_equals_plain(name):
     x[5, :b] = 1e-41
     x[6, 0] = 3.0e38
     x[7] = torch.randn(3 * b, generator=g) * 1e-40
+    x[8] = torch.randn(3 * b, generator=g) * 1e-30          # tiny beside a huge block maximum:
+    x[8, ::b] = 3.0e38                                      # x / scale underflows float32
     for dtype in DTYPES:
         modes = _modes(name) if dtype is torch.float32 else [M.RNE, M.SR]
         for mode in modes:

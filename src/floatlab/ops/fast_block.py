@@ -29,6 +29,7 @@ from floatlab.ops.fast_scalar import F32, F64, Layout, Plan, pow2, quantize_kern
 from floatlab.rounding import RoundingMode as M
 
 _RULES = (ScaleRule.FLOOR, ScaleRule.AMAX, ScaleRule.HIF4)
+_NEAREST = (M.RNE, M.RNA, M.RNZ)
 _ONE_SEVENTH_BF16 = 0.142578125
 _SF_MIN, _SF_MAX = 2.0 ** -48, 1.5 * 2 ** 15
 
@@ -43,6 +44,7 @@ class BlockPlan:
     scale_hi: int
     scale: Plan | None  # rounding of the block scales (AMAX: to the scale format; HIF4: E6M2)
     scale_product: float  # AMAX with a tensor scale: element max * scale max
+    elem_scaled: Plan | None = None  # FLOOR, float32, nearest modes: rounds x * 2^-e directly
 
 
 def _floor_log2(a: torch.Tensor, L: Layout) -> torch.Tensor:
@@ -63,7 +65,8 @@ def mx_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
     """OCP MX (FLOOR): X = 2^(floor(log2 amax) - emax_elem) clamped to the scale's range.
 
     The elements are rounded on the grid scaled by X (``quantize_kernel(shift=...)``), which
-    equals rounding ``x / X`` and multiplying back, with no underflow of ``x / X``.
+    equals rounding ``x / X`` and multiplying back, with no underflow of ``x / X``. Nearest modes
+    on float32 round ``x * 2^-e`` itself (one multiply; exact wherever it matters).
     """
     L = p.elem.layout
     xb = x.to(L.float_dtype)
@@ -72,7 +75,12 @@ def mx_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
     xf = torch.where(finite, xb, torch.zeros_like(xb))
     amax = xf.abs().amax(dim=1, keepdim=True)
     e = torch.clamp(_floor_log2(amax, L) - p.emax_elem, p.scale_lo, p.scale_hi)
-    y = quantize_kernel(xf, rnd, p.elem, shift=e)
+    if p.elem_scaled is not None:
+        # x * 2^-e is exact unless it falls below 2^-126, far under half the element format's
+        # smallest step, where every nearest mode gives a (signed) zero either way; q * 2^e is exact
+        y = quantize_kernel(xf * pow2(-e, L), None, p.elem_scaled) * pow2(e, L)
+    else:
+        y = quantize_kernel(xf, rnd, p.elem, shift=e)
     return torch.where(bad, _nan(y), y).to(p.out_dtype)
 
 
@@ -157,7 +165,10 @@ def _block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, no_generator: bool) -
     elem = fast.scalar_plan(fmt.element, mode, True, layout.float_dtype, sr_bits, generator)
     lo = round(math.log2(fmt.scale.smallest_positive))
     hi = math.floor(math.log2(fmt.scale.max_value))
+    elem_scaled = None
     if elem is not None and fmt.rule is ScaleRule.FLOOR:
+        if layout is F32 and mode in _NEAREST:
+            elem_scaled = elem
         elem = Plan.make(elem.fmt, elem.mode, True, layout, layout.float_dtype, elem.sr_bits,
                          elem.rng, shifts=(lo, hi))
     scale = None
@@ -171,7 +182,7 @@ def _block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, no_generator: bool) -
     if elem is None:
         return None
     return BlockPlan(fmt, elem, dtype, math.floor(math.log2(fmt.element.max_value)), lo, hi, scale,
-                     float(fmt.element.max_value * fmt.scale.max_value))
+                     float(fmt.element.max_value * fmt.scale.max_value), elem_scaled)
 
 
 def _kernel(plan: BlockPlan):
