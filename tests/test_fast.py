@@ -138,6 +138,19 @@ def test_block_compiled_equals_plain(name, mode):
     assert_same_bits(a, p, f"compiled {name}")
 
 
+@pytest.mark.parametrize("name", ["e4m3", "mxfp4"])
+def test_large_outputs_in_huge_page_buffers_equal_plain(name):
+    """Outputs of >= 8 MB are written straight into a huge-page backed buffer (ops/memory.py)."""
+    from floatlab.ops import memory
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(memory.HUGE_MIN_BYTES // 4 // 32 + 3, 32, generator=g) * 100
+    a, p = _both(x, name, backend="compiled")
+    assert a.is_contiguous()
+    assert_same_bits(a, p, f"large {name}")
+    y = memory.empty_output(x)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.is_contiguous()
+
+
 @pytest.mark.parametrize("backend", ["eager", "compiled"])
 def test_strided_inputs(backend):
     g = torch.Generator().manual_seed(3)

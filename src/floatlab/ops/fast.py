@@ -32,7 +32,7 @@ import torch
 from floatlab.formats.floating import FloatFormat
 from floatlab.formats.hifloat8 import HiF8Format
 from floatlab.formats.integer import IntFormat
-from floatlab.ops import fast_compile
+from floatlab.ops import fast_compile, memory
 from floatlab.ops.fast_rng import draw_seed
 from floatlab.ops.fast_scalar import F32, F64, Plan, quantize_kernel
 from floatlab.rounding import RoundingMode as M
@@ -135,6 +135,9 @@ def quantize_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr
     rnd = draws(plan, x.shape, x.device, generator)
     rnd = rnd.reshape(-1) if rnd is not None and rnd.ndim else rnd
     direct = out is not None and out.is_contiguous()
+    if use_compiler and out is None and x.device.type == "cpu" and \
+            x.numel() * x.element_size() >= memory.HUGE_MIN_BYTES:
+        out, direct = memory.empty_output(x), True     # huge-page backed (see ops/memory.py)
     if not use_compiler:
         y = quantize_kernel(flat, rnd, plan)
     else:

@@ -23,7 +23,7 @@ from functools import lru_cache
 import torch
 
 from floatlab.formats.block import BlockFormat, ScaleRule
-from floatlab.ops import fast, fast_compile
+from floatlab.ops import fast, fast_compile, memory
 from floatlab.ops.blocking import to_blocks
 from floatlab.ops.fast_scalar import F32, F64, Layout, Plan, pow2, quantize_kernel
 from floatlab.rounding import RoundingMode as M
@@ -185,8 +185,12 @@ def _block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, no_generator: bool) -
                      float(fmt.element.max_value * fmt.scale.max_value), elem_scaled)
 
 
-def _kernel(plan: BlockPlan):
+def _kernel(plan: BlockPlan, with_out: bool = False):
     body = _KERNELS[plan.fmt.rule]
+    if with_out:
+        def quantize_blocks_into(x, rnd, out):
+            out.copy_(body(x, rnd, plan))
+        return quantize_blocks_into
 
     def quantize_blocks(x, rnd):
         return body(x, rnd, plan)
@@ -217,7 +221,16 @@ def quantize_block(x: torch.Tensor, fmt, rounding, saturate, generator, sr_bits,
     y = None
     if (backend == "compiled" and xb.shape[0] >= 2) or \
             (backend == "auto" and x.numel() >= fast.COMPILE_MIN_NUMEL and xb.shape[0] >= 2):
+        # blocks that are plain rows of x (last axis, no padding) are written straight into the
+        # output: the caller's contiguous ``out`` or a huge-page backed buffer (ops/memory.py)
+        rows = len(fmt.block) == 1 and blocking.axis == x.ndim - 1 and blocking.padded[0] == x.shape[-1]
+        if rows and out is None and x.device.type == "cpu" and \
+                x.numel() * x.element_size() >= memory.HUGE_MIN_BYTES:
+            out = memory.empty_output(x)
         try:
+            if rows and out is not None and out.is_contiguous():
+                fast_compile.run((plan, True), lambda: _kernel(plan, True), xb, rnd, out.view(xb.shape))
+                return out
             y = fast_compile.run(plan, lambda: _kernel(plan), xb, rnd)
         except fast_compile.CompileUnavailable:
             if backend == "compiled":
