@@ -23,6 +23,22 @@ def test_compare_small(tmp_path):
     assert "mxfp4" in r.output
 
 
+def test_compare_gptq_collects_hessians_once(tmp_path, monkeypatch):
+    from floatlab.ptq import gptq
+    calls = []
+    real = gptq.collect_hessians
+    monkeypatch.setattr(gptq, "collect_hessians", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # the wiring is under test, not GPTQ itself (tested in test_ptq_minilm): round to nearest
+    from floatlab.ptq.weights import rtn_weight
+    monkeypatch.setattr(gptq, "gptq_weight", lambda w, H, spec, opts=None: rtn_weight(w, spec))
+    r = runner.invoke(app, ["compare", "--formats", "int4,nvfp4", "--method", "gptq", "--weights-only",
+                            "--calib", "2", "--pairs", "4", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [row["config"] for row in res["rows"]] == ["W:int4 A:- gptq", "W:nvfp4 A:- gptq"]
+    assert len(calls) == 1
+
+
 def test_ptq_then_eval_reproduces(tmp_path):
     out = tmp_path / "q"
     r = runner.invoke(app, ["ptq", "--format", "int4", "--method", "rtn", "--pairs", "6", "--out", str(out)])

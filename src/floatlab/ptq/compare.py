@@ -102,13 +102,13 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
 
     calib = calibration_batches(lm, opts.calib, opts) if _needs_calib(opts.method) else []
     hessians = None
-    if PTQConfig(method=opts.method).steps() == ((), "gptq"):   # the same for every format
-        from floatlab.ptq.gptq import collect_hessians
-        hessians = collect_hessians(lm.model, linear_layers(lm.model), calib)
     for fmt in opts.formats:
         t0 = time.time()
         spec = QuantSpec(fmt)
         cfg = PTQConfig(weight=spec, act=None if opts.weights_only else spec, method=opts.method)
+        if hessians is None and cfg.steps() == ((), "gptq"):   # the same for every format
+            from floatlab.ptq.gptq import collect_hessians
+            hessians = collect_hessians(lm.model, linear_layers(lm.model), calib)
         model = copy.deepcopy(lm.model)
         quantize_model(model, cfg, calib=calib, hessians=hessians)
         t_quant = time.time() - t0
