@@ -75,3 +75,16 @@ def test_float64_input_is_not_double_rounded_by_the_native_cast():
     # 1 + 2^-8 + 2^-40 is above the bf16 tie; through float32 it becomes an exact tie (-> 1.0)
     x = torch.tensor([1.0 + 2 ** -8 + 2 ** -40], dtype=torch.float64)
     assert fake_quantize(x, "bf16").item() == floatlab.quantize(x, "bf16").item() == 1.0078125
+
+
+@pytest.mark.parametrize("fmt,rounding", [("hif4", None), ("nvfp4_46", None), ("e3m2", "sr")])
+def test_training_operands_use_the_compiled_kernel_or_fall_back(fmt, rounding):
+    """Operands >= COMPILE_MIN_NUMEL take the compiled kernel where it exists (hif4), fall back
+    where it does not (nvfp4_46: Four Over Six); the bits are floatlab.quantize's either way."""
+    from floatlab.nn import quantizer
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, quantizer.COMPILE_MIN_NUMEL // 32, generator=g)
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    y = quantizer.fake_quantize(x, fmt, rounding, generator=g1, native=False)
+    ref = floatlab.quantize(x, fmt, rounding=rounding, saturate=True, generator=g2, backend="plain")
+    assert torch.equal(y, ref)

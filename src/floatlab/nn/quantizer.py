@@ -1,9 +1,15 @@
 """The one place where a format enters the training code: fake-quantize one GEMM operand.
 
-Everything goes through :func:`floatlab.quantize` (the exact path), except a few casts that
-PyTorch performs natively and that are *tested bit-exact* against ``floatlab.quantize``
+Everything goes through :func:`floatlab.quantize`, except a few casts that PyTorch performs
+natively and that are *tested bit-exact* against ``floatlab.quantize``
 (``tests/test_nn_quantizer.py``): bf16 and fp16 with ties-to-even, and e4m3 / e5m2 with
 ties-to-even and saturation. They only save time; the numbers are the same.
+
+A training loop quantizes the same shapes thousands of times, so operands of
+:data:`COMPILE_MIN_NUMEL` elements or more ask for the compiled kernel (``backend="compiled"``)
+even below the size where ``floatlab.quantize``'s default starts compiling; a case the fast path
+does not cover (or a machine without a compiler) falls back to the default, once per case.
+``FLOATLAB_FAST`` set to ``0``/``plain`` or ``eager`` is respected.
 """
 
 from __future__ import annotations
@@ -12,7 +18,11 @@ import torch
 
 import floatlab
 from floatlab.formats.registry import get_format
+from floatlab.ops.fast import FastPathUnsupported, resolve_backend
+from floatlab.ops.fast_compile import CompileUnavailable
 
+COMPILE_MIN_NUMEL = 1024
+_NOT_COMPILED: set = set()      # (format, rounding, saturate, dtype, generator?) without a compiled kernel
 _NATIVE = {"bf16": torch.bfloat16, "fp16": torch.float16,
            "e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 
@@ -43,5 +53,12 @@ def fake_quantize(x: torch.Tensor, fmt: str, rounding=None, saturate: bool = Tru
     spec = get_format(fmt)
     kw = {"axis": axis} if spec.kind == "block" else {}
     stochastic = rounding in ("sr", "sr_half", "hybrid")
-    return floatlab.quantize(x, spec, rounding=rounding, saturate=saturate,
-                             generator=generator if stochastic else None, **kw)
+    gen = generator if stochastic else None
+    key = (spec, rounding, saturate, x.dtype, gen is None)
+    if x.numel() >= COMPILE_MIN_NUMEL and key not in _NOT_COMPILED and resolve_backend(None) == "auto":
+        try:
+            return floatlab.quantize(x, spec, rounding=rounding, saturate=saturate, generator=gen,
+                                     backend="compiled", **kw)
+        except (FastPathUnsupported, CompileUnavailable):
+            _NOT_COMPILED.add(key)
+    return floatlab.quantize(x, spec, rounding=rounding, saturate=saturate, generator=gen, **kw)
