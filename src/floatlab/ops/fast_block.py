@@ -136,7 +136,7 @@ def hif4_scales(x: torch.Tensor, p: BlockPlan):
     r = _bf16(1.0 / s1)
     e1_8 = ((mb * r) >= 4).to(torch.int32)
     e1_8_sub = e1_8[:, :, None].expand(nb, 8, 2).reshape(nb, 16)
-    e1_16 = (((mc * r) * pow2(-e1_8_sub, F32)) >= 2).to(torch.int32)
+    e1_16 = (((mc * r) * (0x3F800000 - (e1_8_sub << 23)).view(torch.float32)) >= 2).to(torch.int32)
     return bad, r, s1, (e1_8_sub + e1_16).to(torch.int8)
 
 
@@ -151,11 +151,11 @@ def hif4_elements(x, rnd, bad, r, s1, shift, p: BlockPlan) -> torch.Tensor:
     xb = x.to(torch.float32)
     finite = torch.isfinite(xb)
     xa = torch.where(finite, xb.abs(), torch.zeros_like(xb))
-    sh = shift.to(torch.int32)
-    v = _bf16((xa * r) * pow2(-sh, F32))
+    sh = shift.to(torch.int32) << 23          # shifts are 0..2: 2^+-sh built on the exponent field
+    v = _bf16((xa * r) * (0x3F800000 - sh).view(torch.float32))
     c = quantize_kernel(v, rnd, p.elem)
     c = torch.where(torch.where(finite, xb, torch.zeros_like(xb)) < 0, -c, c)
-    y = (c * s1) * pow2(sh, F32)
+    y = (c * s1) * (0x3F800000 + sh).view(torch.float32)
     return torch.where(bad, _nan(y), y).to(p.out_dtype)
 
 
