@@ -1,12 +1,14 @@
-"""Fused fast path for block formats: scales, element rounding and dequantization in one kernel.
+"""Fused fast path for block formats: scales, element rounding and dequantization in one kernel
+(two for HiF4, see :func:`hif4_kernel`).
 
 Covered: 1-D blocks along any axis and 2-D tiles, with or without padding (the tensor is cut
 with the same :func:`floatlab.ops.blocking.to_blocks` as the plain pipeline, so blocks, padding
-and stochastic draws line up), with the rules FLOOR (OCP MX: mxfp8/6/4, mxint8), AMAX (NVFP4, with or without the FP32 tensor
-scale) and HIF4. Everything else goes to the plain pipeline (:mod:`floatlab.ops.block`).
+and stochastic draws line up), with the rules FLOOR (OCP MX: mxfp8/6/4, mxint8), AMAX (NVFP4,
+with or without the FP32 tensor scale) and HIF4. Everything else goes to the plain pipeline
+(:mod:`floatlab.ops.block`).
 
-Each kernel repeats the plain pipeline's arithmetic step by step, in the same precision:
-MX in float64 (the plain path divides by the power-of-two scale in float64), NVFP4 in float32,
+Each kernel gives the plain pipeline's results step by step: MX equal to the plain path's
+float64 division by the power-of-two scale (done exactly on the shifted grid), NVFP4 in float32,
 HiF4 in float32 with bf16 roundings (the plain path rounds every float64 product to float32,
 which is what a float32 operation does). The element rounding is
 :func:`floatlab.ops.fast_scalar.quantize_kernel`, so the stochastic modes take the same draws as
