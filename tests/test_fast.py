@@ -134,6 +134,7 @@ def test_block_compiled_equals_plain(name, mode):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(40, 4 * b, generator=g) * torch.exp2(torch.randint(-30, 30, (40, 1), generator=g).float())
     x[3, 3] = float("nan")
+    x[5, 7], x[9, 1] = float("inf"), -float("inf")
     a, p = _both(x, name, backend="compiled", rounding=mode)
     assert_same_bits(a, p, f"compiled {name}")
 

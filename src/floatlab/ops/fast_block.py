@@ -126,11 +126,10 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
 def hif4_scales(x: torch.Tensor, p: BlockPlan):
     """HiFloat4's scales for the (nb, 64) blocks: (poisoned, 1/s1, s1, per-4-group shift int8)."""
     nb = x.shape[0]
-    xb = x.to(torch.float32)
-    finite = torch.isfinite(xb)
-    bad = ~finite.all(dim=1, keepdim=True)
-    xa = torch.where(finite, xb.abs(), torch.zeros_like(xb))
-    mc = xa.view(nb, 16, 4).amax(dim=2)                  # the three levels from one pass over x
+    mc = x.to(torch.float32).abs().view(nb, 16, 4).amax(dim=2)   # NaN and Inf propagate
+    finite = torch.isfinite(mc)
+    bad = ~finite.all(dim=1, keepdim=True)               # a non-finite value poisons its block
+    mc = torch.where(finite, mc, torch.zeros_like(mc))   # (the poisoned blocks' scales are unused)
     mb = mc.view(nb, 8, 2).amax(dim=2)
     ma = mb.amax(dim=1, keepdim=True)
     sf = _bf16(ma * _ONE_SEVENTH_BF16).clamp(_SF_MIN, _SF_MAX)
@@ -149,14 +148,14 @@ def hif4_spread(shift: torch.Tensor) -> torch.Tensor:
 
 
 def hif4_elements(x, rnd, bad, r, s1, shift, p: BlockPlan) -> torch.Tensor:
-    """HiFloat4's elements given the scales (``shift`` per element): a flat elementwise loop."""
+    """HiFloat4's elements given the scales (``shift`` per element): a flat elementwise loop.
+
+    Blocks holding NaN or Inf (``bad``) become NaN at the end, so their values need no masking."""
     xb = x.to(torch.float32)
-    finite = torch.isfinite(xb)
-    xa = torch.where(finite, xb.abs(), torch.zeros_like(xb))
     sh = shift.to(torch.int32) << 23          # shifts are 0..2: 2^+-sh built on the exponent field
-    v = _bf16((xa * r) * (0x3F800000 - sh).view(torch.float32))
+    v = _bf16((xb.abs() * r) * (0x3F800000 - sh).view(torch.float32))
     c = quantize_kernel(v, rnd, p.elem)
-    c = torch.where(torch.where(finite, xb, torch.zeros_like(xb)) < 0, -c, c)
+    c = torch.where(xb < 0, -c, c)
     y = (c * s1) * (0x3F800000 + sh).view(torch.float32)
     return torch.where(bad, _nan(y), y).to(p.out_dtype)
 
