@@ -81,6 +81,29 @@ def test_hessians_equal_inputs_gram_and_are_reusable(minilm, calib):
                        calib=calib, hessians={})
 
 
+@pytest.mark.parametrize("method", ["rotate+gptq", "smoothquant+gptq"])
+def test_calibration_after_a_transform_sees_the_fp32_function(minilm, calib, method, monkeypatch):
+    """GPTQ's Hessian pass after rotate/smoothquant runs a model that still computes its fp32
+    outputs (the pending online transforms are applied), so the Hessians describe the inputs the
+    transformed weights multiply; afterwards no hook is left behind."""
+    from floatlab.ptq import gptq
+    with torch.no_grad():
+        ref = minilm.model(**calib[0]).last_hidden_state
+    seen = []
+    real = gptq.collect_hessians
+
+    def spy(model, layers, batches):
+        with torch.no_grad():
+            seen.append(model(**batches[0]).last_hidden_state)
+        return real(model, layers, batches)
+    monkeypatch.setattr(gptq, "collect_hessians", spy)
+    monkeypatch.setattr(gptq, "gptq_weight", lambda w, H, spec, opts=None: rtn_weight(w, spec))
+    model = copy.deepcopy(minilm.model)
+    quantize_model(model, PTQConfig(weight="int8", method=method), calib=calib)
+    assert len(seen) == 1 and torch.allclose(seen[0], ref, atol=1e-4), (seen[0] - ref).abs().max()
+    assert not any(m._forward_pre_hooks for m in model.modules())
+
+
 # GPTQ runs a Python loop over columns: the CI-sized slice quantizes layer 0 only
 ONLY_LAYER0 = (("encoder.layer.[1-5].*", None, None),)
 

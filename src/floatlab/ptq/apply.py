@@ -26,33 +26,38 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
     transforms, rounder = config.steps()
     calib = list(calib or [])
     transforms_done: dict[str, nn.Module] = {}
-    for t in transforms:
-        if t == "rotate":
-            from floatlab.ptq.rotation import rotate_model
-            transforms_done.update(rotate_model(model))
-        else:
+    pending = _PendingTransforms(model)   # keeps the model computing its fp32 function meanwhile
+    try:
+        for t in transforms:
+            if t == "rotate":
+                from floatlab.ptq.rotation import rotate_model
+                transforms_done.update(rotate_model(model))
+            else:
+                if not calib:
+                    raise ValueError(f"method {t!r} needs calibration data (calib)")
+                from floatlab.ptq.smooth import smooth_model
+                for name, mod in smooth_model(model, calib, config, t).items():
+                    prev = transforms_done.get(name)
+                    transforms_done[name] = mod if prev is None else nn.Sequential(prev, mod)
+            pending.attach(transforms_done)
+        layers = linear_layers(model)
+        check_blocks(layers, config)
+        if rounder == "gptq":
             if not calib:
-                raise ValueError(f"method {t!r} needs calibration data (calib)")
-            from floatlab.ptq.smooth import smooth_model
-            for name, mod in smooth_model(model, calib, config, t).items():
-                prev = transforms_done.get(name)
-                transforms_done[name] = mod if prev is None else nn.Sequential(prev, mod)
-    layers = linear_layers(model)
-    check_blocks(layers, config)
-    if rounder == "gptq":
-        if not calib:
-            raise ValueError("GPTQ needs calibration data (calib)")
-        from floatlab.ptq.gptq import gptq_model
-        if hessians is not None and transforms:
-            raise ValueError("precomputed hessians describe the untransformed model; "
-                             f"method {config.method!r} transforms it first")
-        qweights = gptq_model(model, layers, calib, config, progress=progress, hessians=hessians)
-    else:
-        qweights = {}
-        for name, lin in layers.items():
-            spec = config.weight_spec(name)
-            if spec is not None:
-                qweights[name] = rtn_weight(lin.weight, spec)
+                raise ValueError("GPTQ needs calibration data (calib)")
+            from floatlab.ptq.gptq import gptq_model
+            if hessians is not None and transforms:
+                raise ValueError("precomputed hessians describe the untransformed model; "
+                                 f"method {config.method!r} transforms it first")
+            qweights = gptq_model(model, layers, calib, config, progress=progress, hessians=hessians)
+        else:
+            qweights = {}
+            for name, lin in layers.items():
+                spec = config.weight_spec(name)
+                if spec is not None:
+                    qweights[name] = rtn_weight(lin.weight, spec)
+    finally:
+        pending.attach({})
     for name, lin in layers.items():
         w_spec, a_spec = config.weight_spec(name), config.act_spec(name)
         if w_spec is None and a_spec is None and name not in transforms_done:
@@ -60,6 +65,26 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
         wq = qweights[name].dequantize() if name in qweights else lin.weight.detach()
         set_module(model, name, QuantLinear(lin, wq, w_spec, a_spec, transforms_done.get(name)))
     return qweights
+
+
+class _PendingTransforms:
+    """Between a transform step and the final :class:`QuantLinear` swap, a transformed linear
+    holds the inverse of its online input transform in its weight; a forward pre-hook applies
+    the transform so that the model still computes its fp32 function. The calibration passes of
+    later steps (SmoothQuant/AWQ statistics, GPTQ's Hessians, whose hooks run after this one)
+    then see the inputs the transformed weights actually multiply."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.handles = model, []
+
+    def attach(self, transforms: dict[str, nn.Module]) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        layers = linear_layers(self.model)
+        for name, t in transforms.items():
+            hook = (lambda mod, args, t=t: (t(args[0]), *args[1:]))
+            self.handles.append(layers[name].register_forward_pre_hook(hook))
 
 
 def check_blocks(layers: dict[str, nn.Linear], config: PTQConfig) -> None:
