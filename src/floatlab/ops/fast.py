@@ -135,9 +135,9 @@ def quantize_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr
     rnd = draws(plan, x.shape, x.device, generator)
     rnd = rnd.reshape(-1) if rnd is not None and rnd.ndim else rnd
     direct = out is not None and out.is_contiguous()
-    if use_compiler and out is None and x.device.type == "cpu" and \
-            x.numel() * x.element_size() >= memory.HUGE_MIN_BYTES:
-        out, direct = memory.empty_output(x), True     # huge-page backed (see ops/memory.py)
+    if use_compiler and out is None:
+        out = memory.large_output(x)                  # huge-page backed (see ops/memory.py)
+        direct = out is not None
     if not use_compiler:
         y = quantize_kernel(flat, rnd, plan)
     else:

@@ -260,9 +260,8 @@ def quantize_block(x: torch.Tensor, fmt, rounding, saturate, generator, sr_bits,
         # blocks that are plain rows of x (last axis, no padding) are written straight into the
         # output: the caller's contiguous ``out`` or a huge-page backed buffer (ops/memory.py)
         rows = len(fmt.block) == 1 and blocking.axis == x.ndim - 1 and blocking.padded[0] == x.shape[-1]
-        if rows and out is None and x.device.type == "cpu" and \
-                x.numel() * x.element_size() >= memory.HUGE_MIN_BYTES:
-            out = memory.empty_output(x)
+        if rows and out is None:
+            out = memory.large_output(x)
         try:
             if rows and out is not None and out.is_contiguous():
                 _compiled(plan, xb, rnd, out.view(xb.shape))

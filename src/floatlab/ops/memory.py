@@ -40,6 +40,14 @@ def _load_madvise():
 _madvise = _load_madvise()
 
 
+def large_output(like: torch.Tensor) -> torch.Tensor | None:
+    """A huge-page backed output for a result of ``like``'s shape and dtype, or None where the
+    result is under :data:`HUGE_MIN_BYTES` or not on the CPU (an ordinary allocation is fine)."""
+    if like.device.type != "cpu" or like.numel() * like.element_size() < HUGE_MIN_BYTES:
+        return None
+    return empty_output(like)
+
+
 def empty_output(like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """An uninitialized contiguous tensor of ``like``'s shape (and ``dtype``), on its device."""
     out = torch.empty(like.shape, dtype=dtype or like.dtype, device=like.device)

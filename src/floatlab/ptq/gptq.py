@@ -105,11 +105,11 @@ def _round(grid: FrozenGrid, col: torch.Tensor, j: int) -> tuple[torch.Tensor, t
     if spec.is_block:
         c = grid.grid.elements(col[:, None], slice(j, j + 1))
         return c[:, 0], grid.grid.decode(c, slice(j, j + 1))[:, 0]
-    q = grid.round(col, j)
-    if spec.scaled:
+    if spec.scaled:      # the grid value itself is stored, so round once here (= grid.round)
         s = grid.scale.reshape(-1)
         v = floatlab.quantize(col.to(torch.float32) / s, spec.fmt, spec.rounding, saturate=True)
         return v, v * s
+    q = grid.round(col, j)
     return q, q
 
 

@@ -18,12 +18,9 @@ import torch
 
 import floatlab
 from floatlab.formats.block import BlockFormat, ScaleRule
+from floatlab.ops.api import resolve_rounding
 from floatlab.ops.fast_scalar import F32, pow2
-from floatlab.rounding import RoundingMode, parse_rounding
-
-def _mode(fmt, rounding) -> RoundingMode:
-    return fmt.default_rounding if rounding is None else parse_rounding(rounding)
-
+from floatlab.rounding import RoundingMode
 
 _FAST_RULES = (ScaleRule.FLOOR, ScaleRule.AMAX, ScaleRule.FOUR_OVER_SIX, ScaleRule.HIF4)
 
@@ -88,7 +85,7 @@ def block_grid(xb: torch.Tensor, fmt: BlockFormat, rounding=None,
 
     ``tensor_amax`` overrides the amax behind NVFP4's per-tensor scale (GPTQ computes the
     scales of a few blocks at a time but keeps the whole weight's tensor scale)."""
-    mode = _mode(fmt, rounding)
+    mode = resolve_rounding(fmt, rounding, None)
     if fmt.rule not in _FAST_RULES:
         raise ValueError(f"{fmt.name!r}: scale rule {fmt.rule.value!r} has no frozen-grid form")
     if fmt.rule is ScaleRule.FLOOR:
