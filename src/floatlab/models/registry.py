@@ -20,15 +20,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from floatlab.cache import cache_dir
+
 
 class ModelError(ValueError):
     """A model that cannot be found, prepared or loaded (the message says what to do)."""
-
-
-def cache_dir() -> Path:
-    """``$FLOATLAB_CACHE`` or ``~/.cache/floatlab``: prepared models live in ``models/`` there."""
-    root = os.environ.get("FLOATLAB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "floatlab")
-    return Path(root)
 
 
 @dataclass(frozen=True)

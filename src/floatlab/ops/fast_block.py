@@ -1,5 +1,5 @@
 """Fused fast path for block formats: scales, element rounding and dequantization in one kernel
-(two for HiF4, see :func:`hif4_kernel`).
+(for HiF4 a scale pass and an element kernel, see :func:`hif4_kernel`).
 
 Covered: 1-D blocks along any axis and 2-D tiles, with or without padding (the tensor is cut
 with the same :func:`floatlab.ops.blocking.to_blocks` as the plain pipeline, so blocks, padding
@@ -25,7 +25,7 @@ from functools import lru_cache
 import torch
 
 from floatlab.formats.block import BlockFormat, ScaleRule
-from floatlab.ops import fast, fast_compile, memory
+from floatlab.ops import fast, fast_compile, memory, native
 from floatlab.ops.blocking import to_blocks
 from floatlab.ops.fast_scalar import F32, F64, Layout, Plan, pow2, quantize_kernel
 from floatlab.rounding import RoundingMode as M
@@ -163,9 +163,11 @@ def hif4_elements(x, rnd, bad, r, s1, shift, p: BlockPlan) -> torch.Tensor:
 def hif4_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
     """HiFloat4 (:mod:`floatlab.ops.hif4`) in float32 with bf16 roundings.
 
-    Compiled, it runs as two kernels around :func:`hif4_spread` (see :func:`_compiled`):
-    inductor cannot vectorize the broadcast of a 4-element group's value to its elements, and
-    the fused single kernel was 3x slower (measured: 172 ms against 60 ms for 2^24 values)."""
+    Compiled (see :func:`_compiled`), the scale pass runs apart from the element kernel:
+    inductor cannot vectorize the 4-element subgroup maxima nor their broadcast back to the
+    elements (a fused single kernel took 172 ms for 2^24 values). On contiguous float32 CPU
+    blocks the pass is native C++ with lane shuffles (:mod:`floatlab.ops.native`, 7 ms);
+    elsewhere two compiled kernels around the ATen copy :func:`hif4_spread` (20 ms)."""
     bad, r, s1, shift = hif4_scales(x, p)
     return hif4_elements(x, rnd, bad, r, s1, hif4_spread(shift), p)
 
@@ -223,8 +225,11 @@ def _fn(body, plan: BlockPlan, with_out: bool):
 def _compiled(plan: BlockPlan, xb: torch.Tensor, rnd, out_rows: torch.Tensor | None):
     """Run the compiled kernel(s); with ``out_rows`` the result is written there (returns None)."""
     if plan.fmt.rule is ScaleRule.HIF4:
-        bad, r, s1, shift = fast_compile.run((plan, "hif4 scales"), lambda: _fn(hif4_scales, plan, False), xb)
-        args, body, key = (xb, rnd, bad, r, s1, hif4_spread(shift)), hif4_elements, "hif4 elements"
+        scales = native.hif4_scales(xb)   # the scale pass as one vectorized C++ loop, where built
+        if scales is None:
+            bad, r, s1, shift = fast_compile.run((plan, "hif4 scales"), lambda: _fn(hif4_scales, plan, False), xb)
+            scales = bad, r, s1, hif4_spread(shift)
+        args, body, key = (xb, rnd, *scales), hif4_elements, "hif4 elements"
     else:
         args, body, key = (xb, rnd), _KERNELS[plan.fmt.rule], "blocks"
     if out_rows is not None:
