@@ -21,6 +21,7 @@ generator is given (``torch.rand`` float64, ``torch.randint`` int64), or a count
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,7 @@ class Plan:
     max_negative: float = 0.0
     smallest_positive: float = 0.0
     float_rounding: bool = False    # use :func:`_round_float` (see :func:`Plan.make`)
+    uniform_qe: int | None = None   # the one spacing exponent below the format's max, if any
 
     @staticmethod
     def make(fmt: ScalarFormat, mode: M, saturate: bool, layout: Layout, out_dtype: torch.dtype,
@@ -76,7 +78,8 @@ class Plan:
         float_ok = (layout is F32 and mode in _FLOAT_MODES and int(qe.min()) >= layout.min_exp
                     and int(qe.max()) <= layout.max_exp)
         return Plan(fmt, mode, saturate, layout, out_dtype, sr_bits, rng, float(fmt.max_value),
-                    float(fmt.max_negative), float(fmt.smallest_positive), float_ok)
+                    float(fmt.max_negative), float(fmt.smallest_positive), float_ok,
+                    _uniform_qe(fmt, mode, layout, shifts))
 
     @property
     def rng_width(self) -> int:
@@ -84,6 +87,22 @@ class Plan:
         if self.layout is F32 and (self.sr_bits is None or self.sr_bits <= 32):
             return 32
         return 62
+
+
+def _uniform_qe(fmt: ScalarFormat, mode: M, layout: Layout, shifts: tuple[int, int]) -> int | None:
+    """The spacing exponent when it is the same in every binade up to the format's max (integer
+    formats, E1My minifloats), else None.
+
+    Then the kernel needs no ``floor(log2 |x|)``. Beyond the max the true spacing may grow, but
+    every rounding of such an input stays above the max either way, so overflow decides the
+    result in both cases. (The hybrid mode reads the exponent itself: never uniform.)
+    """
+    if mode is M.HYBRID or not (fmt.max_value > 0 and math.isfinite(fmt.max_value)):
+        return None
+    top = math.floor(math.log2(fmt.max_value))
+    e = torch.arange(layout.min_exp - 1 - max(shifts[1], 0), top + 1, dtype=torch.int64)
+    qe = fmt.quantum_exponent(e)
+    return int(qe[0]) if bool((qe == qe[0]).all()) else None
 
 
 def pow2(k: torch.Tensor, L: Layout) -> torch.Tensor:
@@ -166,14 +185,17 @@ def quantize_kernel(x: torch.Tensor, rnd: torch.Tensor | None, p: Plan,
     is_sub = field == 0
     sig = torch.where(is_sub, mant, mant | (1 << L.mbits))
     unit = torch.clamp(field, min=1) - (L.bias + L.mbits)
-    sub_e = ((mant.to(FT).view(IT) >> L.mbits) - L.bias) + (1 - L.bias - L.mbits)
-    e = torch.where(is_sub, sub_e, field - L.bias)
-    if shift is None:
-        qe = fmt.quantum_exponent(e).to(IT)
-        scale = None
+    scale = None if shift is None else pow2(shift.to(IT), L)
+    if p.uniform_qe is not None:     # one spacing up to the max: no exponent needed
+        e = None
+        qe = torch.full_like(field, p.uniform_qe) if shift is None else shift.to(IT) + p.uniform_qe
     else:
-        qe = (fmt.quantum_exponent(e - shift) + shift).to(IT)
-        scale = pow2(shift.to(IT), L)
+        sub_e = ((mant.to(FT).view(IT) >> L.mbits) - L.bias) + (1 - L.bias - L.mbits)
+        e = torch.where(is_sub, sub_e, field - L.bias)
+        if shift is None:
+            qe = fmt.quantum_exponent(e).to(IT)
+        else:
+            qe = (fmt.quantum_exponent(e - shift) + shift).to(IT)
     if p.float_rounding:
         y = _round_float(p, a, qe, negative)
         return _finish(p, xw, a, y, negative, field, mant, scale).to(p.out_dtype)
