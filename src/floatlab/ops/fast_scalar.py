@@ -97,9 +97,10 @@ def _uniform_qe(fmt: ScalarFormat, mode: M, layout: Layout, shifts: tuple[int, i
     every rounding of such an input stays above the max either way, so overflow decides the
     result in both cases. (The hybrid mode reads the exponent itself: never uniform.)
     """
-    if mode is M.HYBRID or not (fmt.max_value > 0 and math.isfinite(fmt.max_value)):
+    largest = max(float(fmt.max_value), abs(float(fmt.max_negative)))
+    if mode is M.HYBRID or not (largest > 0 and math.isfinite(largest)):
         return None
-    top = math.floor(math.log2(fmt.max_value))
+    top = math.floor(math.log2(largest))
     e = torch.arange(layout.min_exp - 1 - max(shifts[1], 0), top + 1, dtype=torch.int64)
     qe = fmt.quantum_exponent(e)
     return int(qe[0]) if bool((qe == qe[0]).all()) else None
