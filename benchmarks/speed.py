@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from floatlab.ops.fast_bench import CASES, HEADER, run_speed
+from floatlab.bench.speed import CASES, HEADER, run_speed
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import floatlab
-from floatlab.ops.block import block_codes
 from floatlab.reference.block import hif4_pack_elements, hif4_reference, nvfp4_reference
 
 N_HIF4 = int(os.environ.get("FLOATLAB_HIF4_BLOCKS", "1500"))
@@ -47,7 +46,7 @@ def test_hif4_matches_reference(rounding, n=None):
     x = stress_blocks(n, 64, seed=11 if rounding == "rna" else 12)
     q = floatlab.encode(torch.from_numpy(x), "hif4", rounding=rounding)
     values = q.dequantize(torch.float64).numpy()
-    codes = block_codes(q).numpy()
+    codes = q.blocked_codes().numpy()
     scales = q.scales["scale"].numpy()
     for i in range(n):
         ref = hif4_reference(x[i].tolist(), elem_rounding=rounding)
@@ -65,7 +64,7 @@ def test_hif4_worked_example_from_formats_md():
     q = floatlab.encode(x, "hif4")
     s = q.scales["scale"][0].tolist()
     assert s[0] == 0xB5 and (s[1] >> 7) & 1 == 1 and (s[2] >> 7) & 1 == 1
-    assert block_codes(q)[0, 0].item() == 6
+    assert q.blocked_codes()[0, 0].item() == 6
     assert floatlab.quantize(x, "hif4")[0].item() == 0.9375
 
 
@@ -107,7 +106,7 @@ def test_nvfp4_matches_reference(name, four_six, rounding, n=None):
         values = q.dequantize(torch.float64).reshape(-1).tolist()
         bad_blocks = ~np.isfinite(xt).all(axis=1)
         ours_scale = q.scales["scale"].tolist()
-        ours_codes = block_codes(q).reshape(-1).tolist()
+        ours_codes = q.blocked_codes().reshape(-1).tolist()
         for b in range(len(xt)):
             sl = slice(16 * b, 16 * (b + 1))
             assert all(_same(u, v) for u, v in zip(values[sl], ref["values"][sl])), (t0, b)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import floatlab
-from floatlab.ops import fast, fast_compile
+from floatlab.kernels import compiler as fast_compile
+from floatlab.kernels import dispatch as fast
 from floatlab.rounding import RoundingMode as M
 from conftest import SCALAR_FORMATS, stress_float32
 
@@ -141,8 +142,8 @@ def test_block_compiled_equals_plain(name, mode):
 
 @pytest.mark.parametrize("name", ["e4m3", "mxfp4"])
 def test_large_outputs_in_huge_page_buffers_equal_plain(name):
-    """Outputs of >= 8 MB are written straight into a huge-page backed buffer (ops/memory.py)."""
-    from floatlab.ops import memory
+    """Outputs of >= 8 MB are written straight into a huge-page backed buffer (kernels/memory.py)."""
+    from floatlab.kernels import memory
     g = torch.Generator().manual_seed(12)
     x = torch.randn(memory.HUGE_MIN_BYTES // 4 // 32 + 3, 32, generator=g) * 100
     a, p = _both(x, name, backend="compiled")

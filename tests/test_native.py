@@ -1,4 +1,4 @@
-"""The native HiFloat4 scale pass (ops/native.py) equals the torch kernel and the plain path.
+"""The native HiFloat4 scale pass (kernels/native.py) equals the torch kernel and the plain path.
 
 Inputs are built to hit the pass's decisions head-on: small multiples of powers of two make the
 float32 products ``Mb * r`` and ``Mc * r`` land exactly on the thresholds 4 and 2, and the
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import floatlab
-from floatlab.ops import fast_block, native
+from floatlab.kernels import block as fast_block
+from floatlab.kernels import native
 from floatlab.rounding import RoundingMode as M
 from test_fast import assert_same_bits
 

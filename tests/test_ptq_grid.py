@@ -6,7 +6,7 @@ import torch
 
 import floatlab
 from floatlab.ptq.grid import block_grid
-from floatlab.ops.blocking import to_blocks
+from floatlab.plain.blocking import to_blocks
 from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, fake_quant
 from floatlab.ptq.weights import rtn_weight
 

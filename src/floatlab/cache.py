@@ -1,7 +1,7 @@
 """Where floatlab keeps what it builds or prepares: ``$FLOATLAB_CACHE`` or ``~/.cache/floatlab``.
 
 ``models/`` holds prepared built-in models (:mod:`floatlab.models.registry`), ``native/`` the
-compiled native kernels (:mod:`floatlab.ops.native`).
+compiled native kernels (:mod:`floatlab.kernels.native`).
 """
 
 from __future__ import annotations

@@ -89,3 +89,25 @@ def parse_rounding(mode: "str | RoundingMode") -> RoundingMode:
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         raise ValueError(
             f"unknown rounding mode {mode!r}.{hint} Valid modes: {', '.join(valid)}") from None
+
+
+MAX_SR_BITS = 52
+
+
+def resolve_rounding(fmt, rounding, sr_bits) -> RoundingMode:
+    """Parse and validate a rounding mode (and ``sr_bits``) for the format ``fmt``.
+
+    ``rounding=None`` takes ``fmt.default_rounding``. Raises ``ValueError`` for a mode the format
+    does not define (hybrid outside hif8) and for ``sr_bits`` outside ``1..52`` or given with a
+    mode other than ``sr``.
+    """
+    mode = fmt.default_rounding if rounding is None else parse_rounding(rounding)
+    if not fmt.valid_rounding(mode):
+        raise ValueError(f"rounding {mode.value!r} is not valid for format {fmt.name!r} "
+                         "(hybrid rounding is defined for hif8 only)")
+    if sr_bits is not None:
+        if mode is not RoundingMode.SR:
+            raise ValueError(f"sr_bits applies to rounding='sr' only, not {mode.value!r}")
+        if isinstance(sr_bits, bool) or not isinstance(sr_bits, int) or not 1 <= sr_bits <= MAX_SR_BITS:
+            raise ValueError(f"sr_bits must be an integer in 1..{MAX_SR_BITS}, got {sr_bits!r}")
+    return mode

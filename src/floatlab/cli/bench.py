@@ -13,7 +13,7 @@ def speed_command(
     peers: bool = typer.Option(True, help="also time the installed peers"),
 ) -> None:
     """Elements/s and the ratio to x.clone() and to dst.copy_(x) for every implementation."""
-    from floatlab.ops.fast_bench import CASES, HEADER, run_speed
+    from floatlab.bench.speed import CASES, HEADER, run_speed
 
     unknown = [c for c in case or [] if c not in CASES]
     if unknown:

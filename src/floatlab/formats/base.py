@@ -1,6 +1,6 @@
 """What every scalar format tells the rounding core.
 
-A scalar format is described by what it *means*. The rounding core in :mod:`floatlab.ops.scalar`
+A scalar format is described by what it *means*. The rounding core in :mod:`floatlab.plain.scalar`
 needs only a few facts from it, the same for IEEE-style minifloats, integers and the tapered
 HiFloat8:
 

@@ -100,24 +100,6 @@ class BlockFormat:
     def valid_rounding(self, mode: RoundingMode) -> bool:
         return mode is not RoundingMode.HYBRID
 
-    # The entry points live in floatlab.ops.block; these delegate so that quantize/encode
-    # dispatch on the format object alone.
-    def quantize(self, x, **kw):
-        from floatlab.ops.block import block_quantize
-        return block_quantize(x, self, **kw)
-
-    def encode(self, x, **kw):
-        from floatlab.ops.block import block_encode
-        return block_encode(x, self, **kw)
-
-    def dequantize(self, qt):
-        from floatlab.ops.block import block_dequantize
-        return block_dequantize(qt)
-
-    def element_codes(self, qt):
-        from floatlab.ops.block import block_element_codes
-        return block_element_codes(qt)
-
     def __str__(self) -> str:
         return self.name
 

@@ -66,7 +66,7 @@ def _builtin() -> None:
 
 def _builtin_blocks() -> None:
     from floatlab.formats.block import BlockFormat, ScaleRule
-    from floatlab.ops.hif4 import E6M2
+    from floatlab.formats.hifloat4 import E6M2
     from floatlab.rounding import RoundingMode
 
     g, R = get_format, ScaleRule

@@ -18,8 +18,8 @@ import torch
 
 import floatlab
 from floatlab.formats.registry import get_format
-from floatlab.ops.fast import FastPathUnsupported, resolve_backend
-from floatlab.ops.fast_compile import CompileUnavailable
+from floatlab.kernels.dispatch import FastPathUnsupported, resolve_backend
+from floatlab.kernels.compiler import CompileUnavailable
 
 COMPILE_MIN_NUMEL = 1024
 _NOT_COMPILED: set = set()      # (format, rounding, saturate, dtype, generator?) without a compiled kernel

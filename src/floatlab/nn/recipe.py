@@ -95,7 +95,7 @@ class TensorSpec:
         object.__setattr__(self, "scaling", Scaling(self.scaling))
         if self.format is not None:
             from floatlab.formats.registry import get_format
-            from floatlab.ops.api import resolve_rounding
+            from floatlab.rounding import resolve_rounding
             resolve_rounding(get_format(self.format), self.rounding, None)  # validates both
 
     @property

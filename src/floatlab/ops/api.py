@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from floatlab.formats.base import ScalarFormat
+from floatlab.formats.block import BlockFormat
 from floatlab.formats.registry import get_format
-from floatlab.ops import fast, fast_block
-from floatlab.ops.scalar import quantize_to_float64
-from floatlab.rounding import RoundingMode, parse_rounding
+from floatlab.kernels import dispatch
+from floatlab.kernels.block import quantize_block
+from floatlab.plain.block import block_encode, block_quantize
+from floatlab.plain.scalar import quantize_to_float64
+from floatlab.rounding import resolve_rounding
 from floatlab.tensor.qtensor import QTensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-MAX_SR_BITS = 52
+_BLOCK_OPTIONS = ("axis", "pad")
 
 
 def _check_input(x, what: str = "x") -> None:
@@ -26,20 +28,6 @@ def _check_input(x, what: str = "x") -> None:
         raise TypeError(
             f"{what} has dtype {x.dtype}; floatlab quantizes floating tensors only "
             "(float16, bfloat16, float32, float64). Convert integers with x.float() first.")
-
-
-def resolve_rounding(fmt, rounding, sr_bits) -> RoundingMode:
-    """Parse and validate a rounding mode (and ``sr_bits``) for ``fmt``."""
-    mode = fmt.default_rounding if rounding is None else parse_rounding(rounding)
-    if not fmt.valid_rounding(mode):
-        raise ValueError(f"rounding {mode.value!r} is not valid for format {fmt.name!r} "
-                         "(hybrid rounding is defined for hif8 only)")
-    if sr_bits is not None:
-        if mode is not RoundingMode.SR:
-            raise ValueError(f"sr_bits applies to rounding='sr' only, not {mode.value!r}")
-        if isinstance(sr_bits, bool) or not isinstance(sr_bits, int) or not 1 <= sr_bits <= MAX_SR_BITS:
-            raise ValueError(f"sr_bits must be an integer in 1..{MAX_SR_BITS}, got {sr_bits!r}")
-    return mode
 
 
 def _check_generator(generator, x: torch.Tensor) -> None:
@@ -76,7 +64,7 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
             ``"plain"`` (the reference path). ``None`` reads ``FLOATLAB_FAST`` (``0`` = plain).
             All return the same bits; with ``generator=None`` the stochastic modes of the fast
             path draw from an in-kernel hash instead of ``torch.rand`` (see
-            :mod:`floatlab.ops.fast`); pass a generator for draws identical to the plain path.
+            :mod:`floatlab.kernels.dispatch`); pass a generator for draws identical to the plain path.
 
     Returns:
         A tensor of ``x``'s dtype and shape. If the format holds values that ``x``'s dtype cannot
@@ -91,20 +79,20 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     """
     _check_input(x)
     _check_out(out, x)
-    backend = fast.resolve_backend(backend)
+    backend = dispatch.resolve_backend(backend)
     spec = get_format(fmt)
-    if not isinstance(spec, ScalarFormat):
-        y = fast_block.quantize_block(x, spec, rounding, saturate, generator, sr_bits, out,
-                                      backend, block_options)
+    if isinstance(spec, BlockFormat):
+        mode, axis, pad = _block_args(spec, rounding, saturate, sr_bits, block_options)
+        _check_generator(generator, x)
+        y = quantize_block(x, spec, mode, generator, sr_bits, out, backend, axis, pad)
         if y is None:
-            y = spec.quantize(x, rounding=rounding, saturate=saturate, generator=generator,
-                              sr_bits=sr_bits, **block_options)
+            y = block_quantize(x, spec, mode, generator, sr_bits, axis, pad)
             return y if out is None else out.copy_(y)
         return y
     _reject_block_options(spec, block_options)
     mode = resolve_rounding(spec, rounding, sr_bits)
     _check_generator(generator, x)
-    y = fast.quantize_scalar(x, spec, mode, bool(saturate), generator, sr_bits, out, backend)
+    y = dispatch.quantize_scalar(x, spec, mode, bool(saturate), generator, sr_bits, out, backend)
     if y is None:
         y = quantize_to_float64(x, spec, mode, bool(saturate), generator, sr_bits).to(x.dtype)
         return y if out is None else out.copy_(y)
@@ -128,6 +116,19 @@ def _reject_block_options(spec, options) -> None:
                         f"{', '.join(sorted(options))} (axis/block options apply to block formats)")
 
 
+def _block_args(spec: BlockFormat, rounding, saturate, sr_bits, options: dict):
+    """Validated ``(mode, axis, pad)`` of a block-format call."""
+    unknown = sorted(set(options) - set(_BLOCK_OPTIONS))
+    if unknown:
+        raise TypeError(f"{spec.name!r}: unexpected options {', '.join(unknown)} "
+                        f"(block formats take {', '.join(_BLOCK_OPTIONS)})")
+    mode = resolve_rounding(spec, rounding, sr_bits)
+    if saturate is False:
+        raise ValueError(f"{spec.name!r}: block formats always clamp elements to the element "
+                         "range (saturate=False is not available)")
+    return mode, options.get("axis", -1), options.get("pad", True)
+
+
 def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
            generator: torch.Generator | None = None, sr_bits: int | None = None,
            **block_options) -> QTensor:
@@ -139,9 +140,11 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     """
     _check_input(x)
     spec = get_format(fmt)
-    if not isinstance(spec, ScalarFormat):
-        return spec.encode(x, rounding=rounding, saturate=saturate, generator=generator,
-                           sr_bits=sr_bits, **block_options)
+    if isinstance(spec, BlockFormat):
+        mode, axis, pad = _block_args(spec, rounding, saturate, sr_bits, block_options)
+        _check_generator(generator, x)
+        codes, scales, meta = block_encode(x, spec, mode, generator, sr_bits, axis, pad)
+        return QTensor.from_codes(codes, spec, dtype=x.dtype, scales=scales, meta=meta, shape=x.shape)
     _reject_block_options(spec, block_options)
     mode = resolve_rounding(spec, rounding, sr_bits)
     _check_generator(generator, x)
@@ -171,7 +174,7 @@ def decode(codes, fmt=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be one of {', '.join(map(str, FLOAT_DTYPES))}, got {dtype}")
     spec = get_format(fmt)
-    if not isinstance(spec, ScalarFormat):
+    if isinstance(spec, BlockFormat):
         raise TypeError(f"{spec.name!r} is a block format: decode its QTensor (from encode)")
     c = codes.to(torch.int64)
     if codes.dtype.itemsize * 8 == spec.bits and codes.dtype.is_signed:

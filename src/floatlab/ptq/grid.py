@@ -1,7 +1,7 @@
 """Block-format scales frozen for a set of blocks: GPTQ's group grids and RTN's codes + scales.
 
 :func:`block_grid` computes a block format's scales for a ``(nblocks, block)`` float32 matrix the
-way :mod:`floatlab.ops.block` / :mod:`floatlab.ops.hif4` do (MX: FLOOR; NVFP4: AMAX, Four Over
+way :mod:`floatlab.plain.block` / :mod:`floatlab.plain.hif4` do (MX: FLOOR; NVFP4: AMAX, Four Over
 Six; HiF4), and returns a :class:`BlockGrid` that rounds *other* values on the grid those scales
 define. GPTQ needs this: it fixes a block's scales when it reaches the block, then rounds the
 block's columns one by one as it updates them. Element rounding goes through
@@ -18,9 +18,9 @@ import torch
 
 import floatlab
 from floatlab.formats.block import BlockFormat, ScaleRule
-from floatlab.ops.api import resolve_rounding
-from floatlab.ops.fast_scalar import F32, pow2
-from floatlab.rounding import RoundingMode
+from floatlab.formats.hifloat4 import E6M2, ONE_SEVENTH_BF16, SF_MAX, SF_MIN
+from floatlab.kernels.scalar import F32, pow2
+from floatlab.rounding import RoundingMode, resolve_rounding
 
 _FAST_RULES = (ScaleRule.FLOOR, ScaleRule.AMAX, ScaleRule.FOUR_OVER_SIX, ScaleRule.HIF4)
 
@@ -62,7 +62,6 @@ class BlockGrid:
         if fmt.rule is ScaleRule.FLOOR:
             return {"scale": fmt.scale.encode(p["X"].double()).to(torch.uint8)}
         if fmt.rule is ScaleRule.HIF4:
-            from floatlab.ops.hif4 import E6M2
             msb = 2 ** torch.arange(7, -1, -1)
             byte = lambda bits: (bits.to(torch.int64) * msb).sum(-1)  # noqa: E731
             e6m2 = E6M2.encode(p["s1"].double())
@@ -158,18 +157,15 @@ def _amax_grid(fmt, mode, s_b, s_enc_b, s_dec, like=None):
     return BlockGrid(fmt, mode, mul.expand(-1, n), decode, {"s_b": s_b, "s_dec": s_dec})
 
 
-_ONE_SEVENTH_BF16 = 0.142578125
-_SF_MIN, _SF_MAX = 2.0 ** -48, 1.5 * 2 ** 15
 
 
 def _grid_hif4(xb, fmt, mode):
-    from floatlab.ops.hif4 import E6M2
     nb = xb.shape[0]
     xa = xb.abs()
     ma = xa.amax(dim=1)
     mb = xa.view(nb, 8, 8).amax(dim=2)
     mc = xa.view(nb, 16, 4).amax(dim=2)
-    sf = _bf16(ma * _ONE_SEVENTH_BF16).clamp(_SF_MIN, _SF_MAX)
+    sf = _bf16(ma * ONE_SEVENTH_BF16).clamp(SF_MIN, SF_MAX)
     s1 = floatlab.quantize(sf.double(), E6M2, rounding="rne", saturate=True).to(torch.float32)
     r = _bf16((1.0 / s1.double()).to(torch.float32))
     e1_8 = ((mb * r[:, None]) >= 4).to(torch.int32)

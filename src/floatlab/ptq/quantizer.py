@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 import floatlab
-from floatlab.ops.blocking import to_blocks
+from floatlab.plain.blocking import to_blocks
 from floatlab.ptq.grid import block_grid
 
 ROLES = ("weight", "act")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 import floatlab
-from floatlab.ops.blocking import to_blocks
+from floatlab.plain.blocking import to_blocks
 from floatlab.ptq import grid as block_grids
 from floatlab.ptq.quantizer import QuantSpec, _grouped, absmax_scale
 from floatlab.tensor.qtensor import QTensor

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from floatlab.formats.block import BlockFormat
+from floatlab.plain.block import block_decode, blocking_of
 from floatlab.tensor.packing import pack, unpack
 
 
@@ -43,16 +45,30 @@ class QTensor:
         return getattr(self.format, "element_bits", self.format.bits)
 
     @property
+    def is_block(self) -> bool:
+        return isinstance(self.format, BlockFormat)
+
+    def blocked_codes(self) -> torch.Tensor:
+        """Element codes of a block QTensor in the blocked layout ``(nblocks, block)`` (int64)."""
+        b = blocking_of(self.format, self.shape, self.meta)
+        blocked_axes = (b.axis,) if len(b.block) == 1 else (len(b.shape) - 2, len(b.shape) - 1)
+        others = math.prod(n for i, n in enumerate(b.shape) if i not in blocked_axes)
+        total = others * math.prod(b.padded)
+        return unpack(self.data, self.element_bits, total).reshape(-1, b.block_numel)
+
+    @property
     def codes(self) -> torch.Tensor:
-        """The element codes, unpacked, as int64 of the logical shape."""
-        if hasattr(self.format, "element_codes"):
-            return self.format.element_codes(self)
+        """The element codes, unpacked, as int64 of the logical shape (block padding dropped)."""
+        if self.is_block:
+            return blocking_of(self.format, self.shape, self.meta).unblock(self.blocked_codes())
         return unpack(self.data, self.element_bits, self.numel).reshape(self.shape)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The values, as ``dtype`` (default: the dtype that was encoded)."""
         out_dtype = self.dtype if dtype is None else dtype
-        if hasattr(self.format, "dequantize"):
-            return self.format.dequantize(self).to(out_dtype)
+        if self.is_block:
+            values = block_decode(self.blocked_codes(), self.scales, self.format, self.shape, self.meta)
+            return values.to(out_dtype)
         return self.format.decode(self.codes).to(out_dtype)
 
     @property

@@ -4,7 +4,7 @@ Today this is HiFloat4's scale pass (:func:`hif4_scales`, source ``native_hif4.c
 maxima over 4-element subgroups and pairs of them, and their broadcast back to the elements,
 are sub-vector work: inductor emits scalar loops for it (about 15 ms of scales and 5 ms of
 spreading for 2^24 values on these machines), while lane shuffles do it in one vectorized pass.
-The element rounding stays in the compiled kernel (:func:`floatlab.ops.fast_block.hif4_elements`),
+The element rounding stays in the compiled kernel (:func:`floatlab.kernels.block.hif4_elements`),
 so every rounding mode keeps a single implementation.
 
 * Built with the C++ compiler torch.compile itself uses on CPU (``$CXX``, else ``g++``, ``c++``
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from floatlab.cache import cache_dir
-from floatlab.ops import memory
+from floatlab.kernels import memory
 
 SOURCE = Path(__file__).with_name("native_hif4.cpp")
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-std=c++17",
@@ -144,7 +144,7 @@ def _parallel(fn, nb: int, chunk_args) -> None:
 def hif4_scales(xb: torch.Tensor):
     """HiFloat4's scales for contiguous float32 CPU blocks ``xb`` (nb, 64):
     (poisoned (nb, 1) bool, r (nb, 1), S1 (nb, 1), per-element shift (nb, 64) int8), the values
-    of ``hif4_spread`` over :func:`floatlab.ops.fast_block.hif4_scales` on every block that is
+    of ``hif4_spread`` over :func:`floatlab.kernels.block.hif4_scales` on every block that is
     not poisoned. None where the native library is unavailable or ``xb`` does not qualify."""
     if (xb.device.type != "cpu" or xb.dtype is not torch.float32 or xb.ndim != 2
             or xb.shape[1] != 64 or not xb.is_contiguous() or torch.compiler.is_compiling()):

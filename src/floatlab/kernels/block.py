@@ -2,16 +2,16 @@
 (for HiF4 a scale pass and an element kernel, see :func:`hif4_kernel`).
 
 Covered: 1-D blocks along any axis and 2-D tiles, with or without padding (the tensor is cut
-with the same :func:`floatlab.ops.blocking.to_blocks` as the plain pipeline, so blocks, padding
+with the same :func:`floatlab.plain.blocking.to_blocks` as the plain pipeline, so blocks, padding
 and stochastic draws line up), with the rules FLOOR (OCP MX: mxfp8/6/4, mxint8), AMAX (NVFP4,
 with or without the FP32 tensor scale) and HIF4. Everything else goes to the plain pipeline
-(:mod:`floatlab.ops.block`).
+(:mod:`floatlab.plain.block`).
 
 Each kernel gives the plain pipeline's results step by step: MX equal to the plain path's
 float64 division by the power-of-two scale (done exactly on the shifted grid), NVFP4 in float32,
 HiF4 in float32 with bf16 roundings (the plain path rounds every float64 product to float32,
 which is what a float32 operation does). The element rounding is
-:func:`floatlab.ops.fast_scalar.quantize_kernel`, so the stochastic modes take the same draws as
+:func:`floatlab.kernels.scalar.quantize_kernel`, so the stochastic modes take the same draws as
 the plain path when a generator is given. ``encode(x).dequantize()`` of the plain pipeline is
 returned; a non-finite value poisons its block with NaN, as there.
 """
@@ -25,15 +25,14 @@ from functools import lru_cache
 import torch
 
 from floatlab.formats.block import BlockFormat, ScaleRule
-from floatlab.ops import fast, fast_compile, memory, native
-from floatlab.ops.blocking import to_blocks
-from floatlab.ops.fast_scalar import F32, F64, Layout, Plan, pow2, quantize_kernel
+from floatlab.formats.hifloat4 import E6M2, ONE_SEVENTH_BF16, SF_MAX, SF_MIN
+from floatlab.kernels import compiler, dispatch, memory, native
+from floatlab.kernels.scalar import F32, F64, Layout, Plan, pow2, quantize_kernel
+from floatlab.plain.blocking import to_blocks
 from floatlab.rounding import RoundingMode as M
 
 _RULES = (ScaleRule.FLOOR, ScaleRule.AMAX, ScaleRule.HIF4)
 _NEAREST = (M.RNE, M.RNA, M.RNZ)
-_ONE_SEVENTH_BF16 = 0.142578125
-_SF_MIN, _SF_MAX = 2.0 ** -48, 1.5 * 2 ** 15
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ def hif4_scales(x: torch.Tensor, p: BlockPlan):
     mc = torch.where(finite, mc, torch.zeros_like(mc))   # (the poisoned blocks' scales are unused)
     mb = mc.view(nb, 8, 2).amax(dim=2)
     ma = mb.amax(dim=1, keepdim=True)
-    sf = _bf16(ma * _ONE_SEVENTH_BF16).clamp(_SF_MIN, _SF_MAX)
+    sf = _bf16(ma * ONE_SEVENTH_BF16).clamp(SF_MIN, SF_MAX)
     s1 = quantize_kernel(sf, None, p.scale)
     r = _bf16(1.0 / s1)
     e1_8 = ((mb * r) >= 4).to(torch.int32)
@@ -161,12 +160,12 @@ def hif4_elements(x, rnd, bad, r, s1, shift, p: BlockPlan) -> torch.Tensor:
 
 
 def hif4_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
-    """HiFloat4 (:mod:`floatlab.ops.hif4`) in float32 with bf16 roundings.
+    """HiFloat4 (:mod:`floatlab.plain.hif4`) in float32 with bf16 roundings.
 
     Compiled (see :func:`_compiled`), the scale pass runs apart from the element kernel:
     inductor cannot vectorize the 4-element subgroup maxima nor their broadcast back to the
     elements (a fused single kernel took 172 ms for 2^24 values). On contiguous float32 CPU
-    blocks the pass is native C++ with lane shuffles (:mod:`floatlab.ops.native`, 7 ms);
+    blocks the pass is native C++ with lane shuffles (:mod:`floatlab.kernels.native`, 7 ms);
     elsewhere two compiled kernels around the ATen copy :func:`hif4_spread` (20 ms)."""
     bad, r, s1, shift = hif4_scales(x, p)
     return hif4_elements(x, rnd, bad, r, s1, hif4_spread(shift), p)
@@ -187,7 +186,7 @@ def block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, generator) -> BlockPla
 def _block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, no_generator: bool) -> BlockPlan | None:
     generator = None if no_generator else True
     layout = F64 if (fmt.rule is ScaleRule.FLOOR and dtype is torch.float64) else F32
-    elem = fast.scalar_plan(fmt.element, mode, True, layout.float_dtype, sr_bits, generator)
+    elem = dispatch.scalar_plan(fmt.element, mode, True, layout.float_dtype, sr_bits, generator)
     lo = round(math.log2(fmt.scale.smallest_positive))
     hi = math.floor(math.log2(fmt.scale.max_value))
     elem_scaled = None
@@ -198,11 +197,10 @@ def _block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, no_generator: bool) -
                          elem.rng, shifts=(lo, hi))
     scale = None
     if fmt.rule is ScaleRule.AMAX:
-        scale = fast.scalar_plan(fmt.scale, M.RNE, True, torch.float32, None, None)
+        scale = dispatch.scalar_plan(fmt.scale, M.RNE, True, torch.float32, None, None)
         if scale is None:
             return None
     elif fmt.rule is ScaleRule.HIF4:
-        from floatlab.ops.hif4 import E6M2
         scale = Plan.make(E6M2, M.RNE, True, F32, torch.float32)
     if elem is None:
         return None
@@ -227,43 +225,37 @@ def _compiled(plan: BlockPlan, xb: torch.Tensor, rnd, out_rows: torch.Tensor | N
     if plan.fmt.rule is ScaleRule.HIF4:
         scales = native.hif4_scales(xb)   # the scale pass as one vectorized C++ loop, where built
         if scales is None:
-            bad, r, s1, shift = fast_compile.run((plan, "hif4 scales"), lambda: _fn(hif4_scales, plan, False), xb)
+            bad, r, s1, shift = compiler.run((plan, "hif4 scales"), lambda: _fn(hif4_scales, plan, False), xb)
             scales = bad, r, s1, hif4_spread(shift)
         args, body, key = (xb, rnd, *scales), hif4_elements, "hif4 elements"
     else:
         args, body, key = (xb, rnd), _KERNELS[plan.fmt.rule], "blocks"
     if out_rows is not None:
-        fast_compile.run((plan, key, True), lambda: _fn(body, plan, True), *args, out_rows)
+        compiler.run((plan, key, True), lambda: _fn(body, plan, True), *args, out_rows)
         return None
-    return fast_compile.run((plan, key), lambda: _fn(body, plan, False), *args)
+    return compiler.run((plan, key), lambda: _fn(body, plan, False), *args)
 
 
-def quantize_block(x: torch.Tensor, fmt, rounding, saturate, generator, sr_bits,
-                   out: torch.Tensor | None, backend: str, options: dict) -> torch.Tensor | None:
-    """The fast path for a block format, or None when the plain pipeline must run."""
+def quantize_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bits,
+                   out: torch.Tensor | None, backend: str, axis: int, pad: bool) -> torch.Tensor | None:
+    """The fast path for a block format, or None when the plain pipeline must run.
+
+    The arguments are validated by the caller (:func:`floatlab.quantize`)."""
     if backend == "plain":
         return None
-    plan = None
-    if set(options) <= {"axis", "pad"} and saturate is not False and x.ndim >= 1 and x.numel() > 0:
-        from floatlab.ops.api import resolve_rounding
-        mode = resolve_rounding(fmt, rounding, sr_bits) if isinstance(fmt, BlockFormat) else None
-        if mode is not None:
-            plan = block_plan(fmt, mode, x.dtype, sr_bits, generator)
-    if plan is None or (backend == "auto" and not fast_compile.compile_available()):
+    plan = block_plan(fmt, mode, x.dtype, sr_bits, generator) if x.ndim >= 1 and x.numel() > 0 else None
+    if plan is None or (backend == "auto" and not compiler.compile_available()):
         if backend in ("compiled", "eager"):
-            raise fast.FastPathUnsupported(f"the fast path does not support {fmt.name!r} with "
-                                           f"these options for {x.dtype} inputs")
+            raise dispatch.FastPathUnsupported(f"the fast path does not support {fmt.name!r} with "
+                                               f"these options for {x.dtype} inputs")
         return None
-    if generator is not None:
-        from floatlab.ops.api import _check_generator
-        _check_generator(generator, x)
-    xb, blocking = to_blocks(x, fmt.block, options.get("axis", -1), options.get("pad", True))
-    rnd = fast.draws(plan.elem, xb.shape, x.device, generator)
+    xb, blocking = to_blocks(x, fmt.block, axis, pad)
+    rnd = dispatch.draws(plan.elem, xb.shape, x.device, generator)
     y = None
     if (backend == "compiled" and xb.shape[0] >= 2) or \
-            (backend == "auto" and x.numel() >= fast.COMPILE_MIN_NUMEL and xb.shape[0] >= 2):
+            (backend == "auto" and x.numel() >= dispatch.COMPILE_MIN_NUMEL and xb.shape[0] >= 2):
         # blocks that are plain rows of x (last axis, no padding) are written straight into the
-        # output: the caller's contiguous ``out`` or a huge-page backed buffer (ops/memory.py)
+        # output: the caller's contiguous ``out`` or a huge-page backed buffer (kernels/memory.py)
         rows = len(fmt.block) == 1 and blocking.axis == x.ndim - 1 and blocking.padded[0] == x.shape[-1]
         if rows and out is None:
             out = memory.large_output(x)
@@ -272,7 +264,7 @@ def quantize_block(x: torch.Tensor, fmt, rounding, saturate, generator, sr_bits,
                 _compiled(plan, xb, rnd, out.view(xb.shape))
                 return out
             y = _compiled(plan, xb, rnd, None)
-        except fast_compile.CompileUnavailable:
+        except compiler.CompileUnavailable:
             if backend == "compiled":
                 raise
     if y is None:

@@ -1,6 +1,6 @@
-// HiFloat4's scale pass in C++ (see floatlab/ops/native.py, which compiles and calls it).
+// HiFloat4's scale pass in C++ (see floatlab/kernels/native.py, which compiles and calls it).
 //
-// For each 64-value block of float32 values (FORMATS.md section 2.2, floatlab/ops/hif4.py):
+// For each 64-value block of float32 values (FORMATS.md section 2.2, floatlab/plain/hif4.py):
 //   bad   : 1 if the block holds NaN or Inf (the caller poisons it; its other outputs are unused)
 //   r, s1 : r = bf16(1 / S1), S1 = E6M2(RNE)(clamp(bf16(Ma * bf16(1/7)), 2^-48, 1.5 * 2^15))
 //   shift : E1_8 + E1_16 for every element (0, 1 or 2), E1_8 = [Mb * r >= 4],

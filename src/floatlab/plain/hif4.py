@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import torch
 
-from floatlab.formats.floating import FloatFormat, NanStyle
-from floatlab.ops.scalar import quantize_to_float64
+from floatlab.formats.floating import FloatFormat
+from floatlab.formats.hifloat4 import E6M2, ONE_SEVENTH_BF16, SF_MAX, SF_MIN
+from floatlab.plain.scalar import quantize_to_float64
 from floatlab.rounding import RoundingMode
 
-E6M2 = FloatFormat(6, 2, bias=48, subnormals=False, zero=False, nan=NanStyle.FN, signed=False,
-                   name="ue6m2")
 _BF16 = FloatFormat(8, 7, name="bf16")
-_ONE_SEVENTH_BF16 = 0.142578125
-_SF_MIN, _SF_MAX = 2.0 ** -48, 1.5 * 2 ** 15
 
 
 def _bf16(t: torch.Tensor) -> torch.Tensor:
@@ -67,7 +64,7 @@ def encode_blocks(xb: torch.Tensor, fmt, mode, generator, sr_bits):
     ma = xa.amax(dim=1)
     mb = xa.view(nb, 8, 8).amax(dim=2)
     mc = xa.view(nb, 16, 4).amax(dim=2)
-    sf = _bf16(ma * _ONE_SEVENTH_BF16).clamp(_SF_MIN, _SF_MAX)
+    sf = _bf16(ma * ONE_SEVENTH_BF16).clamp(SF_MIN, SF_MAX)
     s1 = quantize_to_float64(sf, E6M2, RoundingMode.RNE, True, None, None)
     r = _bf16(1.0 / s1)
     # the comparisons use float32 products (amct); a power-of-two factor is exact

@@ -1,8 +1,9 @@
 """Block-format quantization: one pipeline, parameterized by the scale rule.
 
-``encode`` cuts the tensor into blocks (:mod:`floatlab.ops.blocking`), lets the rule compute
-element codes and scales, and stores them packed in a QTensor. ``quantize`` is
-``dequantize(encode(x))``, so the fake-quantized values and the stored ones cannot disagree.
+``block_encode`` cuts the tensor into blocks (:mod:`floatlab.plain.blocking`), lets the rule
+compute element codes and scales; :class:`~floatlab.QTensor` stores them packed.
+``block_quantize`` is ``block_decode(block_encode(x))``, so the fake-quantized values and the
+stored ones cannot disagree.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import torch
 
 from floatlab.formats.base import floor_log2, pow2
 from floatlab.formats.block import BlockFormat, ScaleRule
-from floatlab.ops import hif4 as hif4_rule
-from floatlab.ops.blocking import Blocking, to_blocks
-from floatlab.ops.scalar import quantize_to_float64
+from floatlab.plain import hif4 as hif4_rule
+from floatlab.plain.blocking import Blocking, to_blocks
+from floatlab.plain.scalar import quantize_to_float64
 from floatlab.rounding import RoundingMode
-from floatlab.tensor.qtensor import QTensor
 
 RNE = RoundingMode.RNE
 _NO_EXPONENT = -100000  # floor(log2 0): far below any scale, clamped to the smallest
@@ -147,55 +147,34 @@ def _rule(fmt: BlockFormat):
 
 
 # ---- entry points ---------------------------------------------------------------------------
-def _resolve(fmt, rounding, sr_bits, saturate):
-    from floatlab.ops.api import resolve_rounding
-    mode = resolve_rounding(fmt, rounding, sr_bits)
-    if saturate is False:
-        raise ValueError(f"{fmt.name!r}: block formats always clamp elements to the element "
-                         "range (saturate=False is not available)")
-    return mode
+def block_encode(x: torch.Tensor, fmt: BlockFormat, mode: RoundingMode, generator=None,
+                 sr_bits=None, axis: int = -1, pad: bool = True):
+    """Encode ``x`` into the block format ``fmt``; blocks run along ``axis`` (or 2D tiles).
 
-
-def block_encode(x: torch.Tensor, fmt: BlockFormat, rounding=None, saturate=None, generator=None,
-                 sr_bits=None, axis: int = -1, pad: bool = True) -> QTensor:
-    """Encode ``x`` into the block format ``fmt``; blocks run along ``axis`` (or 2D tiles)."""
-    mode = _resolve(fmt, rounding, sr_bits, saturate)
+    Returns ``(codes, scales, meta)``: int64 element codes in the blocked layout
+    ``(nblocks, block)``, the named scale tensors, and the JSON-able facts :func:`block_decode`
+    needs (block axis and padded extents). The arguments are validated by the caller.
+    """
     xb, blocking = to_blocks(x, fmt.block, axis, pad)
     encode_blocks, _ = _rule(fmt)
     codes, scales = encode_blocks(xb.to(torch.float64) if x.dtype != torch.float64 else xb, fmt,
                                   mode, generator, sr_bits)
-    meta = {"axis": blocking.axis, "padded": list(blocking.padded)}
-    return QTensor.from_codes(codes, fmt, dtype=x.dtype, scales=scales, meta=meta, shape=x.shape)
+    return codes, scales, {"axis": blocking.axis, "padded": list(blocking.padded)}
 
 
-def _blocking_of(qt: QTensor) -> Blocking:
-    fmt = qt.format
-    return Blocking(tuple(qt.shape), int(qt.meta["axis"]), fmt.block, tuple(qt.meta["padded"]))
+def blocking_of(fmt: BlockFormat, shape, meta: dict) -> Blocking:
+    """The :class:`Blocking` that :func:`block_encode` used for a tensor of ``shape``."""
+    return Blocking(tuple(shape), int(meta["axis"]), fmt.block, tuple(meta["padded"]))
 
 
-def block_codes(qt: QTensor) -> torch.Tensor:
-    """Element codes of a block QTensor in the blocked layout ``(nblocks, block)``."""
-    from floatlab.tensor.packing import unpack
-    b = _blocking_of(qt)
-    blocked_axes = (b.axis,) if len(b.block) == 1 else (len(b.shape) - 2, len(b.shape) - 1)
-    others = math.prod(n for i, n in enumerate(b.shape) if i not in blocked_axes)
-    total = others * math.prod(b.padded)
-    return unpack(qt.data, qt.format.element.bits, total).reshape(-1, b.block_numel)
-
-
-def block_element_codes(qt: QTensor) -> torch.Tensor:
-    """Element codes of a block QTensor in the tensor's own layout (padding dropped)."""
-    return _blocking_of(qt).unblock(block_codes(qt))
-
-
-def block_dequantize(qt: QTensor) -> torch.Tensor:
-    fmt = qt.format
+def block_decode(codes: torch.Tensor, scales: dict, fmt: BlockFormat, shape, meta: dict) -> torch.Tensor:
+    """float64 values of blocked element ``codes`` ``(nblocks, block)``, in the tensor's layout."""
     _, decode_blocks = _rule(fmt)
-    values = decode_blocks(block_codes(qt), qt.scales, fmt, qt.meta)
-    return _blocking_of(qt).unblock(values)
+    return blocking_of(fmt, shape, meta).unblock(decode_blocks(codes, scales, fmt, meta))
 
 
-def block_quantize(x: torch.Tensor, fmt: BlockFormat, rounding=None, saturate=None,
-                   generator=None, sr_bits=None, axis: int = -1, pad: bool = True) -> torch.Tensor:
-    qt = block_encode(x, fmt, rounding, saturate, generator, sr_bits, axis, pad)
-    return block_dequantize(qt).to(x.dtype)
+def block_quantize(x: torch.Tensor, fmt: BlockFormat, mode: RoundingMode, generator=None,
+                   sr_bits=None, axis: int = -1, pad: bool = True) -> torch.Tensor:
+    """``block_decode(block_encode(x))`` in ``x``'s dtype: the plain pipeline's fake-quantize."""
+    codes, scales, meta = block_encode(x, fmt, mode, generator, sr_bits, axis, pad)
+    return block_decode(codes, scales, fmt, x.shape, meta).to(x.dtype)

@@ -9,7 +9,7 @@ environment variable when the argument is None):
            (and everywhere once ``torch.compile`` failed, with one warning)
 ``compiled`` the compiled kernel; raises if the case is not supported or cannot compile
 ``eager``  the same kernel run op by op without a compiler (for tests and debugging)
-``plain``  the plain reference path (:mod:`floatlab.ops.scalar`, :mod:`floatlab.ops.block`)
+``plain``  the plain reference path (:mod:`floatlab.plain.scalar`, :mod:`floatlab.plain.block`)
 ========== ============================================================================
 
 ``FLOATLAB_FAST=0`` (or ``plain``) selects ``plain``, ``FLOATLAB_FAST=eager`` selects ``eager``.
@@ -17,7 +17,7 @@ environment variable when the argument is None):
 Every backend returns the same bits, with one documented exception: the stochastic modes with
 ``generator=None``. With a generator, the fast path consumes exactly the plain path's draws
 (``torch.rand``/``torch.randint`` from that generator) and returns the same values. Without one,
-the fast path hashes (seed, element index) inside the kernel (:mod:`floatlab.ops.fast_rng`),
+the fast path hashes (seed, element index) inside the kernel (:mod:`floatlab.kernels.rng`),
 seeded from torch's default generator: reproducible under ``torch.manual_seed``, with the same
 probabilities (exact to 2^-32, 2^-62 for float64 inputs), but other draws than the plain path.
 """
@@ -32,9 +32,9 @@ import torch
 from floatlab.formats.floating import FloatFormat
 from floatlab.formats.hifloat8 import HiF8Format
 from floatlab.formats.integer import IntFormat
-from floatlab.ops import fast_compile, memory
-from floatlab.ops.fast_rng import draw_seed
-from floatlab.ops.fast_scalar import F32, F64, Plan, quantize_kernel
+from floatlab.kernels import compiler, memory
+from floatlab.kernels.rng import draw_seed
+from floatlab.kernels.scalar import F32, F64, Plan, quantize_kernel
 from floatlab.rounding import RoundingMode as M
 
 BACKENDS = ("auto", "compiled", "eager", "plain")
@@ -126,7 +126,7 @@ def quantize_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr
     plan = scalar_plan(fmt, mode, saturate, x.dtype, sr_bits, generator)
     use_compiler = (backend == "compiled" and x.numel() >= 2) or \
         (backend == "auto" and x.numel() >= COMPILE_MIN_NUMEL)
-    if plan is None or (backend == "auto" and not fast_compile.compile_available()):
+    if plan is None or (backend == "auto" and not compiler.compile_available()):
         if backend in ("compiled", "eager"):
             raise FastPathUnsupported(f"the fast path does not support {fmt.name!r} with "
                                       f"{mode.value!r} for {x.dtype} inputs")
@@ -143,10 +143,10 @@ def quantize_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr
     else:
         try:
             if direct:
-                fast_compile.run((plan, True), lambda: _kernel(plan, True), flat, rnd, out.view(-1))
+                compiler.run((plan, True), lambda: _kernel(plan, True), flat, rnd, out.view(-1))
                 return out
-            y = fast_compile.run((plan, False), lambda: _kernel(plan, False), flat, rnd)
-        except fast_compile.CompileUnavailable:
+            y = compiler.run((plan, False), lambda: _kernel(plan, False), flat, rnd)
+        except compiler.CompileUnavailable:
             if backend == "compiled":
                 raise
             y = quantize_kernel(flat, rnd, plan)   # same bits; the draws are already taken

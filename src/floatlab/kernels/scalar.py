@@ -1,6 +1,6 @@
 """The fused scalar rounding kernel: integer bit manipulation on the input's float bits.
 
-It computes exactly what :func:`floatlab.ops.scalar.quantize_to_float64` computes, in one pass
+It computes exactly what :func:`floatlab.plain.scalar.quantize_to_float64` computes, in one pass
 and without float64 temporaries, so that ``torch.compile`` turns it into one loop:
 
 * float16, bfloat16 and float32 inputs are widened (exactly) to float32 and handled on their
@@ -16,7 +16,7 @@ and without float64 temporaries, so that ``torch.compile`` turns it into one loo
 
 The stochastic modes take their randomness from ``rnd``: the very draws of the plain path when a
 generator is given (``torch.rand`` float64, ``torch.randint`` int64), or a counter-based hash
-(:mod:`floatlab.ops.fast_rng`) keyed by a seed otherwise (:class:`Plan`.``rng``).
+(:mod:`floatlab.kernels.rng`) keyed by a seed otherwise (:class:`Plan`.``rng``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from floatlab.formats.base import Overflow, ScalarFormat
-from floatlab.ops.fast_rng import random_word
+from floatlab.kernels.rng import random_word
 from floatlab.rounding import RoundingMode as M
 
 _HYBRID_TA_LIMIT = 4

@@ -1,0 +1,1 @@
+"""Benchmark harnesses behind ``floatlab bench`` (speed against peers, printed as ratios)."""
