@@ -20,6 +20,7 @@ import floatlab
 from floatlab.formats.registry import get_format
 from floatlab.kernels.dispatch import FastPathUnsupported, resolve_backend
 from floatlab.kernels.compiler import CompileUnavailable
+from floatlab.ops.autograd import check_grad, straight_through
 
 COMPILE_MIN_NUMEL = 1024
 _NOT_COMPILED: set = set()      # (format, rounding, saturate, dtype, generator?) without a compiled kernel
@@ -38,18 +39,27 @@ def _native_dtype(fmt: str, rounding, saturate: bool):
 
 
 def fake_quantize(x: torch.Tensor, fmt: str, rounding=None, saturate: bool = True, axis: int = -1,
-                  generator: torch.Generator | None = None, native: bool = True) -> torch.Tensor:
-    """``floatlab.quantize(x, fmt, rounding, saturate, generator, axis=axis)`` (block options only
-    for block formats), through a native cast where one is exactly equal."""
+                  generator: torch.Generator | None = None, native: bool = True,
+                  grad: str = "ste") -> torch.Tensor:
+    """``floatlab.quantize(x, fmt, rounding, saturate, generator, axis=axis, grad=grad)`` (block
+    options only for block formats), through a native cast where one is exactly equal.
+
+    The gradient follows :func:`floatlab.quantize`'s contract (:mod:`floatlab.ops.autograd`) on
+    every path, the native casts included."""
     if native and x.dtype != torch.float64:  # torch casts float64 through float32: double rounding
         dt, mx = _native_dtype(fmt, rounding, saturate)
         if dt is not None:
-            y = x.to(dt).to(x.dtype)
-            # saturate: overflow and +-Inf become +-max (as floatlab.quantize(saturate=True))
-            over = ~torch.isnan(x) & ~torch.isfinite(y)
-            if bool(over.any()):
-                y = torch.where(over, torch.copysign(torch.full_like(y, mx), x), y)
-            return y
+            def cast(v):
+                y = v.to(dt).to(v.dtype)
+                # saturate: overflow and +-Inf become +-max (as floatlab.quantize(saturate=True))
+                over = ~torch.isnan(v) & ~torch.isfinite(y)
+                if bool(over.any()):
+                    y = torch.where(over, torch.copysign(torch.full_like(y, mx), v), y)
+                return y
+
+            def clipped(v):
+                return cast(v), (v >= -mx) & (v <= mx)
+            return straight_through(x, cast, check_grad(grad), clipped)
     spec = get_format(fmt)
     kw = {"axis": axis} if spec.kind == "block" else {}
     stochastic = rounding in ("sr", "sr_half", "hybrid")
@@ -58,7 +68,7 @@ def fake_quantize(x: torch.Tensor, fmt: str, rounding=None, saturate: bool = Tru
     if x.numel() >= COMPILE_MIN_NUMEL and key not in _NOT_COMPILED and resolve_backend(None) == "auto":
         try:
             return floatlab.quantize(x, spec, rounding=rounding, saturate=saturate, generator=gen,
-                                     backend="compiled", **kw)
+                                     backend="compiled", grad=grad, **kw)
         except (FastPathUnsupported, CompileUnavailable):
             _NOT_COMPILED.add(key)
-    return floatlab.quantize(x, spec, rounding=rounding, saturate=saturate, generator=gen, **kw)
+    return floatlab.quantize(x, spec, rounding=rounding, saturate=saturate, generator=gen, grad=grad, **kw)

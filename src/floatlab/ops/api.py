@@ -12,7 +12,8 @@ from floatlab.formats.block import BlockFormat
 from floatlab.formats.registry import get_format
 from floatlab.kernels import dispatch
 from floatlab.kernels.block import quantize_block
-from floatlab.plain.block import block_encode, block_quantize
+from floatlab.ops.autograd import check_grad, straight_through
+from floatlab.plain.block import block_decode, block_encode, block_quantize
 from floatlab.plain.scalar import quantize_to_float64
 from floatlab.rounding import resolve_rounding
 from floatlab.tensor.qtensor import QTensor
@@ -42,19 +43,22 @@ def _check_generator(generator, x: torch.Tensor) -> None:
 def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
              generator: torch.Generator | None = None, sr_bits: int | None = None,
              *, out: torch.Tensor | None = None, backend: str | None = None,
-             **block_options) -> torch.Tensor:
+             grad: str = "ste", **block_options) -> torch.Tensor:
     """Fake-quantize ``x`` into ``fmt``: round every value to the format, return the same dtype.
 
     Args:
         x: float16, bfloat16, float32 or float64 tensor (any shape, any device).
-        fmt: a format name (``"e4m3"``, ``"hif8"``, ``"e3m2"``, ``"int8"``, a spelled ``"e6m9"``,
-            ...) or a format object.
+        fmt: a format name (``"e4m3"``, ``"hif8"``, ``"mxfp4"``, ``"int8"``, a spelled ``"e6m9"``,
+            ...; case-insensitive, see :func:`floatlab.list_formats`) or a format object.
         rounding: a :class:`~floatlab.RoundingMode` or its name. ``None`` takes the format's
-            default: ties-to-even (``"rne"``) everywhere except hif8, whose default is ties-away
-            (``"rna"``), as its reference cast.
+            default: ties-to-even (``"rne"``) everywhere except hif8 and hif4, whose default is
+            ties-away (``"rna"``), as their reference casts. In block formats the mode rounds the
+            elements; scales follow the format's scale rule.
         saturate: clamp overflow to +-max. ``None`` keeps the format's own conversion semantics
-            (e4m3: NaN, e5m2/fp16/bf16/hif8: Inf, FP6/FP4/int: saturate).
-        generator: a ``torch.Generator`` for the stochastic modes (reproducible draws).
+            (e4m3: NaN, e5m2/fp16/bf16/hif8: Inf, FP6/FP4/int: saturate). Block formats always
+            clamp elements to the element range (OCP MX); ``saturate=False`` is refused there.
+        generator: a ``torch.Generator`` for the stochastic modes (reproducible draws), on
+            ``x``'s device type.
         sr_bits: with ``rounding="sr"``, the number of random bits (1..52); ``None`` draws the
             exact probability.
         out: a preallocated tensor of ``x``'s shape, dtype and device to write the result into
@@ -64,11 +68,34 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
             ``"plain"`` (the reference path). ``None`` reads ``FLOATLAB_FAST`` (``0`` = plain).
             All return the same bits; with ``generator=None`` the stochastic modes of the fast
             path draw from an in-kernel hash instead of ``torch.rand`` (see
-            :mod:`floatlab.kernels.dispatch`); pass a generator for draws identical to the plain path.
+            :mod:`floatlab.kernels.dispatch`); pass a generator for draws identical to the plain
+            path. The first call of a format on a tensor of 65,536 or more elements compiles its
+            kernel (a few seconds once per process, about 10 s with a cold cache).
+        grad: the gradient with respect to ``x`` when ``x.requires_grad`` (see
+            :mod:`floatlab.ops.autograd`): ``"ste"`` (default) straight-through, ``dL/dx =
+            dL/dy``; ``"clipped"`` straight-through inside the format's range (per element of its
+            block for block formats), zero outside and at NaN/Inf; ``"none"`` a detached result.
+            The same for every format, mode and backend.
+        axis: block formats only (keyword): the axis the blocks run along (default ``-1``). 2D
+            tiles such as ``nvfp4_2d``'s 16x16 always cover the last two dimensions.
+        pad: block formats only (keyword, default ``True``): a length that is not a multiple of
+            the block is zero-padded for the scale computation and the padding dropped from the
+            result; ``False`` refuses such a length instead.
 
     Returns:
         A tensor of ``x``'s dtype and shape. If the format holds values that ``x``'s dtype cannot
         (e.g. fp16 values in a bfloat16 tensor), the final cast rounds them to nearest-even.
+
+    Raises:
+        TypeError: ``x`` is not a floating tensor; options of the wrong kind (``axis`` for a
+            scalar format, an unknown option for a block format); a bad ``generator`` or ``out``.
+        ValueError: an unknown format (with the closest names) or rounding mode; a mode the
+            format does not define (``hybrid`` outside hif8); ``sr_bits`` outside 1..52 or without
+            ``rounding="sr"``; ``saturate=False`` for a block format; a block axis out of range
+            or a length that is not a multiple of the block with ``pad=False``; ``out=`` when a
+            gradient must be recorded; a bad ``grad`` or ``backend``.
+        FastPathUnsupported: ``backend="compiled"`` or ``"eager"`` for a case the fused kernels
+            do not cover (``"auto"`` falls back to the plain path instead).
 
     Example:
         >>> import torch, floatlab
@@ -76,27 +103,49 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
         tensor([  1., 288.,  nan])
         >>> floatlab.quantize(torch.tensor([1.0625]), "hif8")  # ties away
         tensor([1.1250])
+        >>> x = torch.tensor([0.3, 9.0], requires_grad=True)
+        >>> floatlab.quantize(x, "int4", grad="clipped").sum().backward(); x.grad
+        tensor([1., 0.])
     """
     _check_input(x)
     _check_out(out, x)
+    grad = check_grad(grad)
     backend = dispatch.resolve_backend(backend)
     spec = get_format(fmt)
     if isinstance(spec, BlockFormat):
         mode, axis, pad = _block_args(spec, rounding, saturate, sr_bits, block_options)
-        _check_generator(generator, x)
-        y = quantize_block(x, spec, mode, generator, sr_bits, out, backend, axis, pad)
-        if y is None:
-            y = block_quantize(x, spec, mode, generator, sr_bits, axis, pad)
-            return y if out is None else out.copy_(y)
-        return y
-    _reject_block_options(spec, block_options)
-    mode = resolve_rounding(spec, rounding, sr_bits)
+    else:
+        _reject_block_options(spec, block_options)
+        mode = resolve_rounding(spec, rounding, sr_bits)
     _check_generator(generator, x)
-    y = dispatch.quantize_scalar(x, spec, mode, bool(saturate), generator, sr_bits, out, backend)
-    if y is None:
-        y = quantize_to_float64(x, spec, mode, bool(saturate), generator, sr_bits).to(x.dtype)
-        return y if out is None else out.copy_(y)
-    return y
+    if x.requires_grad and torch.is_grad_enabled() and grad != "none":
+        if out is not None:
+            raise ValueError("out= cannot record a gradient: x requires grad. Call quantize without "
+                             "out=, or pass x.detach() (or grad='none') for no gradient")
+    if isinstance(spec, BlockFormat):
+        def values(v):
+            y = quantize_block(v, spec, mode, generator, sr_bits, out, backend, axis, pad)
+            if y is None:
+                y = block_quantize(v, spec, mode, generator, sr_bits, axis, pad)
+                return y if out is None else out.copy_(y)
+            return y
+
+        def clipped(v):
+            codes, scales, meta = block_encode(v, spec, mode, generator, sr_bits, axis, pad)
+            top = block_decode(torch.full_like(codes, spec.element.max_code), scales, spec, v.shape, meta)
+            y = block_decode(codes, scales, spec, v.shape, meta).to(v.dtype)
+            return y, v.abs().to(top.dtype) <= top
+    else:
+        def values(v):
+            y = dispatch.quantize_scalar(v, spec, mode, bool(saturate), generator, sr_bits, out, backend)
+            if y is None:
+                y = quantize_to_float64(v, spec, mode, bool(saturate), generator, sr_bits).to(v.dtype)
+                return y if out is None else out.copy_(y)
+            return y
+
+        def clipped(v):
+            return values(v), (v >= -spec.max_negative) & (v <= spec.max_value)
+    return straight_through(x, values, grad, clipped)
 
 
 def _check_out(out, x: torch.Tensor) -> None:
