@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from floatlab.models.loading import linear_layers
+from floatlab.ptq.calibration import CalibrationError, check_parameters, nonfinite_policy
 from floatlab.ptq.config import PTQConfig
 from floatlab.ptq.modules import QuantLinear, set_module
 from floatlab.ptq.weights import QWeight, rtn_weight
@@ -22,47 +23,62 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
     ``calib`` is a list of model input dicts (``input_ids``, ``attention_mask``), needed by GPTQ,
     SmoothQuant and AWQ. ``hessians``: GPTQ's input Hessians by layer name, precomputed with
     :func:`floatlab.ptq.gptq.collect_hessians` on this same (untransformed) model and ``calib``;
-    ``floatlab compare`` computes them once for all its formats."""
+    ``floatlab compare`` computes them once for all its formats.
+
+    Non-finite numbers never reach the result: a NaN/Inf parameter of ``model`` (before, or after
+    a transform step) raises :class:`floatlab.ptq.calibration.CalibrationError` naming it; so
+    does a NaN/Inf in a calibrated layer's input (naming the layer) unless
+    ``config.nonfinite_tokens == "exclude"``, which leaves those tokens out of that layer's
+    statistics; so do calibration batches without a real token, and a quantized weight that came
+    out non-finite. Methods that do not calibrate (``rtn``, ``rotate``) never run ``calib``."""
     transforms, rounder = config.steps()
     calib = list(calib or [])
+    check_parameters(model)
     transforms_done: dict[str, nn.Module] = {}
     pending = _PendingTransforms(model)   # keeps the model computing its fp32 function meanwhile
-    try:
-        for t in transforms:
-            if t == "rotate":
-                from floatlab.ptq.rotation import rotate_model
-                transforms_done.update(rotate_model(model))
-            else:
+    with nonfinite_policy(config.nonfinite_tokens):     # for every calibration pass below
+        try:
+            for t in transforms:
+                if t == "rotate":
+                    from floatlab.ptq.rotation import rotate_model
+                    transforms_done.update(rotate_model(model))
+                else:
+                    if not calib:
+                        raise ValueError(f"method {t!r} needs calibration data (calib)")
+                    from floatlab.ptq.smooth import smooth_model
+                    for name, mod in smooth_model(model, calib, config, t).items():
+                        prev = transforms_done.get(name)
+                        transforms_done[name] = mod if prev is None else nn.Sequential(prev, mod)
+                check_parameters(model, after=t)
+                pending.attach(transforms_done)
+            layers = linear_layers(model)
+            check_blocks(layers, config)
+            if rounder == "gptq":
                 if not calib:
-                    raise ValueError(f"method {t!r} needs calibration data (calib)")
-                from floatlab.ptq.smooth import smooth_model
-                for name, mod in smooth_model(model, calib, config, t).items():
-                    prev = transforms_done.get(name)
-                    transforms_done[name] = mod if prev is None else nn.Sequential(prev, mod)
-            pending.attach(transforms_done)
-        layers = linear_layers(model)
-        check_blocks(layers, config)
-        if rounder == "gptq":
-            if not calib:
-                raise ValueError("GPTQ needs calibration data (calib)")
-            from floatlab.ptq.gptq import gptq_model
-            if hessians is not None and transforms:
-                raise ValueError("precomputed hessians describe the untransformed model; "
-                                 f"method {config.method!r} transforms it first")
-            qweights = gptq_model(model, layers, calib, config, progress=progress, hessians=hessians)
-        else:
-            qweights = {}
-            for name, lin in layers.items():
-                spec = config.weight_spec(name)
-                if spec is not None:
-                    qweights[name] = rtn_weight(lin.weight, spec)
-    finally:
-        pending.attach({})
+                    raise ValueError("GPTQ needs calibration data (calib)")
+                from floatlab.ptq.gptq import gptq_model
+                if hessians is not None and transforms:
+                    raise ValueError("precomputed hessians describe the untransformed model; "
+                                     f"method {config.method!r} transforms it first")
+                qweights = gptq_model(model, layers, calib, config, progress=progress, hessians=hessians)
+            else:
+                qweights = {}
+                for name, lin in layers.items():
+                    spec = config.weight_spec(name)
+                    if spec is not None:
+                        qweights[name] = rtn_weight(lin.weight, spec)
+        finally:
+            pending.attach({})
     for name, lin in layers.items():
         w_spec, a_spec = config.weight_spec(name), config.act_spec(name)
         if w_spec is None and a_spec is None and name not in transforms_done:
             continue
         wq = qweights[name].dequantize() if name in qweights else lin.weight.detach()
+        if not bool(torch.isfinite(wq).all()):
+            raise CalibrationError(f"layer {name!r}: its weight quantized to {w_spec} by {config.method!r} has "
+                                   f"{int((~torch.isfinite(wq)).sum())} non-finite values (max |w| before: "
+                                   f"{float(lin.weight.detach().abs().max()):.3g}); the weight is beyond the "
+                                   "range this format's scales reach, or this is a floatlab bug: please report it")
         set_module(model, name, QuantLinear(lin, wq, w_spec, a_spec, transforms_done.get(name)))
     return qweights
 

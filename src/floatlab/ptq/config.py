@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from floatlab.ptq.calibration import NONFINITE_POLICIES
 from floatlab.ptq.quantizer import QuantSpec, as_spec
 
 #: rounding methods (how a weight is put on the grid)
@@ -45,6 +46,11 @@ class PTQConfig:
         gptq: :class:`GPTQOptions`.
         smooth_alpha: SmoothQuant's migration strength.
         awq_grid: number of AWQ scale exponents searched in [0, 1].
+        nonfinite_tokens: what the calibrating methods (GPTQ, SmoothQuant, AWQ) do with a
+            calibration token whose input to a layer holds a NaN or Inf: ``"error"`` (default)
+            raises :class:`floatlab.ptq.calibration.CalibrationError` naming the layer;
+            ``"exclude"`` leaves that token out of that layer's statistics (a warning gives the
+            counts). See docs/ptq.md.
     """
 
     weight: QuantSpec | None
@@ -54,8 +60,11 @@ class PTQConfig:
     gptq: GPTQOptions = field(default_factory=GPTQOptions)
     smooth_alpha: float = 0.5
     awq_grid: int = 10
+    nonfinite_tokens: str = "error"
 
     def __post_init__(self) -> None:
+        if self.nonfinite_tokens not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite_tokens must be one of {NONFINITE_POLICIES}, got {self.nonfinite_tokens!r}")
         object.__setattr__(self, "weight", as_spec(self.weight))
         object.__setattr__(self, "act", as_spec(self.act))
         self.steps()  # validates the method
@@ -100,6 +109,7 @@ class PTQConfig:
             "gptq": vars(self.gptq).copy(),
             "smooth_alpha": self.smooth_alpha,
             "awq_grid": self.awq_grid,
+            "nonfinite_tokens": self.nonfinite_tokens,
         }
 
     @classmethod
@@ -108,4 +118,4 @@ class PTQConfig:
                    method=d.get("method", "rtn"),
                    overrides=tuple((p, QuantSpec.from_dict(w), QuantSpec.from_dict(a)) for p, w, a in d.get("overrides", [])),
                    gptq=GPTQOptions(**d.get("gptq", {})), smooth_alpha=d.get("smooth_alpha", 0.5),
-                   awq_grid=d.get("awq_grid", 10))
+                   awq_grid=d.get("awq_grid", 10), nonfinite_tokens=d.get("nonfinite_tokens", "error"))

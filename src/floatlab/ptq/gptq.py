@@ -26,7 +26,7 @@ from torch import nn
 
 import floatlab
 
-from floatlab.ptq.calibration import for_each_input
+from floatlab.ptq.calibration import CalibrationError, check_finite, for_each_input
 from floatlab.ptq.config import GPTQOptions, PTQConfig
 from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, absmax_scale
 from floatlab.ptq.weights import QWeight
@@ -43,7 +43,16 @@ def _group_of(spec: QuantSpec, opts: GPTQOptions) -> int | None:
 
 @torch.no_grad()
 def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOptions = GPTQOptions()) -> QWeight:
-    """Quantize one weight ``(out, in)`` given its input Hessian ``(in, in)``."""
+    """Quantize one weight ``(out, in)`` given its input Hessian ``(in, in)``.
+
+    Raises :class:`CalibrationError` (a ``ValueError``) when ``w`` or ``H`` holds a NaN/Inf, and
+    ``ValueError`` when the damped Hessian is not positive definite (raise ``opts.damp``)."""
+    if not bool(torch.isfinite(w).all()):
+        raise CalibrationError("GPTQ: the weight has non-finite values; quantize a finite weight")
+    if not bool(torch.isfinite(H).all()):
+        raise CalibrationError("GPTQ: the input Hessian has non-finite values (NaN/Inf in the calibration "
+                               "inputs, or inputs whose products overflow float32); damping cannot fix it: "
+                               "check the calibration data (collect_hessians names the layer)")
     W = w.detach().to(torch.float32).clone()
     rows, cols = W.shape
     H = H.to(torch.float32).clone()
@@ -61,9 +70,14 @@ def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOpt
         W, H = W[:, perm], H[perm][:, perm]
     damp = opts.damp * torch.mean(torch.diag(H))
     H += damp * torch.eye(cols)
-    L = torch.linalg.cholesky(H.double())
-    Hinv = torch.cholesky_inverse(L)
-    Hinv = torch.linalg.cholesky(Hinv, upper=True).to(torch.float32)
+    try:
+        L = torch.linalg.cholesky(H.double())
+        Hinv = torch.cholesky_inverse(L)
+        Hinv = torch.linalg.cholesky(Hinv, upper=True).to(torch.float32)
+    except torch.linalg.LinAlgError as err:      # H is finite here: a conditioning problem
+        raise ValueError(f"GPTQ: the damped input Hessian is not positive definite (damp={opts.damp}: "
+                         f"{float(damp):.3g} added to its diagonal); raise GPTQOptions.damp (e.g. 0.1) "
+                         "or calibrate on more tokens") from err
 
     tensor_amax = w.detach().abs().amax().to(torch.float32) if spec.is_block else None
     row_grid = None
@@ -134,8 +148,15 @@ def _assemble(spec, shape, Q, values, grids, row_grid, group) -> QWeight:
 
 
 @torch.no_grad()
-def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict]) -> dict[str, torch.Tensor]:
-    """``2/n X^T X`` of every layer's input over the calibration batches (padding tokens excluded)."""
+def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict], *,
+                     nonfinite: str | None = None) -> dict[str, torch.Tensor]:
+    """``2/n X^T X`` (float32, ``(in, in)``) of every layer's input over the calibration batches
+    (padding tokens excluded), by layer name.
+
+    Raises :class:`floatlab.ptq.calibration.CalibrationError` naming the layer when its input
+    holds a NaN/Inf (``nonfinite="exclude"`` leaves those tokens out instead; ``None`` is the
+    policy in effect, see :func:`floatlab.ptq.calibration.for_each_input`), when the products
+    overflow float32, or when a layer receives no real token."""
     H = {n: torch.zeros(l.in_features, l.in_features) for n, l in layers.items()}
     count = {n: 0 for n in layers}
     last = [None, None]          # (rows, rows^T rows): q/k/v and gate/up read the same input
@@ -148,7 +169,12 @@ def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib: list
         H[name] += (2.0 / tot) * last[1]
         count[name] = tot
 
-    for_each_input(model, layers, calib, update)
+    for_each_input(model, layers, calib, update, nonfinite=nonfinite)
+    for name, h in H.items():
+        check_finite(name, "GPTQ input Hessian (2/n X^T X)", h,
+                     "Its inputs are finite but their products overflow float32 (inputs beyond ~1.8e19 in "
+                     "magnitude): the model's activations at this layer are too large to calibrate on; check the "
+                     "model and the calibration data.")
     return H
 
 
@@ -160,7 +186,16 @@ def gptq_model(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict]
         spec = config.weight_spec(name)
         if spec is None:
             continue
-        out[name] = gptq_weight(lin.weight, H[name], spec, config.gptq)
+        if name not in H:
+            raise ValueError(f"layer {name!r}: the precomputed hessians have no entry for it")
+        check_finite(name, "GPTQ input Hessian", H[name],
+                     "The Hessians were passed in precomputed: rebuild them with collect_hessians, which names "
+                     "the cause (non-finite calibration inputs, or overflow).")
+        try:
+            out[name] = gptq_weight(lin.weight, H[name], spec, config.gptq)
+        except ValueError as err:
+            cls = CalibrationError if isinstance(err, CalibrationError) else ValueError
+            raise cls(f"layer {name!r}: {err}") from err
         if progress:
             progress(name)
     return out

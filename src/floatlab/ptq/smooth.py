@@ -15,11 +15,13 @@ operands either way). Each layer gets its own ``s`` from calibration statistics 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from floatlab.models.loading import linear_layers
-from floatlab.ptq.calibration import for_each_input
+from floatlab.ptq.calibration import CalibrationError, check_finite, for_each_input
 from floatlab.ptq.config import PTQConfig
 from floatlab.ptq.quantizer import fake_quant
 
@@ -39,8 +41,13 @@ class ChannelScale(nn.Module):
 
 
 @torch.no_grad()
-def input_statistics(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict]) -> dict[str, dict]:
-    """Per layer: per-channel max|x|, mean|x| and up to 512 sampled input rows (real tokens)."""
+def input_statistics(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict], *,
+                     nonfinite: str | None = None) -> dict[str, dict]:
+    """Per layer: per-channel max|x|, mean|x| (float32, ``(in,)``) and up to 512 sampled input
+    rows (real tokens). A NaN/Inf input raises :class:`floatlab.ptq.calibration.CalibrationError`
+    naming the layer, or its tokens are left out (``nonfinite="exclude"``; ``None``: the policy
+    in effect); so does a layer that receives no real token. The mean's float32 sum can still
+    overflow for huge inputs: :func:`smooth_model` checks it before AWQ uses it."""
     stats = {n: {"max": None, "sum": None, "n": 0, "rows": []} for n in layers}
 
     def update(name: str, x: torch.Tensor) -> None:
@@ -53,7 +60,7 @@ def input_statistics(model: nn.Module, layers: dict[str, nn.Linear], calib: list
         if have < _MAX_TOKENS:
             st["rows"].append(x[: _MAX_TOKENS - have].clone())
 
-    for_each_input(model, layers, calib, update)
+    for_each_input(model, layers, calib, update, nonfinite=nonfinite)
     for st in stats.values():
         st["mean"] = st["sum"] / max(st["n"], 1)
         st["rows"] = torch.cat(st["rows"]) if st["rows"] else None
@@ -82,7 +89,16 @@ def smooth_model(model: nn.Module, calib: list[dict], config: PTQConfig, kind: s
             s = (st["max"].clamp(min=1e-5) ** a) / (wmax ** (1 - a))
             s = s.clamp(min=1e-5)
         else:
+            check_finite(name, "mean |x| over the calibration tokens", st["mean"],
+                         "Its inputs are finite but their float32 sum overflows: the model's activations at this "
+                         "layer are too large to calibrate on; check the model and the calibration data.")
             s = _awq_search(lin, st, config, name)
+        check_finite(name, f"{kind} scale s", s)
+        scaled = (lin.weight.detach() * s).to(lin.weight.dtype)       # checked before the model changes
+        check_finite(name, f"weight scaled by its {kind} scales (W diag(s))", scaled,
+                     f"The scales (max {float(s.max()):.3g}) times the weight overflow {lin.weight.dtype}: its "
+                     "calibration inputs are too large for this method" +
+                     (" (try a smaller smooth_alpha)." if kind == "smoothquant" else "."))
         out[name] = _apply(lin, s)
     return out
 
@@ -98,8 +114,14 @@ def _awq_search(lin: nn.Linear, st: dict, config: PTQConfig, name: str) -> torch
         a = k / config.awq_grid
         s = mean ** a
         s = s / torch.sqrt(s.max() * s.min())
+        if not (bool(torch.isfinite(s).all()) and bool((s > 0).all())):
+            continue                      # the normalization over/underflowed: not a candidate
         xq = fake_quant(x / s, a_spec, "act") if a_spec is not None else x / s
         err = float(((xq @ fake_quant(w * s, w_spec, "weight").T - ref) ** 2).mean())
-        if best is None or err < best:
+        if math.isfinite(err) and (best is None or err < best):
             best, best_s = err, s
+    if best is None:
+        raise CalibrationError(f"layer {name!r}: AWQ's search found no scale exponent with a finite output error "
+                               f"(the layer's calibration inputs, max |x| {float(x.abs().max()):.3g}, or its weight "
+                               "overflow float32 in x W^T); check the model and the calibration data")
     return best_s
