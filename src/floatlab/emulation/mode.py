@@ -1,0 +1,484 @@
+"""The emulation context: a ``TorchDispatchMode`` that rounds every floating result.
+
+PyTorch sends every ATen operation of ordinary code (forward and backward) through the dispatch
+mode on top of its mode stack, below autograd, the way ``torch.utils.flop_counter.FlopCounterMode``
+counts FLOPs. :class:`Emulation` runs each operation itself, in the working precision, and rounds
+its floating outputs with a :class:`~floatlab.emulation.rounding.Rounder`; how depends on the
+operation's :class:`~floatlab.emulation.ops.Kind` (table in :mod:`floatlab.emulation`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes, _get_current_dispatch_mode_stack
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+from floatlab.gemm.accumulate import Accumulator
+
+from .accumulate import accumulated_cumsum, accumulated_matmul, accumulated_sum, check_order
+from .ops import ACCUMULATED_REDUCTIONS, BASIC, Kind, base_name, classify, functional_variant, is_inplace
+from .rounding import Rounder, holds_format, two_product, two_sum
+
+WORKING = ("auto", "float64", "input")
+REDUCTIONS = ("result", "accumulator")
+FUSED = ("decompose", "result")
+LINALG = ("result", "refuse")
+_F32_MIN_NORMAL = 2.0 ** -126
+_F32_MAX = float(torch.finfo(torch.float32).max)
+
+_local = threading.local()
+
+
+class EmulationError(RuntimeError):
+    """An operation the emulation refuses (``linalg="refuse"``, complex results, a dtype that
+    cannot hold the format)."""
+
+
+def _active() -> list:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def _choice(value, valid, what):
+    if value not in valid:
+        raise ValueError(f"{what} must be one of {', '.join(map(repr, valid))}, got {value!r}")
+    return value
+
+
+class _quiet:
+    """Run floatlab's own bookkeeping with every dispatch mode below this one switched off (so an
+    outer FlopCounterMode or emulation does not see the rounding's internal operations)."""
+
+    def __enter__(self):
+        self._ctx = _disable_current_modes() if _get_current_dispatch_mode_stack() else None
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+class Emulation(TorchDispatchMode):
+    """Context manager: every floating operation's result rounded to ``fmt``.
+
+    Build it with :func:`floatlab.emulate` (same arguments, documented there). ``counts`` holds,
+    per ATen operation name, how many times it ran and how it was treated
+    (``"aten.mm.default/accumulated"``); :meth:`report` sums them by treatment.
+    """
+
+    def __init__(self, fmt, rounding=None, *, saturate=None, generator=None, sr_bits=None,
+                 accumulator=None, order="forward", reductions="result", fused="decompose",
+                 linalg="result", working="auto", round_inputs=False, backend=None):
+        super().__init__()
+        self.rounder = Rounder(fmt, rounding, saturate=saturate, generator=generator,
+                               sr_bits=sr_bits, backend=backend)
+        self.spec = self.rounder.spec
+        self.order = check_order(order)
+        self.reductions = _choice(reductions, REDUCTIONS, "reductions")
+        self.fused = _choice(fused, FUSED, "fused")
+        self.linalg = _choice(linalg, LINALG, "linalg")
+        self.working = _choice(working, WORKING, "working")
+        if not isinstance(round_inputs, bool):
+            raise TypeError(f"round_inputs must be True or False, got {round_inputs!r}")
+        self.round_inputs = round_inputs
+        acc = Accumulator.parse(accumulator)
+        self.accumulator = acc
+        if acc is not None:
+            acc_gen = generator
+            if acc_gen is None and acc.seed is not None:
+                acc_gen = torch.Generator().manual_seed(acc.seed)
+            self.acc_rounder = Rounder(acc.fmt, acc.rounding, generator=acc_gen, backend=backend)
+            self.chunk = acc.chunk
+        else:   # reductions="accumulator" without one: recursive summation in the format itself
+            self.acc_rounder = self.rounder
+            self.chunk = 1
+        self.counts: Counter = Counter()
+        self._holds: dict = {}
+        p = self.rounder.p
+        self._innocuous32 = (self.rounder.mode.is_nearest and p is not None and 2 * p + 2 <= 24
+                             and self.spec.smallest_positive >= 2 * _F32_MIN_NORMAL
+                             and self.spec.overflow_boundary <= _F32_MAX)
+
+    # ---- context management -------------------------------------------------------------
+    def __enter__(self):
+        _active().append(self)
+        try:
+            return super().__enter__()
+        except BaseException:
+            _active().pop()
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            stack = _active()
+            if stack and stack[-1] is self:
+                stack.pop()
+
+    def report(self) -> dict[str, int]:
+        """Number of operations per treatment (``rounded``, ``accumulated``, ``decomposed``, ...)."""
+        out: Counter = Counter()
+        for key, n in self.counts.items():
+            out[key.rsplit("/", 1)[1]] += n
+        return dict(out)
+
+    def __repr__(self) -> str:
+        acc = f", accumulator={str(self.accumulator)!r}" if self.accumulator else ""
+        return f"Emulation({self.spec.name!r}, {self.rounder.mode.value!r}{acc}, working={self.working!r})"
+
+    # ---- dispatch -----------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        stack = _active()
+        if not stack or stack[-1] is not self:   # an inner emulation is in charge
+            return func(*args, **kwargs)
+        kind = classify(func)
+        if kind in (Kind.MOVE, Kind.SOURCE):
+            return func(*args, **kwargs)
+        if kind is Kind.CONVERT:
+            return self._convert(func, args, kwargs)
+        if kind is Kind.FUSED:
+            if self.fused == "decompose":
+                from torch._decomp import decomposition_table
+                decomp = decomposition_table.get(func)
+                if decomp is not None:
+                    self._count(func, "decomposed")
+                    with self:
+                        return decomp(*args, **kwargs)
+            kind = Kind.ELEMENTWISE
+        natural = _natural_dtypes(func, args, kwargs)
+        if any(d is not None and d.is_complex for d in natural):
+            raise EmulationError(f"{func}: complex results are not emulated (floatlab rounds real "
+                                 "floating tensors only)")
+        if not _floating(natural):
+            return func(*args, **kwargs)   # comparisons, indices, integer arithmetic
+        if kind is Kind.LINALG and self.linalg == "refuse":
+            raise EmulationError(
+                f"{func} is a LAPACK operation: floatlab.emulate(..., linalg='refuse') refuses it. "
+                "Use linalg='result' to round its outputs once, or floatlab.linalg (LU and "
+                "triangular solves with every operation rounded)")
+        if kind is Kind.CONTRACTION and self.accumulator is not None:
+            return self._with_mutation(func, args, kwargs, self._contract, "accumulated")
+        if (kind is Kind.REDUCTION and self.reductions == "accumulator"
+                and base_name(func) in ACCUMULATED_REDUCTIONS):
+            return self._with_mutation(func, args, kwargs, self._reduce, "accumulated")
+        label = {Kind.LINALG: "linalg-result", Kind.CONVOLUTION: "conv-result"}.get(kind, "rounded")
+        return self._with_mutation(func, args, kwargs, self._compute, label)
+
+    def _count(self, func, how: str) -> None:
+        self.counts[f"{func}/{how}"] += 1
+
+    # ---- the treatments -------------------------------------------------------------------
+    def _with_mutation(self, func, args, kwargs, compute, label):
+        """Run ``compute(func, args, kwargs)`` for functional ops; in-place ops compute their
+        functional variant and copy into ``self``; out= variants run as they are and have their
+        written outputs rounded in place (in the storage dtype)."""
+        if not func._schema.is_mutable:
+            out = compute(func, args, kwargs)
+            if out is not NotImplemented:
+                self._count(func, label)
+                return out
+            return self._fallback(func, args, kwargs)
+        functional = functional_variant(func) if is_inplace(func) else None
+        if functional is not None:
+            out = compute(functional, args, kwargs)
+            if out is NotImplemented:
+                return self._fallback(func, args, kwargs)
+            target = args[0]
+            self._check_dtype(target.dtype)
+            with _quiet():
+                target.copy_(out)
+            self._count(func, label)
+            return target
+        return self._fallback(func, args, kwargs)
+
+    def _fallback(self, func, args, kwargs):
+        """Run as is, then round every floating output (and written argument) in place."""
+        if self.round_inputs:
+            args, kwargs = self._round_args(args, kwargs)
+        out = func(*args, **kwargs)
+        with _quiet():
+            for t in _written(func, args, kwargs) or _tensors(out):
+                if t.is_floating_point():
+                    self._check_dtype(t.dtype)
+                    t.copy_(self.rounder(t))
+        self._count(func, "rounded-in-place")
+        return out
+
+    def _convert(self, func, args, kwargs):
+        src = next((a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)), None)
+        out = func(*args, **kwargs)
+        if src is None or not src.is_floating_point():
+            return out
+        outs = [t for t in _tensors(out) if t.is_floating_point()]
+        narrowing = [t for t in outs if _narrows(src.dtype, t.dtype)]
+        if not narrowing:
+            return out
+        with _quiet():
+            for t in narrowing:
+                self._check_dtype(t.dtype)
+                t.copy_(self.rounder(t))
+        self._count(func, "rounded")
+        return out
+
+    def _compute(self, func, args, kwargs):
+        """Working precision, then every floating output rounded and cast to its natural dtype."""
+        if self.round_inputs:
+            args, kwargs = self._round_args(args, kwargs)
+        flat, spec = tree_flatten((args, kwargs))
+        floats = [a for a in flat if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        upcast = self._upcast(func, floats)
+        if upcast:
+            natural = _natural_dtypes(func, args, kwargs)
+            with _quiet():
+                flat64 = [a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                          for a in flat]
+            args64, kwargs64 = tree_unflatten(flat64, spec)
+            out = func(*args64, **kwargs64)
+        else:
+            natural = None
+            args64, kwargs64 = args, kwargs
+            out = func(*args, **kwargs)
+        with _quiet():
+            residual = self._residual(func, args64, kwargs64, out) if upcast else None
+            return self._round_outputs(out, natural, residual)
+
+    def _upcast(self, func, floats) -> bool:
+        if not floats or all(a.dtype is torch.float64 for a in floats) or self.working == "input":
+            return False
+        if self.working == "float64":
+            return True
+        # auto: float32 is exact for +,-,*,/,sqrt (and exact ops) under round-to-nearest when
+        # 24 >= 2p + 2 and nothing underflows in float32
+        basic = base_name(func) in BASIC and not func._overloadname.endswith("_mode")
+        if basic and self._innocuous32 and all(a.dtype is torch.float32 for a in floats):
+            return False
+        return True
+
+    def _residual(self, func, args, kwargs, out):
+        """The exact error of a float64 ``add``/``sub``/``mul`` result (directed and stochastic
+        modes need it; see :meth:`Rounder.round_exact`), else None."""
+        r = self.rounder
+        if r.mode.is_nearest or r.identity or not isinstance(out, torch.Tensor) or out.dtype is not torch.float64:
+            return None
+        name = base_name(func)
+        if name not in ("add", "sub", "rsub", "mul") or len(args) < 2:
+            return None
+        alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
+        if alpha != 1:
+            return None
+        a = _as64(args[0], out)
+        b = _as64(args[1], out)
+        if name == "mul":
+            _, e = two_product(a, b)
+        elif name == "add":
+            _, e = two_sum(a, b)
+        elif name == "sub":
+            _, e = two_sum(a, -b)
+        else:
+            _, e = two_sum(b, -a)
+        return torch.broadcast_to(e, out.shape)
+
+    def _round_outputs(self, out, natural, residual):
+        flat, spec = tree_flatten(out)
+        rounded = []
+        for i, t in enumerate(flat):
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                dtype = t.dtype
+                if isinstance(natural, _Promoted):
+                    dtype = natural[0]
+                elif natural is not None and i < len(natural) and natural[i] is not None:
+                    dtype = natural[i]
+                self._check_dtype(dtype)
+                if residual is not None and t.dtype is torch.float64:
+                    t = self.rounder.round_exact(t, residual)
+                else:
+                    t = self.rounder(t)
+                t = t.to(dtype)
+            rounded.append(t)
+        return tree_unflatten(rounded, spec)
+
+    def _round_args(self, args, kwargs):
+        with _quiet():
+            return tree_map(lambda a: self._round_input(a), (args, kwargs))
+
+    def _round_input(self, a):
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            self._check_dtype(a.dtype)
+            return self.rounder(a)
+        return a
+
+    def _check_dtype(self, dtype) -> None:
+        ok = self._holds.get(dtype)
+        if ok is None:
+            ok = self._holds[dtype] = holds_format(dtype, self.spec)
+        if not ok:
+            raise EmulationError(
+                f"{dtype} tensors cannot hold every value of {self.spec.name!r}: results would be "
+                f"rounded a second time when stored. Run the emulated code on float32 (or float64) "
+                f"tensors, e.g. model.float() / x.double()")
+
+    # ---- accumulated contractions and reductions ------------------------------------------
+    def _contract(self, func, args, kwargs):
+        name = base_name(func)
+        if self.round_inputs:
+            args, kwargs = self._round_args(args, kwargs)
+        natural = _natural_dtypes(func, args, kwargs)[0]
+        if natural is None:
+            return NotImplemented
+        self._check_dtype(natural)
+        a = [x.to(torch.float64) if isinstance(x, torch.Tensor) else x for x in args]
+        if name in ("mm", "bmm"):
+            res = self._mm(a[0], a[1])
+        elif name == "mv":
+            res = self._mm(a[0], a[1][:, None])[:, 0]
+        elif name in ("dot", "vdot"):
+            res = self._mm(a[0][None, :], a[1][:, None])[0, 0]
+        elif name in ("addmm", "baddbmm", "addmv", "addbmm"):
+            bias, x, y = a[0], a[1], a[2]
+            if name == "addmv":
+                prod = self._mm(x, y[:, None])[:, 0]
+            elif name == "addbmm":
+                b, n, m = x.shape
+                prod = self._mm(x.permute(1, 0, 2).reshape(n, b * m), y.reshape(b * m, y.shape[-1]))
+            else:
+                prod = self._mm(x, y)
+            beta = kwargs.get("beta", a[3] if len(a) > 3 else 1)
+            alpha = kwargs.get("alpha", a[4] if len(a) > 4 else 1)
+            with _quiet():
+                if beta == 1 and alpha == 1:
+                    bias = torch.broadcast_to(bias, prod.shape)
+                    s, e = two_sum(bias, prod) if not self.rounder.mode.is_nearest else (bias + prod, None)
+                    res = self.rounder.round_exact(s, e)
+                else:
+                    bias_term = torch.zeros_like(prod) if beta == 0 else beta * bias
+                    res = self.rounder(bias_term + alpha * prod)
+        else:
+            return NotImplemented
+        with _quiet():
+            return res.to(natural)
+
+    def _mm(self, x, y):
+        total = accumulated_matmul(x, y, self.acc_rounder, self.chunk, self.order, quiet=_quiet)
+        with _quiet():
+            return self.rounder(total)
+
+    def _reduce(self, func, args, kwargs):
+        name = base_name(func)
+        if self.round_inputs:
+            args, kwargs = self._round_args(args, kwargs)
+        x = args[0]
+        if not x.is_floating_point():
+            return NotImplemented
+        dtype = kwargs.get("dtype") or x.dtype
+        if not dtype.is_floating_point:
+            return NotImplemented
+        self._check_dtype(dtype)
+        with _quiet():
+            x64 = x.to(torch.float64)
+            if name == "cumsum":
+                dim = args[1] if len(args) > 1 else kwargs["dim"]
+                return self.rounder(accumulated_cumsum(x64, dim, self.acc_rounder)).to(dtype)
+            dims = args[1] if len(args) > 1 else kwargs.get("dim")
+            keepdim = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+            if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+                dims = tuple(range(x.dim()))
+            elif isinstance(dims, int):
+                dims = (dims,)
+            dims = tuple(dims)
+            if name == "nansum":
+                x64 = torch.nan_to_num(x64, nan=0.0, posinf=float("inf"), neginf=-float("inf"))
+                x64 = torch.where(torch.isnan(x.to(torch.float64)), torch.zeros_like(x64), x64)
+            total = self.rounder(accumulated_sum(x64, dims, self.acc_rounder, self.chunk, self.order))
+            if name == "mean":
+                count = 1
+                for d in dims:
+                    count *= x.shape[d] if x.dim() else 1
+                total = self.rounder(total / count)
+            if not keepdim:
+                nd = x.dim()
+                for d in sorted({d % nd for d in dims} if nd else (), reverse=True):
+                    total = total.squeeze(d)
+            return total.to(dtype)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+def _tensors(out):
+    return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+
+def _written(func, args, kwargs):
+    """The tensors an operation writes into (``out=`` and in-place arguments)."""
+    found = []
+    for i, arg in enumerate(func._schema.arguments):
+        info = arg.alias_info
+        if info is not None and info.is_write:
+            value = args[i] if i < len(args) else kwargs.get(arg.name)
+            found += [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+    return found
+
+
+def _floating(dtypes) -> bool:
+    return any(d is not None and d.is_floating_point for d in dtypes)
+
+
+def _narrows(src: torch.dtype, dst: torch.dtype) -> bool:
+    """True when ``dst`` cannot hold every ``src`` value."""
+    if not dst.is_floating_point:
+        return False
+    rank = {torch.float64: 3, torch.float32: 2, torch.float16: 1, torch.bfloat16: 1}
+    if src == dst:
+        return False
+    if {src, dst} == {torch.float16, torch.bfloat16}:
+        return True
+    return rank.get(dst, 0) < rank.get(src, 0)
+
+
+def _as64(a, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a.to(torch.float64)
+    return torch.tensor(float(a), dtype=torch.float64, device=like.device)
+
+
+_DTYPE_CACHE: dict = {}
+
+
+class _Promoted(list):
+    """A guess (no meta kernel): one dtype for every floating output."""
+
+
+def _natural_dtypes(func, args, kwargs) -> list:
+    """The dtypes of ``func``'s flattened outputs for the original arguments (None for
+    non-tensors), from one run on meta tensors per signature."""
+    flat, spec = tree_flatten((args, kwargs))
+    key = (func, tuple((a.dtype, a.dim() == 0) if isinstance(a, torch.Tensor) else type(a) for a in flat),
+           str(kwargs.get("dtype")))
+    hit = _DTYPE_CACHE.get(key)
+    if hit is not None:
+        return hit
+    floats = [a for a in flat if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    try:
+        with _disable_current_modes():
+            meta = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="meta")
+                    if isinstance(a, torch.Tensor) else a for a in flat]
+            m_args, m_kwargs = tree_unflatten(meta, spec)
+            out = func(*m_args, **m_kwargs)
+        dtypes = [t.dtype if isinstance(t, torch.Tensor) else None for t in tree_flatten(out)[0]]
+    except Exception:  # noqa: BLE001 - no meta kernel: promote over the floating arguments
+        dims = [a for a in floats if a.dim() > 0] or floats
+        if not dims:
+            dtypes = []
+        else:
+            d = dims[0].dtype
+            for a in dims[1:]:
+                d = torch.promote_types(d, a.dtype)
+            dtypes = _Promoted([d])
+    _DTYPE_CACHE[key] = dtypes
+    return dtypes

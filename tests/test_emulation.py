@@ -1,0 +1,419 @@
+"""floatlab.emulate: every floating result rounded, checked against exact rational arithmetic."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from fractions import Fraction
+from functools import lru_cache
+
+import pytest
+import torch
+
+import floatlab
+from floatlab.emulation import Emulation, EmulationError, Rounder, emulate
+from floatlab.emulation.accumulate import accumulated_matmul
+from floatlab.emulation.ops import Kind, classify
+from floatlab.emulation.rounding import _NATIVE, round_to_odd_float32, two_product, two_sum
+from floatlab.gemm import Accumulator, blocked_matmul
+
+DETERMINISTIC = ["rne", "rna", "rnz", "rtz", "rup", "rdn", "rto"]
+
+
+# ---- an exact reference: rational results rounded by their textbook definition ----------------
+@lru_cache(maxsize=None)
+def _table(name: str) -> tuple[Fraction, ...]:
+    """Every finite value of the format, sorted (from its decoded codes)."""
+    spec = floatlab.get_format(name)
+    v = spec.decode(torch.arange(2 ** spec.bits))
+    return tuple(Fraction(x) for x in sorted(set(v[torch.isfinite(v)].tolist())))
+
+
+def exact_round(X: Fraction, name: str, mode: str) -> float:
+    """Round the rational ``X`` into ``name`` (in range) by the definition of each mode."""
+    table = _table(name)
+    i = bisect.bisect_left(table, X)
+    if i < len(table) and table[i] == X:
+        return float(X)
+    assert 0 < i < len(table), "test values must stay inside the format's range"
+    lo, hi = table[i - 1], table[i]
+    negative = X < 0
+    tz, aw = (hi, lo) if negative else (lo, hi)
+    gap = hi - lo
+    d = abs(X - tz) / gap
+    tz_even = (abs(tz) / gap) % 2 == 0   # parity counted in units of the gap (IEEE 754)
+    up = {"rtz": False, "rna": d >= Fraction(1, 2), "rnz": d > Fraction(1, 2),
+          "rne": d > Fraction(1, 2) or (d == Fraction(1, 2) and not tz_even),
+          "rup": not negative, "rdn": negative, "rto": tz_even}[mode]
+    r = aw if up else tz
+    return -0.0 if r == 0 and negative else float(r)
+
+
+def _operands(name: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    table = torch.tensor([float(v) for v in _table(name)], dtype=torch.float64)
+    i = torch.randint(0, len(table), (2, n), generator=g)
+    return table[i[0]].float(), table[i[1]].float()
+
+
+def _in_range(X: Fraction, name: str) -> bool:
+    t = _table(name)
+    return t[0] < X < t[-1]
+
+
+EXACT_OPS = {
+    "add": (lambda a, b: a + b, lambda A, B: A + B),
+    "sub": (lambda a, b: a - b, lambda A, B: A - B),
+    "mul": (lambda a, b: a * b, lambda A, B: A * B),
+    "div": (lambda a, b: a / b, lambda A, B: A / B if B != 0 else None),
+}
+
+
+def _check_basic_arithmetic(name, mode, working, n):
+    a, b = _operands(name, n, seed=sum(map(ord, name + mode)))
+    for op, (torch_op, exact) in EXACT_OPS.items():
+        with emulate(name, rounding=mode, working=working):
+            got = torch_op(a, b)
+        for x, y, z in zip(a.tolist(), b.tolist(), got.tolist()):
+            X = exact(Fraction(x), Fraction(y))
+            if X is None or not _in_range(X, name):
+                continue
+            want = exact_round(X, name, mode)
+            assert z == want, f"{name} {mode} {op}({x!r}, {y!r}) = {z!r}, exact rounding {want!r}"
+
+
+FORMATS = ["fp16", "bf16", "e4m3", "e5m2", "hif8"]
+
+
+@pytest.mark.parametrize("mode", DETERMINISTIC)
+@pytest.mark.parametrize("name", FORMATS)
+def test_basic_arithmetic_is_correctly_rounded(name, mode):
+    # working="auto" computes in float32 for round-to-nearest here, float64 otherwise
+    _check_basic_arithmetic(name, mode, "auto", 150)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_basic_arithmetic_float64_working(name):
+    _check_basic_arithmetic(name, "rne", "float64", 150)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("working", ["auto", "float64", "input"])
+@pytest.mark.parametrize("mode", DETERMINISTIC)
+@pytest.mark.parametrize("name", FORMATS)
+def test_basic_arithmetic_is_correctly_rounded_long(name, mode, working):
+    if working == "input" and (mode not in ("rne", "rna", "rnz") or name == "bf16"):
+        pytest.skip("'input' is exact only where 'auto' computes in float32 too")
+    _check_basic_arithmetic(name, mode, working, 5000)
+
+
+@pytest.mark.parametrize("mode", ["rtz", "rup", "rdn", "rto", "rne"])
+def test_sums_beyond_float64_round_exactly(mode):
+    # 1 + 2^-100 is 1.0 in float64; directed modes still see the tiny term (TwoSum residual)
+    a = torch.tensor([1.0, 1.0, -1.0, 3.0])
+    b = torch.tensor([2.0 ** -100, -2.0 ** -100, 2.0 ** -100, -2.0 ** -90])
+    with emulate("bf16", rounding=mode):
+        got = (a + b).tolist()
+        prod = (a * b).tolist()
+    want = [exact_round(Fraction(x) + Fraction(y), "bf16", mode) for x, y in zip(a.tolist(), b.tolist())]
+    assert got == want
+    assert prod == [exact_round(Fraction(x) * Fraction(y), "bf16", mode) for x, y in zip(a.tolist(), b.tolist())]
+
+
+def test_unrounded_float32_inputs_round_once():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(500, generator=g), torch.randn(500, generator=g)
+    for mode in ("rne", "rtz", "rup"):
+        with emulate("fp16", rounding=mode):
+            got = (a * b + 0).tolist(), (a / b).tolist()
+        for x, y, m, q in zip(a.tolist(), b.tolist(), got[0], got[1]):
+            P = exact_round(Fraction(x) * Fraction(y), "fp16", mode)
+            assert m == P
+            assert q == exact_round(Fraction(x) / Fraction(y), "fp16", mode)
+
+
+def test_auto_working_precision_equals_float64():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    x = torch.randn(16, 32)
+    for fmt in ("fp16", "e4m3", "hif8", "bf16"):
+        with emulate(fmt, working="auto"):
+            y1 = torch.softmax(mlp(x), -1)
+        with emulate(fmt, working="float64"):
+            y2 = torch.softmax(mlp(x), -1)
+        assert torch.equal(y1, y2), fmt
+
+
+def test_every_result_is_a_value_of_the_format():
+    torch.manual_seed(1)
+    x = torch.randn(8, 16, requires_grad=True)
+    lin = torch.nn.Linear(16, 16)
+    ln = torch.nn.LayerNorm(16)
+    for fmt, mode in [("fp16", "rne"), ("e4m3", "rtz"), ("hif8", "rna"), ("e5m2", "sr")]:
+        with emulate(fmt, rounding=mode, generator=torch.Generator().manual_seed(0)) as em:
+            y = torch.nn.functional.gelu(ln(lin(x))).sum(-1).mean()
+            y.backward()
+        for t in (y, x.grad, lin.weight.grad, lin.bias.grad):
+            assert torch.equal(floatlab.quantize(t.detach(), fmt, saturate=True if fmt == "e4m3" else None), t), fmt
+        assert em.report()["rounded"] > 10
+        x.grad = lin.weight.grad = lin.bias.grad = None
+
+
+def test_softmax_decomposes_into_rounded_primitives():
+    x = torch.randn(4, 10, dtype=torch.float32, generator=torch.Generator().manual_seed(2)) * 4
+    with emulate("bf16") as em:
+        y = torch.softmax(x, -1)
+    q = lambda t: floatlab.quantize(t.double(), "bf16")  # noqa: E731
+    m = x.amax(-1, keepdim=True)
+    e = q(torch.exp(q(x.double() - m.double())))
+    want = q(e / q(e.sum(-1, keepdim=True)))
+    assert torch.equal(y, want.float())
+    assert "aten._softmax.default/decomposed" in em.counts
+    with emulate("bf16", fused="result") as em2:
+        y2 = torch.softmax(x, -1)
+    assert torch.equal(y2, floatlab.quantize(torch.softmax(x.double(), -1), "bf16").float())
+    assert em2.report() == {"rounded": 1}
+
+
+def test_moves_and_sources_pass_through_unrounded():
+    x = torch.tensor([0.1, 0.2, 0.3])
+    with emulate("e4m3") as em:
+        v = x.view(3, 1).t().reshape(-1)
+        c = torch.cat([x, x])
+        w = torch.where(x > 0.15, x, torch.zeros_like(x))
+        s = torch.full((2,), 0.1)
+        m = x.max()
+        r = x * 1
+    assert torch.equal(v, x) and torch.equal(c[:3], x) and w[1] == x[1] and s[0] == torch.tensor(0.1)
+    assert m == x[2]
+    assert torch.equal(r, floatlab.quantize(x, "e4m3"))
+    assert em.report() == {"rounded": 1}
+
+
+def test_round_inputs():
+    x = torch.tensor([1.0 + 2.0 ** -8])   # a tie between the bf16 values 1 and 1 + 2^-7
+    y = torch.tensor([2.0 ** -8])
+    with emulate("bf16"):
+        a = x + y
+    with emulate("bf16", round_inputs=True):
+        b = x + y
+    assert a.item() == exact_round(Fraction(x.item()) + Fraction(y.item()), "bf16", "rne")
+    xr = floatlab.quantize(x, "bf16").item()
+    yr = floatlab.quantize(y, "bf16").item()
+    assert b.item() == exact_round(Fraction(xr) + Fraction(yr), "bf16", "rne")
+    assert a.item() != b.item()
+
+
+def test_in_place_and_out_variants_are_rounded():
+    x = torch.linspace(-3, 3, 13)
+    with emulate("e5m2", rounding="rtz"):
+        y = x.clone()
+        y.mul_(1.3)
+        y += 0.01
+        out = torch.empty(13)
+        torch.add(x, 0.77, out=out)
+    ref = floatlab.quantize(floatlab.quantize(x.double() * 1.3, "e5m2", "rtz") + 0.01, "e5m2", "rtz").float()
+    assert torch.equal(y, ref)
+    assert torch.equal(out, floatlab.quantize(x.double() + 0.77, "e5m2", "rtz").float())
+
+
+def test_matmul_with_accumulator_equals_gemm_blocked_matmul():
+    g = torch.Generator().manual_seed(5)
+    a = floatlab.quantize(torch.randn(12, 40, generator=g), "fp16")
+    b = floatlab.quantize(torch.randn(40, 9, generator=g), "fp16")
+    for spec in ("fp32:rne:16", "fp32:rtz:8", "bf16:rne:4", "fp16:rup:1"):
+        acc = Accumulator.parse(spec)
+        with emulate("fp32", accumulator=acc) as em:
+            c = a @ b
+        assert torch.equal(c, blocked_matmul(a, b, acc)), spec
+        assert em.report() == {"accumulated": 1}
+
+
+def test_accumulator_orders_and_batched_products():
+    x = torch.tensor([[2.0 ** -12] * 16 + [1.0]])          # 16 * 2^-12 + 1
+    y = torch.ones(17, 1)
+    with emulate("fp16", accumulator="fp16:rne:1"):
+        fwd = x @ y                                       # tiny terms summed first: exact
+    with emulate("fp16", accumulator="fp16:rne:1", order="reverse"):
+        rev = x @ y                                       # every tiny term lost against 1
+    with emulate("fp16", accumulator="fp16:rne:1", order="pairwise"):
+        pw = x @ y                                        # tiny pairs exact, 1 added last
+    assert rev.item() == 1.0
+    assert fwd.item() == 1.0 + 2.0 ** -8 == pw.item()
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 5, 20, generator=g), torch.randn(3, 20, 4, generator=g)
+    with emulate("bf16", accumulator="fp32:rtz:4"):
+        c = torch.bmm(a, b)
+    acc = Rounder("fp32", "rtz")
+    want = floatlab.quantize(accumulated_matmul(a, b, acc, 4), "bf16").float()
+    assert torch.equal(c, want)
+    for i in range(3):
+        assert torch.equal(c[i], floatlab.quantize(blocked_matmul(a[i], b[i], Accumulator("fp32", "rtz", 4)), "bf16"))
+
+
+def test_linear_layer_with_accumulator_adds_bias_once():
+    g = torch.Generator().manual_seed(7)
+    lin = torch.nn.Linear(24, 5)
+    x = torch.randn(6, 24, generator=g)
+    with emulate("fp16", accumulator="fp32:rtz:8") as em:
+        y = lin(x)
+    prod = floatlab.quantize(blocked_matmul(x, lin.weight.detach().t().contiguous(), Accumulator("fp32", "rtz", 8)).double(), "fp16")
+    want = floatlab.quantize(prod + lin.bias.detach().double(), "fp16").float()
+    assert torch.equal(y, want)
+    assert "aten.addmm.default/accumulated" in em.counts
+
+
+def test_reductions_result_vs_accumulator():
+    x = torch.tensor([1.0] + [2.0 ** -12] * 1000)
+    with emulate("fp16"):
+        once = x.sum()
+    with emulate("fp16", reductions="accumulator"):
+        rec = x.sum()                       # recursive fp16 summation: stagnates at 1
+        mean = x.mean()
+        cs = x.cumsum(0)
+    assert once.item() == exact_round(1 + Fraction(1000, 4096), "fp16", "rne")
+    assert rec.item() == 1.0
+    assert mean.item() == exact_round(Fraction(1, 1001), "fp16", "rne")
+    assert torch.all(cs == 1.0)
+    with emulate("fp16", reductions="accumulator", accumulator="fp32:rne:1"):
+        wide = x.sum(0, keepdim=True)
+    assert wide.shape == (1,) and wide.item() == once.item()
+
+
+def test_stochastic_rounding_is_reproducible_and_unbiased():
+    x = torch.full((20000,), 1.0 + 2.0 ** -9)   # one quarter of a bf16 ulp above 1
+    def run(seed):
+        with emulate("bf16", rounding="sr", generator=torch.Generator().manual_seed(seed)):
+            return x * 1 + 0
+    a, b, c = run(1), run(1), run(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    up = (a > 1).double().mean().item()
+    assert abs(up - 0.25) < 0.02
+
+
+def test_round_exact_stochastic_probability():
+    r = Rounder("bf16", "sr", generator=torch.Generator().manual_seed(0))
+    s = torch.ones(40000, dtype=torch.float64)
+    e = torch.full_like(s, 2.0 ** -9)          # a quarter of the gap 2^-7 above 1
+    y = r.round_exact(s, e)
+    assert set(y.unique().tolist()) == {1.0, 1.0 + 2.0 ** -7}
+    assert abs((y > 1).double().mean().item() - 0.25) < 0.01
+
+
+def test_two_sum_and_two_product_are_exact():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(1000, dtype=torch.float64, generator=g) * 2.0 ** torch.randint(-60, 60, (1000,), generator=g)
+    b = torch.randn(1000, dtype=torch.float64, generator=g)
+    s, e = two_sum(a, b)
+    p, f = two_product(a, b)
+    for x, y, s1, e1, p1, f1 in zip(a.tolist(), b.tolist(), s.tolist(), e.tolist(), p.tolist(), f.tolist()):
+        assert Fraction(s1) + Fraction(e1) == Fraction(x) + Fraction(y)
+        assert Fraction(p1) + Fraction(f1) == Fraction(x) * Fraction(y)
+
+
+@pytest.mark.parametrize("key", sorted(_NATIVE, key=str))
+def test_native_shortcut_equals_quantize(key):
+    spelled, saturate = key
+    spec = floatlab.get_format(spelled)
+    g = torch.Generator().manual_seed(0)
+    bits = torch.randint(-2 ** 31, 2 ** 31 - 1, (40_000,), generator=g, dtype=torch.int64).to(torch.int32)
+    x32 = torch.cat([bits.view(torch.float32), torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan])])
+    bits64 = torch.randint(-2 ** 62, 2 ** 62, (20_000,), generator=g, dtype=torch.int64)
+    x64 = torch.cat([bits64.view(torch.float64), torch.randn(20_000, dtype=torch.float64, generator=g) * spec.max_value])
+    if spec.bits <= 16:   # ties and their float64 neighbours
+        v = spec.decode(torch.arange(2 ** spec.bits))
+        v = v[torch.isfinite(v)].unique()
+        mid = (v[:-1] + v[1:]) / 2
+        x64 = torch.cat([x64, mid, torch.nextafter(mid, torch.full_like(mid, math.inf)),
+                         torch.nextafter(mid, torch.full_like(mid, -math.inf))])
+    r = Rounder(spec, "rne", saturate=saturate or None)
+    assert r.native is not None
+    for x in (x32, x64, x32.to(torch.bfloat16), x32.to(torch.float16)):
+        want = floatlab.quantize(x, spec, "rne", saturate=saturate or None, backend="plain")
+        got = r(x)
+        same = (got == want) | (got.isnan() & want.isnan())
+        assert bool(same.all()), (spelled, x.dtype, x[~same][:4], got[~same][:4], want[~same][:4])
+
+
+def test_round_to_odd_float32():
+    x = torch.tensor([1.0 + 2.0 ** -30, 1.0 - 2.0 ** -40, 3.0, -(1 + 2.0 ** -25 + 2.0 ** -40)], dtype=torch.float64)
+    y = round_to_odd_float32(x).double().tolist()
+    assert y == [1.0 + 2.0 ** -23, 1.0 - 2.0 ** -24, 3.0, -(1 + 2.0 ** -23)]
+
+
+def test_nested_contexts_innermost_wins():
+    x = torch.tensor([1.0 + 2.0 ** -9 + 2.0 ** -12])
+    with emulate("bf16") as outer:
+        a = x * 1
+        with emulate("fp16") as inner:
+            b = x * 1
+        c = x * 1
+    assert a.item() == c.item() == floatlab.quantize(x, "bf16").item()
+    assert b.item() == floatlab.quantize(x, "fp16").item()
+    assert inner.report() == {"rounded": 1} and outer.report() == {"rounded": 2}
+
+
+def test_other_dispatch_modes_see_the_program_not_the_rounding():
+    from torch.utils.flop_counter import FlopCounterMode
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    with FlopCounterMode(display=False) as fc:
+        with emulate("fp16", accumulator="fp32:rne:4"):
+            a @ b
+    assert fc.get_total_flops() == 2 * 8 * 16 * 4
+
+
+def test_linalg_result_and_refuse():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(6, 6, generator=g) + 6 * torch.eye(6)
+    b = torch.randn(6, 1, generator=g)
+    with emulate("fp16") as em:
+        x = torch.linalg.solve(A, b)
+    assert torch.equal(x, floatlab.quantize(torch.linalg.solve(A.double(), b.double()), "fp16").float())
+    assert any(k.endswith("/linalg-result") for k in em.counts)
+    with pytest.raises(EmulationError, match="linalg='refuse'"):
+        with emulate("fp16", linalg="refuse"):
+            torch.linalg.solve(A, b)
+
+
+def test_fp64_emulation_is_plain_float64():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 7, dtype=torch.float64, generator=g)
+    w = torch.randn(7, 3, dtype=torch.float64, generator=g)
+    with emulate("fp64"):
+        y = torch.tanh(x @ w).sum(0)
+    assert torch.equal(y, torch.tanh(x @ w).sum(0))
+
+
+def test_bad_input_errors():
+    with pytest.raises(ValueError, match="unknown format"):
+        emulate("fp17")
+    with pytest.raises(TypeError, match="block format"):
+        emulate("mxfp4")
+    with pytest.raises(ValueError, match="unknown rounding"):
+        emulate("fp16", rounding="nearest-ish")
+    with pytest.raises(ValueError, match="order"):
+        emulate("fp16", order="random")
+    with pytest.raises(ValueError, match="working"):
+        emulate("fp16", working="fp128")
+    with pytest.raises(ValueError, match="hybrid"):
+        emulate("fp16", rounding="hybrid")
+    with pytest.raises(EmulationError, match="cannot hold every value"):
+        with emulate("bf16"):
+            torch.ones(3, dtype=torch.float16) * 3
+    with pytest.raises(EmulationError, match="complex"):
+        with emulate("fp16"):
+            torch.ones(3, dtype=torch.complex64) * torch.ones(3)
+
+
+def test_classification_table():
+    aten = torch.ops.aten
+    assert classify(aten.add.Tensor) is Kind.ELEMENTWISE
+    assert classify(aten.add_.Tensor) is Kind.ELEMENTWISE
+    assert classify(aten.view.default) is Kind.MOVE
+    assert classify(aten.mm.default) is Kind.CONTRACTION
+    assert classify(aten._softmax.default) is Kind.FUSED
+    assert classify(aten._linalg_solve_ex.default) is Kind.LINALG
+    assert classify(aten.linalg_vector_norm.default) is Kind.FUSED
+    assert classify(aten.convolution.default) is Kind.CONVOLUTION
+    assert classify(aten.scatter.src) is Kind.MOVE and classify(aten.scatter.reduce) is Kind.ELEMENTWISE
+    assert isinstance(emulate("fp16"), Emulation)
