@@ -196,7 +196,9 @@ def for_each_input(model: nn.Module, layers: dict[str, nn.Linear], calib: list[d
 
     handles = [layer.register_forward_pre_hook(hook(n)) for n, layer in layers.items()]
     try:
-        for i, batch in enumerate(calib):
+        from floatlab.progress import track
+
+        for i, batch in enumerate(track(calib, "calibration pass", unit="batches")):
             state.update(mask=batch.get("attention_mask"), batch=i)
             model(**batch)
     finally:

@@ -99,7 +99,9 @@ def rotate_model(model: nn.Module, seed: int = 0) -> dict[str, nn.Module]:
         targets = [n for n in layers if n.endswith(("mlp.down_proj", "self_attn.o_proj"))]
     else:
         targets = list(layers)
-    for name in targets:
+    from floatlab.progress import track
+
+    for name in track(targets, "rotate", unit="layers", note=str):
         lin = layers[name]
         rot = OnlineRotation(lin.in_features, seed)
         lin.weight.data = (lin.weight.double() @ rot.matrix.double()).to(lin.weight.dtype)

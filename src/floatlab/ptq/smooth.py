@@ -77,9 +77,11 @@ def smooth_model(model: nn.Module, calib: list[dict], config: PTQConfig, kind: s
     """Scale every quantized linear's input channels (``kind``: "smoothquant" or "awq") in place;
     return the input transforms ``{layer: ChannelScale}``."""
     layers = {n: l for n, l in linear_layers(model).items() if config.weight_spec(n) is not None}
+    from floatlab.progress import track
+
     stats = input_statistics(model, layers, calib)
     out = {}
-    for name, lin in layers.items():
+    for name, lin in track(layers.items(), kind, unit="layers", note=lambda kv: kv[0]):
         st = stats[name]
         if st["max"] is None:
             continue
