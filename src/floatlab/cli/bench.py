@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import typer
 
+from floatlab.cli.output import CliError, check_int, compile_note, say
+
 
 def speed_command(
-    size: int = typer.Option(2 ** 24, help="elements of the float32 test tensor"),
+    size: int = typer.Option(2 ** 24, help="elements of the float32 test tensor (rounded down to whole rows of the block width)"),
     reps: int = typer.Option(5, help="timed runs per implementation (the best counts)"),
     case: list[str] = typer.Option(None, help="cases to run (default: all): "
                                    "'e4m3 rne', 'hif8 rna', 'e4m3 sr', 'bf16 sr', mxfp4, nvfp4, hif4"),
     peers: bool = typer.Option(True, help="also time the installed peers"),
 ) -> None:
     """Elements/s and the ratio to x.clone() and to dst.copy_(x) for every implementation."""
-    from floatlab.bench.speed import CASES, HEADER, run_speed
+    from floatlab.bench.speed import BLOCK_ROW, CASES, HEADER, run_speed
 
+    check_int(size, "--size", BLOCK_ROW, hint=f"one row of {BLOCK_ROW} values at least")
+    check_int(reps, "--reps", 1)
     unknown = [c for c in case or [] if c not in CASES]
     if unknown:
-        raise typer.BadParameter(f"unknown case(s) {unknown}; choose from {list(CASES)}")
-    typer.echo(HEADER)
-    run_speed(size=size, reps=reps, cases=case or None, peers=peers, log=typer.echo)
+        raise CliError(f"unknown case(s) {', '.join(map(repr, unknown))}; choose from "
+                       f"{', '.join(map(repr, CASES))}", "--case")
+    compile_note()
+    say(HEADER)
+    run_speed(size=size, reps=reps, cases=case or None, peers=peers, log=say)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""``floatlab compare``: the main job. Thin: parse, call floatlab.ptq.compare, print, write."""
+"""``floatlab compare``: the main job. Thin: check every input, call floatlab.ptq.compare, print, write."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from pathlib import Path
 
 import typer
 
+from floatlab.cli.output import check_int, check_out_dir, command_line, compile_note, progress, say, show_table
+
+DEFAULT_FORMATS = ("bf16", "e4m3", "e5m2", "hif8", "mxfp8_e4m3", "int8", "mxfp4", "nvfp4", "hif4", "int4")
+
 
 def compare_command(
     model: str = typer.Option("minilm", "--model", "-m", help="built-in model name (see `floatlab models`) or a local HF model folder"),
-    formats: str = typer.Option(",".join(
-        ("bf16", "e4m3", "e5m2", "hif8", "mxfp8_e4m3", "int8", "mxfp4", "nvfp4", "hif4", "int4")),
-        "--formats", "-f", help="comma-separated floatlab format names"),
+    formats: str = typer.Option(",".join(DEFAULT_FORMATS), "--formats", "-f", help="comma-separated floatlab format names"),
     method: str = typer.Option("rtn", "--method", help="rtn | gptq | awq | smoothquant | rotate, joined with '+'"),
     weights_only: bool = typer.Option(False, "--weights-only", help="quantize weights only (activations stay fp32)"),
     calib: int = typer.Option(32, "--calib", help="calibration texts / windows (GPTQ, AWQ, SmoothQuant)"),
@@ -22,47 +24,39 @@ def compare_command(
     out: Path = typer.Option(Path("results/compare"), "--out", "-o", help="folder for results.json, report.md, plots"),
 ) -> None:
     """Quantize a real model into many formats (weights and activations, RTN by default) and rank them."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
+    from floatlab.cli import inputs
 
-    from floatlab.models.loading import ModelError, load_model
-    from floatlab.ptq.compare import CompareOptions, run_compare
-    from floatlab.ptq.report import render_compare
-
-    console = Console(width=140)
     t0 = time.time()
-    try:
-        from floatlab.ptq.quantizer import QuantSpec
-        for f in formats.split(","):
-            if f.strip():
-                QuantSpec(f.strip())          # a bad format name fails before the model loads
-        lm = load_model(model, log=console.print)
-        opts = CompareOptions(formats=tuple(f.strip() for f in formats.split(",") if f.strip()), method=method,
-                              weights_only=weights_only, calib=calib, pairs=pairs, windows=windows, window=window)
-        console.print(f"[bold]{lm.name}[/] ({lm.model_type}, {lm.kind}) loaded in {time.time() - t0:.1f}s; "
-                      f"baseline: {lm.baseline_note}")
-        with Progress(TextColumn("{task.description:>12}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=console, transient=False) as bar:
-            tasks = {}
+    # every input first: nothing is loaded or computed before they all pass
+    fmts = inputs.format_list(formats, "--formats")
+    steps = inputs.method_steps(method)
+    inputs.check_calib(calib, steps, method)
+    inputs.check_gptq_formats([inputs.spec(f, "--formats") for f in fmts], steps, "--formats")
+    inputs.check_pairs(pairs)
+    check_int(windows, "--windows", 1)
+    check_int(window, "--window", 2)
+    out = check_out_dir(out)
+    name, folder, kind, _, cfg = inputs.resolve(model)
+    if kind == "causal_lm":
+        inputs.check_window(window, cfg)
 
-            def progress(label, k, total):
-                if label not in tasks:
-                    tasks[label] = bar.add_task(label, total=total)
-                bar.advance(tasks[label], k)
-            results = run_compare(lm, opts, progress=progress)
-    except (ModelError, ValueError, TypeError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2)
+    from floatlab.ptq.compare import CompareOptions, run_compare
+    from floatlab.ptq.report import compare_table, render_compare
+
+    lm = inputs.load(model)
+    opts = CompareOptions(formats=fmts, method=method, weights_only=weights_only, calib=calib, pairs=pairs,
+                          windows=windows, window=window)
+    say(f"{lm.name} ({lm.model_type}, {lm.kind}) loaded in {time.time() - t0:.1f}s; baseline: {lm.baseline_note}")
+    compile_note()
+    with progress():
+        results = run_compare(lm, opts)
     results["seconds_wall"] = time.time() - t0
-    table_rows, md = render_compare(results, out)
-    table = Table(title=f"floatlab compare: {results['model']} ({'W-only' if weights_only else 'W+A'}, {method})")
-    for col in table_rows[0]:
-        table.add_column(col)
-    for r in table_rows[1:]:
-        table.add_row(*r)
-    console.print(table)
-    console.print(f"wrote {out}/results.json, {out}/report.md and plots; total {results['seconds_wall']:.1f}s")
+    results["command"] = command_line()
+    table_rows = compare_table(results)            # printed first: a failed write cannot hide it
+    title = f"floatlab compare: {results['model']} ({'W-only' if weights_only else 'W+A'}, {method})"
+    show_table(title, table_rows[0], table_rows[1:], right=[c for c in table_rows[0] if c != "format"])
+    render_compare(results, out)
+    say(f"wrote {out}/results.json, {out}/report.md and plots; total {results['seconds_wall']:.1f}s")
 
 
 def register(app: typer.Typer) -> None:

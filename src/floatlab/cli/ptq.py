@@ -8,6 +8,9 @@ from pathlib import Path
 
 import typer
 
+from floatlab.cli.output import (CliError, check_int, check_out_dir, command_line, compile_note, confirm_overwrite,
+                                 progress, say, show_table)
+
 
 def ptq_command(
     model: str = typer.Option("minilm", "--model", "-m", help="built-in model name or local HF model folder"),
@@ -16,50 +19,78 @@ def ptq_command(
     method: str = typer.Option("rtn", "--method", help="rtn | gptq | awq | smoothquant | rotate, joined with '+'"),
     calib: int = typer.Option(32, "--calib", help="calibration texts / windows"),
     override: list[str] = typer.Option([], "--override", help="per-layer format: 'GLOB=WFORMAT[:AFORMAT]' ('fp32' keeps a role)"),
-    pairs: int = typer.Option(64, "--pairs", help="encoders: retrieval pairs for the recorded metric"),
+    pairs: int = typer.Option(64, "--pairs", help="encoders: retrieval pairs for the recorded metric (0 = all)"),
     windows: int = typer.Option(16, "--windows", help="causal LMs: perplexity windows"),
+    window: int = typer.Option(256, "--window", help="causal LMs: tokens per window"),
     pad: bool = typer.Option(True, "--pad/--no-pad", help="block formats: pad a layer whose width is not a multiple of the block"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
 ) -> None:
     """Quantize MODEL's linear layers and save them (QTensors in safetensors + config.json)."""
-    from rich.console import Console
+    from floatlab.cli import inputs
+    from floatlab.ptq.config import PTQConfig
+    from floatlab.ptq.io import CONFIG, WEIGHTS
 
-    from floatlab.models.loading import ModelError, load_model
+    t0 = time.time()
+    # every input first: nothing is loaded or computed before they all pass
+    w_spec = inputs.spec(format, "--format", pad)
+    a_spec = inputs.spec(act_format, "--act-format", pad) if act_format else None
+    overrides = tuple(_parse_override(o, pad) for o in override)
+    steps = inputs.method_steps(method)
+    inputs.check_calib(calib, steps, method)
+    inputs.check_gptq_formats([w_spec] + [w for _, w, _ in overrides], steps, "--format/--override")
+    inputs.check_pairs(pairs)
+    check_int(windows, "--windows", 1)
+    check_int(window, "--window", 2)
+    out = Path(out).expanduser()
+    if out.is_dir():
+        earlier = [p for p in (CONFIG, WEIGHTS) if (out / p).exists()]
+        if earlier:
+            confirm_overwrite(f"{out} holds an earlier result ({', '.join(earlier)})", overwrite)
+    out = check_out_dir(out)
+    name, folder, kind, _, mcfg = inputs.resolve(model)
+    if kind == "causal_lm":
+        inputs.check_window(window, mcfg)
+    cfg = PTQConfig(weight=w_spec, act=a_spec, method=method, overrides=overrides)
+
+    from floatlab.models.loading import linear_layers
     from floatlab.ptq.apply import quantize_model
     from floatlab.ptq.compare import CompareOptions, calibration_batches, measure_single
-    from floatlab.ptq.config import PTQConfig
     from floatlab.ptq.io import save_quantized
-    from floatlab.ptq.quantizer import QuantSpec
 
-    console = Console(width=140)
-    t0 = time.time()
-    try:
-        overrides = tuple(_parse_override(o) for o in override)
-        cfg = PTQConfig(weight=QuantSpec(format, pad=pad), act=QuantSpec(act_format, pad=pad) if act_format else None,
-                        method=method, overrides=overrides)
-        lm = load_model(model, log=console.print)
-        opts = CompareOptions(pairs=pairs, windows=windows, calib=calib)
-        batches = calibration_batches(lm, calib, opts) if any(
-            m in method for m in ("gptq", "awq", "smoothquant")) else []
+    lm = inputs.load(model)
+    layers = linear_layers(lm.model)
+    inputs.check_overrides(overrides, list(layers))
+    inputs.check_layers(layers, cfg, "--format/--pad")
+    opts = CompareOptions(pairs=pairs, windows=windows, window=window, calib=calib)
+    compile_note()
+    with progress():
+        batches = calibration_batches(lm, calib, opts) if inputs.needs_calibration(steps) else []
         ref = copy.deepcopy(lm.model) if lm.kind == "encoder" else None
         qweights = quantize_model(lm.model, cfg, calib=batches)
-        console.print(f"quantized {len(qweights)} layers ({cfg.label()}) in {time.time() - t0:.1f}s; measuring ...")
+        say(f"quantized {len(qweights)} layers ({cfg.label()}) in {time.time() - t0:.1f}s; measuring ...")
         metric = measure_single(lm, lm.model, opts, ref_model=ref)
-        save_quantized(out, lm, lm.model, cfg, qweights, metric)
-    except (ModelError, ValueError, TypeError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/] {err}")
-        raise typer.Exit(2)
-    console.print(f"metric: {metric}")
-    console.print(f"wrote {out} in {time.time() - t0:.1f}s")
+    show_table(f"{cfg.label()} on {lm.name}", ("metric", "value"), [[k, str(v)] for k, v in metric.items()],
+               right=("value",))
+    save_quantized(out, lm, lm.model, cfg, qweights, metric, command=command_line())
+    say(f"wrote {out / CONFIG} and {out / WEIGHTS} in {time.time() - t0:.1f}s")
 
 
-def _parse_override(text: str):
+def _parse_override(text: str, pad: bool = True):
+    """``GLOB=WFORMAT[:AFORMAT]`` -> ``(glob, weight spec or None, act spec or None)``."""
+    from floatlab.cli import inputs
+
     if "=" not in text:
-        raise ValueError(f"--override {text!r}: expected GLOB=WFORMAT[:AFORMAT]")
+        raise CliError(f"{text!r}: expected GLOB=WFORMAT[:AFORMAT], e.g. '*.down_proj=int8'", "--override")
     pattern, _, fmts = text.partition("=")
+    if not pattern.strip():
+        raise CliError(f"{text!r}: the layer pattern before '=' is empty", "--override")
     w, _, a = fmts.partition(":")
-    none = lambda f: None if f in ("", "fp32", "none") else f  # noqa: E731
-    return (pattern, none(w), none(a))
+
+    def spec(f):
+        f = f.strip()
+        return None if f.lower() in ("", "fp32", "none") else inputs.spec(f, "--override", pad)
+    return (pattern.strip(), spec(w), spec(a))
 
 
 def register(app: typer.Typer) -> None:

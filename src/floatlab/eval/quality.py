@@ -83,6 +83,11 @@ def quality_table(formats, n: int = 2 ** 18, seed: int = 0, progress=None) -> li
     return rows
 
 
+def _save(fig, path: Path) -> None:
+    from floatlab.eval.report import _save as save_atomically
+    save_atomically(fig, Path(path))
+
+
 def plot_tapered_precision(path: Path, formats=("hif8", "e4m3", "e5m2"), points: int = 4000) -> Path:
     """Relative error vs magnitude across the whole range (the tapered-precision picture)."""
     import matplotlib
@@ -106,8 +111,7 @@ def plot_tapered_precision(path: Path, formats=("hif8", "e4m3", "e5m2"), points:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return path
 
 
@@ -132,6 +136,5 @@ def plot_error_distributions(path: Path, formats=("mxfp4", "nvfp4", "hif4", "int
     ax.set_title("4-bit formats: error distribution on Gaussian data")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return path

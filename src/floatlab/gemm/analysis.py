@@ -279,8 +279,12 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
     axes[0][0].legend(title="size", fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from floatlab.atomic import atomic_path
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -289,7 +293,8 @@ def write_outputs(rows: Sequence[Row], out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "gemm.json", "md": out / "gemm.md", "png": out / "gemm.png"}
-    paths["json"].write_text(json.dumps([_json_safe(r) for r in rows], indent=2) + "\n")
-    paths["md"].write_text(to_markdown(rows))
+    from floatlab.atomic import write_text
+    write_text(paths["json"], json.dumps([_json_safe(r) for r in rows], indent=2) + "\n")
+    write_text(paths["md"], to_markdown(rows))
     plot(rows, paths["png"])
     return paths

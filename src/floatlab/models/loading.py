@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from floatlab.models.registry import BUILTIN_MODELS, ModelError, prepare_model
+from floatlab.models.registry import (BUILTIN_MODELS, ModelError, builtin_name, dtype_kwargs, prepare_model,
+                                      suggest_builtin)
 
 #: model_type (config.json) -> kind. Encoders are used for sentence embeddings (mean pooling),
 #: causal LMs for perplexity. Rotation (QuaRot) needs the Llama layout (RMSNorm, q/k/v/o, MLP).
@@ -57,18 +58,21 @@ def _read_config(folder: Path) -> dict:
 
 
 def resolve_model(model: str | os.PathLike, *, log=print) -> tuple[str, Path, str, str]:
-    """``(name, folder, kind, baseline_note)`` for a built-in name or a local folder; checks
-    that the folder exists, holds a supported architecture and a safetensors checkpoint."""
+    """``(name, folder, kind, baseline_note)`` for a built-in name (case-insensitive: ``MiniLM``
+    is ``minilm``) or a local folder; checks that the folder exists, holds a supported
+    architecture and a safetensors checkpoint. An existing folder wins over a built-in name
+    spelled in another case. Raises :class:`ModelError` saying what to do."""
     text = str(model)
-    if text in BUILTIN_MODELS:
-        info = BUILTIN_MODELS[text]
-        folder = Path(prepare_model(text, log=log))
-        name, note = text, info.baseline_note
+    builtin = text if text in BUILTIN_MODELS else builtin_name(text)
+    if builtin is not None and (text in BUILTIN_MODELS or not Path(text).expanduser().exists()):
+        info = BUILTIN_MODELS[builtin]
+        folder = Path(prepare_model(builtin, log=log))
+        name, note = builtin, info.baseline_note
     else:
         folder = Path(text).expanduser()
         if not folder.exists():
-            raise ModelError(f"model {text!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}) "
-                             "nor an existing folder")
+            raise ModelError(f"model {text!r} is neither a built-in model ({', '.join(BUILTIN_MODELS)}"
+                             f"{suggest_builtin(text)}) nor an existing folder")
         if not folder.is_dir():
             raise ModelError(f"model {text!r} is a file; pass the model's folder (with config.json)")
         name, note = folder.name, "the checkpoint's own weights in fp32"
@@ -89,7 +93,8 @@ def resolve_model(model: str | os.PathLike, *, log=print) -> tuple[str, Path, st
 
 
 def load_model(model: str | os.PathLike, *, log=print) -> LoadedModel:
-    """Load a built-in model (``"minilm"``, ``"smollm2"``) or a local model folder in fp32."""
+    """Load a built-in model (``"minilm"``, ``"smollm2"``, any case) or a local model folder in
+    fp32. Raises :class:`ModelError` (a ``ValueError``) when it cannot."""
     name, folder, kind, note = resolve_model(model, log=log)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -101,7 +106,7 @@ def load_model(model: str | os.PathLike, *, log=print) -> LoadedModel:
     transformers.logging.set_verbosity_error()
     cls = AutoModel if kind == "encoder" else AutoModelForCausalLM
     try:
-        net = cls.from_pretrained(folder, torch_dtype=torch.float32, use_safetensors=True,
+        net = cls.from_pretrained(folder, **dtype_kwargs(torch.float32), use_safetensors=True,
                                   local_files_only=True)
         tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as err:

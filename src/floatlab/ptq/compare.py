@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from floatlab import progress as _progress
 from floatlab.eval import metrics
 from floatlab.eval.data import perplexity_text, retrieval_subset
 from floatlab.models.loading import LoadedModel, linear_layers
@@ -63,14 +64,33 @@ def calibration_batches(lm: LoadedModel, n: int, opts: CompareOptions, *, skip: 
 
 
 def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=print) -> dict:
-    """Quantize ``lm`` into every format of ``opts`` and measure; returns the results dict."""
+    """Quantize ``lm`` into every format of ``opts`` and measure; returns the results dict
+    (with ``"environment"``: :func:`floatlab.provenance.environment`).
+
+    Progress is reported through :mod:`floatlab.progress` (each format's steps under its name:
+    ``mxfp4 / rtn: 36/36 layers``, ``mxfp4 / evaluate``) and, if given, to ``progress(label, k, total)``
+    after each evaluation batch. Raises ``ValueError`` for a bad format name or method before any
+    work."""
+    from floatlab.provenance import environment
+
     t_all = time.time()
     for f in opts.formats:
         QuantSpec(f)  # fail early on a bad name
     names = list(linear_layers(lm.model))
     results = {"model": lm.name, "model_type": lm.model_type, "kind": lm.kind, "folder": str(lm.folder),
                "baseline_note": lm.baseline_note, "method": opts.method, "weights_only": opts.weights_only,
-               "threads": torch.get_num_threads(), "rows": []}
+               "threads": torch.get_num_threads(), "environment": environment(), "rows": []}
+
+    def steps(label, total, unit):
+        """A progress task plus the caller's callback, as one ``advance(k)``."""
+        task = _progress.task("evaluate", total, unit)
+
+        def advance(k):
+            task.advance(k)
+            if progress:
+                progress(label, k, total)
+        return task, advance
+
     if lm.kind == "encoder":
         pairs = retrieval_subset(opts.pairs or None)
         texts = [p.query for p in pairs] + [p.passage for p in pairs]
@@ -81,9 +101,10 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
                            "source": "pydoc_data.topics (CPython documentation)"}
 
         def evaluate(model, label):
-            e = metrics.embed(model, lm.tokenizer, texts, max_length=opts.max_length,
-                              progress=(lambda k: progress(label, k, len(texts))) if progress else None)
-            return e
+            with _progress.scope(label):
+                task, advance = steps(label, len(texts), "texts")
+                with task:
+                    return metrics.embed(model, lm.tokenizer, texts, max_length=opts.max_length, progress=advance)
         t0 = time.time()
         ref = evaluate(lm.model, "fp32")
         ref_ret, ref_ranks = metrics.retrieval_metrics(ref[:n], ref[n:])
@@ -95,8 +116,14 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
         mask = None
         results["task"] = {"windows": len(wins), "window": opts.window, "tokens": int(wins.numel()),
                            "source": "pydoc_data.topics (CPython documentation)"}
+
+        def evaluate_ppl(model, label):
+            with _progress.scope(label):
+                task, advance = steps(label, len(wins), "windows")
+                with task:
+                    return metrics.perplexity(model, wins, progress=advance)
         t0 = time.time()
-        ppl = metrics.perplexity(lm.model, wins, progress=(lambda k: progress("fp32", k, len(wins))) if progress else None)
+        ppl = evaluate_ppl(lm.model, "fp32")
         ref_out = metrics.layer_outputs(lm.model, names, sq_in)
         results["fp32"] = {"perplexity": ppl, "seconds": time.time() - t0}
 
@@ -108,9 +135,11 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
         cfg = PTQConfig(weight=spec, act=None if opts.weights_only else spec, method=opts.method)
         if hessians is None and cfg.steps() == ((), "gptq"):   # the same for every format
             from floatlab.ptq.gptq import collect_hessians
-            hessians = collect_hessians(lm.model, linear_layers(lm.model), calib)
+            with _progress.scope("gptq hessians (shared by every format)"):
+                hessians = collect_hessians(lm.model, linear_layers(lm.model), calib)
         model = copy.deepcopy(lm.model)
-        quantize_model(model, cfg, calib=calib, hessians=hessians)
+        with _progress.scope(fmt):                   # the PTQ steps report per layer under it
+            quantize_model(model, cfg, calib=calib, hessians=hessians)
         t_quant = time.time() - t0
         row = {"format": fmt, "bits_per_value": spec.bits_per_value, "config": cfg.label()}
         if lm.kind == "encoder":
@@ -124,7 +153,7 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
                         "delta_recall_at_1_ci": [d1[1], d1[2]],
                         "delta_recall_at_10": ret.recall_at_10 - ref_ret.recall_at_10})
         else:
-            ppl_q = metrics.perplexity(model, wins, progress=(lambda k: progress(fmt, k, len(wins))) if progress else None)
+            ppl_q = evaluate_ppl(model, fmt)
             row.update({"perplexity": ppl_q, "delta_perplexity": ppl_q - results["fp32"]["perplexity"]})
         sq = metrics.layer_sqnr(ref_out, model, sq_in, mask)
         row["layer_sqnr_db"] = sq

@@ -31,7 +31,16 @@ WEIGHTS = "quantized.safetensors"
 
 
 def save_quantized(out: Path, lm: LoadedModel, model: nn.Module, config: PTQConfig,
-                   qweights: dict[str, QWeight], metric: dict | None = None) -> Path:
+                   qweights: dict[str, QWeight], metric: dict | None = None, *, command: str | None = None) -> Path:
+    """Write ``quantized.safetensors`` and then ``config.json`` into ``out`` (created if missing).
+
+    Each file is written to a temporary file beside it and renamed (mode from the umask), and an
+    earlier ``config.json`` is removed before the new weights are written: a failure leaves no
+    config that would describe other weights. ``config.json`` also records ``command`` and the
+    environment (:func:`floatlab.provenance.environment`). Returns ``out``."""
+    from floatlab.atomic import write_json
+    from floatlab.provenance import environment
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -47,14 +56,15 @@ def save_quantized(out: Path, lm: LoadedModel, model: nn.Module, config: PTQConf
         if layer in quant_names and key.endswith(".weight"):
             continue
         tensors[key] = t.detach().contiguous().clone()
+    (out / CONFIG).unlink(missing_ok=True)
     floatlab.save(out / WEIGHTS, tensors)
     cfg = {"floatlab_ptq": FORMAT_VERSION, "model": lm.name if lm.name in ("minilm", "smollm2") else str(lm.folder),
            "model_type": lm.model_type, "kind": lm.kind, "baseline_note": lm.baseline_note,
            "ptq": config.to_dict(), "layers": sorted(quant_names), "input_transforms": transforms,
            "untied_lm_head": bool(hasattr(model, "lm_head") and hasattr(model, "model")
                                   and model.lm_head.weight is not getattr(model.model, "embed_tokens", model.lm_head).weight),
-           "metric": metric or {}}
-    (out / CONFIG).write_text(json.dumps(cfg, indent=2))
+           "metric": metric or {}, "command": command, "environment": environment()}
+    write_json(out / CONFIG, cfg)
     return out
 
 

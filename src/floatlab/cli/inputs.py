@@ -1,0 +1,131 @@
+"""Input checks shared by ``compare``, ``ptq`` and ``eval``: every one runs before a model is
+loaded or any work starts, and names the flag in its :class:`~floatlab.cli.output.CliError`."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+
+from floatlab.cli.output import CliError, check_int, flag_errors
+
+
+def format_list(text: str, flag: str) -> tuple[str, ...]:
+    """Comma-separated format names, each known to floatlab, none twice."""
+    from floatlab.ptq.quantizer import QuantSpec
+
+    names = tuple(f.strip() for f in text.split(",") if f.strip())
+    if not names:
+        raise CliError("no format given (comma-separated names, e.g. bf16,mxfp4)", flag)
+    seen = set()
+    for f in names:
+        with flag_errors(flag):
+            QuantSpec(f)
+        if f.lower() in seen:
+            raise CliError(f"{f!r} is given twice", flag)
+        seen.add(f.lower())
+    return names
+
+
+def spec(name: str, flag: str, pad: bool = True):
+    """A :class:`QuantSpec` for ``name``, or a :class:`CliError` naming ``flag``."""
+    from floatlab.ptq.quantizer import QuantSpec
+
+    with flag_errors(flag):
+        return QuantSpec(name, pad=pad)
+
+
+def method_steps(method: str, flag: str = "--method") -> tuple[tuple[str, ...], str]:
+    """``(transforms, rounder)`` of a method chain such as ``rotate+gptq``."""
+    from floatlab.ptq.config import PTQConfig
+
+    with flag_errors(flag):
+        return PTQConfig(weight=None, method=method).steps()
+
+
+def needs_calibration(steps: tuple[tuple[str, ...], str]) -> bool:
+    transforms, rounder = steps
+    return rounder == "gptq" or any(t in ("awq", "smoothquant") for t in transforms)
+
+
+def check_calib(calib: int, steps, method: str, flag: str = "--calib") -> int:
+    if needs_calibration(steps):
+        return check_int(calib, flag, 1, hint=f"method {method!r} calibrates on these texts/windows")
+    return check_int(calib, flag, 0)
+
+
+def check_gptq_formats(specs, steps, flag: str) -> None:
+    """GPTQ rounds column by column: it needs 1D blocks (``nvfp4_2d``'s 16x16 tiles need RTN)."""
+    if steps[1] != "gptq":
+        return
+    for s in specs:
+        if s is not None and s.is_block and len(s.fmt.block) != 1:
+            raise CliError(f"GPTQ needs 1D blocks; {s.format!r} has {'x'.join(map(str, s.fmt.block))} tiles "
+                           "(use --method rtn, or a 1D block format)", flag)
+
+
+def retrieval_pair_count() -> int:
+    from floatlab.eval.data import retrieval_pairs
+
+    return len(retrieval_pairs())
+
+
+def check_pairs(pairs: int, flag: str = "--pairs") -> int:
+    total = retrieval_pair_count()
+    return check_int(pairs, flag, 0, total, hint=f"0 uses all {total}")
+
+
+def resolve(model: str, flag: str = "--model"):
+    """``(name, folder, kind, baseline_note, config dict)`` of a built-in model (any case) or a
+    local model folder; prepares a built-in model that is not in the cache yet."""
+    from floatlab.models.loading import resolve_model
+    from floatlab.models.registry import ModelError
+
+    try:
+        name, folder, kind, note = resolve_model(model, log=_log)
+    except ModelError as err:
+        raise CliError(str(err), flag) from None
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    return name, Path(folder), kind, note, cfg
+
+
+def _log(text: str) -> None:
+    from floatlab.cli.output import say
+    say(text)
+
+
+def check_window(window: int, cfg: dict, flag: str = "--window") -> int:
+    """Tokens per perplexity window: at least 2 (one prediction), at most the model's context."""
+    limit = int(cfg.get("max_position_embeddings") or 0) or None
+    return check_int(window, flag, 2, limit, hint=f"the model's context is {limit} tokens" if limit else "")
+
+
+def check_overrides(overrides, layer_names, flag: str = "--override") -> None:
+    """Every ``--override`` pattern must match at least one quantized layer (else it is a silent
+    no-op, almost always a typo)."""
+    for pattern, _, _ in overrides:
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in layer_names):
+            sample = ", ".join(list(layer_names)[:3])
+            raise CliError(f"pattern {pattern!r} matches no quantized layer (layer names look like "
+                           f"{sample}, ...; use * as a wildcard)", flag)
+
+
+def check_layers(layers, config, flag: str) -> None:
+    """A block format whose block does not divide a layer's width while padding is off."""
+    from floatlab.ptq.apply import check_blocks
+
+    with flag_errors(flag):
+        check_blocks(layers, config)
+
+
+def load(model):
+    """:func:`floatlab.models.load_model` for the commands: messages through :func:`say`, and
+    without transformers' own "Loading weights" bar (one more bar per load would flood logs)."""
+    from floatlab.models.loading import load_model
+
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    return load_model(model, log=_log)
