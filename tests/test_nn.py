@@ -273,3 +273,70 @@ def test_torch_compile_inductor_trains_like_eager():
     compiled.sum().backward()
     assert torch.allclose(eager, compiled, rtol=1e-5, atol=1e-6)
     assert torch.allclose(g_eager, m[0].weight.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_recipe_names_case_insensitive_and_did_you_mean(tmp_path):
+    assert fnn.get_recipe("NVFP4") is fnn.get_recipe("nvfp4")
+    assert fnn.get_recipe(" Hif8 ") is fnn.RECIPES["hif8"]
+    with pytest.raises(ValueError, match=r"unknown recipe 'mxfp44'\. Did you mean: mxfp4"):
+        fnn.get_recipe("mxfp44")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fnn.get_recipe(str(tmp_path / "absent.YAML"))
+    p = tmp_path / "r.json"
+    p.write_text(fnn.get_recipe("fp8").replace(name="mine").to_json())
+    assert fnn.get_recipe(p).name == "mine"                 # a pathlib.Path works too
+
+
+def test_rounding_spellings_are_one_mode():
+    """"SR", "stochastic" and "sr" are the same mode: all draw from the layer's generator (before,
+    only the exact spelling "sr" did; the others rounded stochastically from the global RNG)."""
+    for spelling in ("SR", "stochastic", " sr "):
+        t = TensorSpec("E2M1", spelling)
+        assert t == TensorSpec("e2m1", "sr") and t.stochastic
+    spec = LinearSpec.uniform("e2m1", rounding="Stochastic")
+    x = torch.randn(16, 32)
+    a = fnn.QLinear(32, 8, spec=spec, seed=3)
+    b = fnn.QLinear(32, 8, spec=spec, seed=3)
+    b.load_state_dict(a.state_dict())                      # same weights, same generator state
+    torch.manual_seed(0)
+    ya = a(x)
+    torch.manual_seed(1)                                    # the global RNG must not matter
+    yb = b(x)
+    assert torch.equal(ya, yb)
+    assert not torch.equal(a(x), ya)                        # and the rounding is stochastic
+    # the same for the operand quantizer and the low-precision optimizer
+    from floatlab.nn.quantizer import fake_quantize
+    v = torch.randn(4096)
+    outs = []
+    for k, spelling in enumerate(("sr", "SR", "stochastic")):
+        torch.manual_seed(k)
+        outs.append(fake_quantize(v, "e2m1", spelling, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    p = torch.nn.Parameter(torch.randn(8))
+    assert fnn.LowPrecisionOptimizer(torch.optim.SGD([p], lr=0.1), weight=("bf16", "SR")).weight == ("bf16", "sr")
+
+
+@pytest.mark.parametrize("d,match", [
+    ({"name": "x"}, "missing recipe key default"),
+    ({"default": {}}, "missing recipe key name"),
+    ({"name": "x", "default": {}, "keep": "*head"}, "keep must be a list"),
+    ({"name": "x", "default": {}, "keep_last": -1}, "keep_last must be an integer >= 0"),
+    ({"name": "x", "default": {}, "amax_history": 0}, "amax_history must be an integer >= 1"),
+    ({"name": "x", "default": {"fprop": {"a": {"format": "e4m3", "saturate": "yes"}}}},
+     "default.fprop.a: saturate must be true or false"),
+    ({"name": "x", "default": {"fprop": {"a": {"scaling": "later"}}}}, "default.fprop.a: scaling must be one of"),
+    ({"name": "x", "default": {"dgrad": "mxfp8"}}, "default.dgrad must be a mapping"),
+    ({"name": "x", "default": {}, "rules": [{"pattern": "h.*"}]}, r"rules\[0\] needs pattern"),
+    ({"name": "x", "default": {}, "rules": [{"pattern": "h.*", "linear": {"wgrad": {"hadamard": "16"}}}]},
+     r"rules\[0\].linear.wgrad: hadamard must be 0"),
+    ([1, 2], "a recipe is a mapping"),
+])
+def test_recipe_dict_errors_name_the_key(d, match):
+    from floatlab.nn.recipe import RecipeError
+    with pytest.raises(RecipeError, match=match):
+        Recipe.from_dict(d)
+
+
+def test_recipe_keep_given_as_one_string_is_refused():
+    with pytest.raises(ValueError, match="keep must be a list"):
+        Recipe("x", keep="*head")                          # tuple("*head") would keep everything

@@ -19,6 +19,9 @@ def _as_pair(spec):
     if isinstance(spec, str):
         return (spec, None)
     fmt, rounding = spec
+    if rounding is not None:   # one spelling per mode: ("bf16", "SR") draws from the seeded generator too
+        from floatlab.rounding import parse_rounding
+        rounding = parse_rounding(rounding).value
     return (fmt, rounding)
 
 

@@ -21,6 +21,7 @@ from floatlab.formats.registry import get_format
 from floatlab.kernels.dispatch import FastPathUnsupported, resolve_backend
 from floatlab.kernels.compiler import CompileUnavailable
 from floatlab.ops.autograd import check_grad, straight_through
+from floatlab.rounding import parse_rounding
 
 COMPILE_MIN_NUMEL = 1024
 _NOT_COMPILED: set = set()      # (format, rounding, saturate, dtype, generator?) without a compiled kernel
@@ -46,6 +47,8 @@ def fake_quantize(x: torch.Tensor, fmt: str, rounding=None, saturate: bool = Tru
 
     The gradient follows :func:`floatlab.quantize`'s contract (:mod:`floatlab.ops.autograd`) on
     every path, the native casts included."""
+    if rounding is not None:   # one spelling per mode: "SR"/"stochastic" draw from `generator` too
+        rounding = parse_rounding(rounding).value
     if native and x.dtype != torch.float64:  # torch casts float64 through float32: double rounding
         dt, mx = _native_dtype(fmt, rounding, saturate)
         if dt is not None:

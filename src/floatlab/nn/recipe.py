@@ -65,6 +65,13 @@ class BlockAxis(str, enum.Enum):
         return self.value
 
 
+def _enum(cls, value, key: str):
+    try:
+        return cls(value)
+    except ValueError:
+        raise ValueError(f"{key} must be one of {', '.join(m.value for m in cls)}, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """How one GEMM operand is quantized.
@@ -89,13 +96,27 @@ class TensorSpec:
     scale_to: float | None = None
 
     def __post_init__(self) -> None:
-        if self.scale_to is not None and not self.scale_to > 0:
-            raise ValueError(f"scale_to must be positive, got {self.scale_to!r}")
-        object.__setattr__(self, "axis", BlockAxis(self.axis))
-        object.__setattr__(self, "scaling", Scaling(self.scaling))
+        if self.format is not None and not isinstance(self.format, str):
+            raise ValueError(f"format must be a format name or null, got {self.format!r}")
+        if self.rounding is not None and not isinstance(self.rounding, str):
+            raise ValueError(f"rounding must be a rounding-mode name or null, got {self.rounding!r}")
+        if not isinstance(self.saturate, bool):
+            raise ValueError(f"saturate must be true or false, got {self.saturate!r}")
+        if self.scale_to is not None and (isinstance(self.scale_to, bool)
+                                          or not isinstance(self.scale_to, (int, float))
+                                          or not self.scale_to > 0):
+            raise ValueError(f"scale_to must be a positive number or null, got {self.scale_to!r}")
+        object.__setattr__(self, "axis", _enum(BlockAxis, self.axis, "axis"))
+        object.__setattr__(self, "scaling", _enum(Scaling, self.scaling, "scaling"))
+        if self.rounding is not None:
+            # one spelling per mode ("SR", "stochastic" -> "sr"), so `stochastic`, equality and
+            # the run configurations floatlab train compares see the mode, not its spelling
+            from floatlab.rounding import parse_rounding
+            object.__setattr__(self, "rounding", parse_rounding(self.rounding).value)
         if self.format is not None:
             from floatlab.formats.registry import get_format
             from floatlab.rounding import resolve_rounding
+            object.__setattr__(self, "format", self.format.strip().lower())
             resolve_rounding(get_format(self.format), self.rounding, None)  # validates both
 
     @property
@@ -117,6 +138,9 @@ class GemmSpec:
     hadamard: int = 0
 
     def __post_init__(self) -> None:
+        for role in ("a", "b"):
+            if not isinstance(getattr(self, role), TensorSpec):
+                raise ValueError(f"GemmSpec.{role} must be a TensorSpec, got {getattr(self, role)!r}")
         h = self.hadamard
         if isinstance(h, bool) or not isinstance(h, int) or (h != 0 and (h < 16 or h > 256 or h & (h - 1))):
             raise ValueError(f"hadamard must be 0 (off) or a power of two in 16..256, got {h!r}")
@@ -165,22 +189,43 @@ class Rule:
 DEFAULT_KEEP = ("*embed*", "*wte*", "*wpe*", "*lm_head*", "*head", "*norm*", "*ln*")
 
 
+class RecipeError(ValueError):
+    """A recipe (a dict, or a ``.json`` / ``.yaml`` file) that cannot be read; the message names
+    the file and the key (``default.fprop.a.format``) and says what was expected."""
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A training recipe: module-name patterns -> :class:`LinearSpec`.
+
+    Which layers :func:`floatlab.nn.quantize_model` quantizes (the *keep rules*): only plain
+    ``nn.Linear`` modules are candidates; a candidate whose qualified name matches one of
+    ``keep`` (``fnmatch``, case-sensitive) stays in float32; of the remaining ones the last
+    ``keep_last`` (in ``model.named_modules()`` order) stay in float32 too; every other one is
+    swapped for a :class:`~floatlab.nn.QLinear` with ``spec_for(name)``. The default ``keep``
+    (:data:`DEFAULT_KEEP`) is by *name*: a linear called ``*norm*``, ``*ln*``, ``*head`` or
+    ``*embed*`` is kept even if it is an ordinary projection. Convolutions and other layer
+    types are not quantized; ``quantize_model`` reports every layer it left alone.
 
     Args:
         name: the recipe's name.
         default: the spec of every linear layer no rule matches.
         rules: ``(pattern, spec)`` overrides, first match wins.
-        keep: name patterns of modules kept in high precision (float32, untouched).
+        keep: name patterns of modules kept in high precision (float32, untouched); default
+            :data:`DEFAULT_KEEP` (embeddings, the LM head, norms).
         keep_last: additionally keep the last ``keep_last`` quantizable linear layers (in
-            ``model.named_modules()`` order) in high precision (NVIDIA's NVFP4 recipe).
+            ``model.named_modules()`` order) in high precision (NVIDIA's NVFP4 recipe uses 2; on
+            a model with 2 linear layers it quantizes none).
         attention: the spec used by :func:`floatlab.nn.qmatmul` for attention products
-            (``None``: high precision). Its ``fprop`` quantizes the two factors of ``a @ b``.
+            (``None``: high precision). Its ``fprop`` quantizes the two factors of ``a @ b``. It
+            acts only where a model calls ``qmatmul`` (the GPT of ``floatlab.train`` does).
         seed: seeds the Hadamard sign vectors and the stochastic-rounding generators.
         amax_history: length of the amax history for delayed scaling.
         description: free text.
+
+    Raises:
+        ValueError: a field of the wrong type or out of range (``keep`` given as one string,
+            ``keep_last < 0``, ``amax_history < 1``...).
     """
 
     name: str
@@ -194,13 +239,35 @@ class Recipe:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.default, LinearSpec):
+            raise ValueError(f"default must be a LinearSpec, got {self.default!r}")
+        if self.attention is not None and not isinstance(self.attention, LinearSpec):
+            raise ValueError(f"attention must be a LinearSpec or None, got {self.attention!r}")
+        if isinstance(self.keep, str):   # tuple("*head") would keep every module ('*')
+            raise ValueError(f"keep must be a list of name patterns, got the string {self.keep!r}")
         object.__setattr__(self, "rules", tuple(self.rules))
         object.__setattr__(self, "keep", tuple(self.keep))
-        if self.amax_history < 1:
-            raise ValueError("amax_history must be >= 1")
+        for p in self.keep:
+            if not isinstance(p, str):
+                raise ValueError(f"keep must be a list of name patterns (strings), got {p!r} in it")
+        for r in self.rules:
+            if not isinstance(r, Rule):
+                raise ValueError(f"rules must be Rule(pattern, linear) objects, got {r!r}")
+        for key, low in (("keep_last", 0), ("seed", 0), ("amax_history", 1)):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"{key} must be an integer >= {low}, got {v!r}")
+        if not isinstance(self.description, str):
+            raise ValueError(f"description must be a string, got {self.description!r}")
 
     def kept(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in self.keep)
+        return self.keep_pattern(name) is not None
+
+    def keep_pattern(self, name: str) -> str | None:
+        """The first ``keep`` pattern that matches ``name``, or ``None``."""
+        return next((p for p in self.keep if fnmatch.fnmatchcase(name, p)), None)
 
     def spec_for(self, name: str) -> LinearSpec:
         for rule in self.rules:
@@ -217,41 +284,110 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recipe":
+        """The inverse of :meth:`to_dict`. ``name`` and ``default`` are required (a recipe
+        without ``default`` would leave every layer in float32); other keys take their defaults.
+        Raises :class:`RecipeError` naming the key at fault."""
+        if not isinstance(d, dict):
+            raise RecipeError("a recipe is a mapping with the keys name, default and optionally "
+                              f"rules, keep, keep_last, attention, seed, amax_history, description; "
+                              f"got {_kind(d)}")
         d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown recipe keys: {', '.join(sorted(unknown))}")
-        if "default" in d:
-            d["default"] = _linear(d["default"])
+        _strict(cls, d, "recipe")
+        missing = [k for k in ("name", "default") if k not in d]
+        if missing:
+            raise RecipeError(f"missing recipe key{'s' if len(missing) > 1 else ''} "
+                              f"{', '.join(missing)} (name: a string; default: the linear spec of "
+                              "every layer no rule matches, with fprop/dgrad/wgrad; see "
+                              "docs/training.md)")
+        d["default"] = _linear(d["default"], "default")
         if "rules" in d:
-            d["rules"] = tuple(Rule(r["pattern"], _linear(r["linear"])) for r in d["rules"])
+            if not isinstance(d["rules"], (list, tuple)):
+                raise RecipeError(f"rules must be a list of {{pattern, linear}} mappings, got {_kind(d['rules'])}")
+            rules = []
+            for i, r in enumerate(d["rules"]):
+                where = f"rules[{i}]"
+                if not isinstance(r, dict):
+                    raise RecipeError(f"{where} must be a mapping with pattern and linear, got {_kind(r)}")
+                _strict(Rule, r, where)
+                if not isinstance(r.get("pattern"), str) or "linear" not in r:
+                    raise RecipeError(f"{where} needs pattern (a string) and linear (a linear spec)")
+                rules.append(Rule(r["pattern"], _linear(r["linear"], f"{where}.linear")))
+            d["rules"] = tuple(rules)
         if d.get("attention") is not None:
-            d["attention"] = _linear(d["attention"])
-        return cls(**d)
+            d["attention"] = _linear(d["attention"], "attention")
+        if "keep" in d and not isinstance(d["keep"], (list, tuple)):
+            raise RecipeError(f"keep must be a list of name patterns, got {_kind(d['keep'])}")
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as err:
+            raise RecipeError(str(err)) from None
 
     def to_json(self, **kw) -> str:
         return json.dumps(self.to_dict(), **kw)
 
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
-        return cls.from_dict(json.loads(text))
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        return cls.from_dict(d)
 
     def to_yaml(self) -> str:
-        import yaml  # pyyaml: optional dependency
+        yaml = _yaml()
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> "Recipe":
-        import yaml
-        return cls.from_dict(yaml.safe_load(text))
+        yaml = _yaml()
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise RecipeError(f"not valid YAML ({where}{problem})") from None
+        return cls.from_dict(d)
 
     @classmethod
     def load(cls, path) -> "Recipe":
-        """Read a recipe from a ``.json``, ``.yaml`` or ``.yml`` file."""
+        """Read a recipe from a ``.json``, ``.yaml`` or ``.yml`` file.
+
+        Raises:
+            FileNotFoundError: no such file (or it is a folder).
+            RecipeError: another suffix, text that is not JSON/YAML, a missing or unknown key, a
+                value of the wrong type, an unknown format or rounding mode; the message starts
+                with the file's name.
+        """
         from pathlib import Path
         p = Path(path)
-        text = p.read_text()
-        return cls.from_json(text) if p.suffix == ".json" else cls.from_yaml(text)
+        if not p.is_file():
+            what = "is a folder, not" if p.is_dir() else "does not exist; expected"
+            raise FileNotFoundError(f"recipe file {str(p)!r} {what} a .json/.yaml/.yml file")
+        suffix = p.suffix.lower()
+        if suffix not in (".json", ".yaml", ".yml"):
+            raise RecipeError(f"{p}: a recipe file ends in .json, .yaml or .yml, not {p.suffix or '(no suffix)'!r}")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise RecipeError(f"{p}: not a text file (not UTF-8)") from None
+        try:
+            return cls.from_json(text) if suffix == ".json" else cls.from_yaml(text)
+        except RecipeError as err:
+            raise RecipeError(f"{p}: {err}") from None
+
+
+def _yaml():
+    try:
+        import yaml  # pyyaml: optional dependency
+    except ModuleNotFoundError:
+        raise RecipeError("YAML recipes need pyyaml: pip install pyyaml "
+                          "(or pip install 'floatlab[train]'); JSON recipes work without it") from None
+    return yaml
+
+
+def _kind(v) -> str:
+    return "nothing (an empty document)" if v is None else f"{type(v).__name__} {v!r}"
 
 
 def _to_plain(obj):
@@ -264,22 +400,42 @@ def _to_plain(obj):
     return obj
 
 
-def _strict(cls, d: dict) -> dict:
+def _strict(cls, d: dict, where: str) -> dict:
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(sorted(unknown))}")
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
+        raise RecipeError(f"unknown key{'s' if len(unknown) > 1 else ''} in {where}: "
+                          f"{', '.join(sorted(map(str, unknown)))} (known: {known})")
     return d
 
 
-def _tensor(d) -> TensorSpec:
-    return TensorSpec(**_strict(TensorSpec, dict(d or {})))
+def _mapping(d, where: str, what: str) -> dict:
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise RecipeError(f"{where} must be a mapping ({what}), got {_kind(d)}")
+    return dict(d)
 
 
-def _gemm(d) -> GemmSpec:
-    d = _strict(GemmSpec, dict(d or {}))
-    return GemmSpec(_tensor(d.get("a")), _tensor(d.get("b")), int(d.get("hadamard", 0)))
+def _tensor(d, where: str) -> TensorSpec:
+    d = _strict(TensorSpec, _mapping(d, where, "format, rounding, saturate, axis, scaling, scale_to"), where)
+    try:
+        return TensorSpec(**d)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{where}: {err}") from None
 
 
-def _linear(d) -> LinearSpec:
-    d = _strict(LinearSpec, dict(d or {}))
-    return LinearSpec(*(_gemm(d.get(g.value)) for g in Gemm))
+def _gemm(d, where: str) -> GemmSpec:
+    d = _strict(GemmSpec, _mapping(d, where, "a, b, hadamard"), where)
+    try:
+        return GemmSpec(_tensor(d.get("a"), f"{where}.a"), _tensor(d.get("b"), f"{where}.b"),
+                        d.get("hadamard", 0))
+    except (TypeError, ValueError) as err:
+        if isinstance(err, RecipeError):
+            raise
+        raise RecipeError(f"{where}: {err}") from None
+
+
+def _linear(d, where: str = "linear") -> LinearSpec:
+    d = _strict(LinearSpec, _mapping(d, where, "fprop, dgrad, wgrad"), where)
+    return LinearSpec(*(_gemm(d.get(g.value), f"{where}.{g.value}") for g in Gemm))

@@ -1,10 +1,22 @@
 """Built-in recipes (see docs/training.md for the sources and the choices made).
 
-Every recipe keeps embeddings, the LM head and norms in float32 (``Recipe.keep``), and runs
-attention products (``qmatmul``) in bf16, as NVIDIA's NVFP4 recipe does.
+Keep rules (what :func:`floatlab.nn.quantize_model` leaves in float32): every built-in recipe
+keeps, *by name*, each ``nn.Linear`` whose qualified name matches
+``*embed*``, ``*wte*``, ``*wpe*``, ``*lm_head*``, ``*head``, ``*norm*`` or ``*ln*``
+(:data:`floatlab.nn.recipe.DEFAULT_KEEP`); ``nvfp4`` also keeps the last 2 remaining linear
+layers (``keep_last=2``, NVIDIA's recipe), so on a model with only 2 linear layers it quantizes
+none. Only plain ``nn.Linear`` layers are quantized (not convolutions). ``quantize_model``
+returns a report of what it did and warns when little or nothing was quantized; change the
+rules with ``get_recipe("nvfp4").replace(keep_last=0, keep=())``.
+
+Every recipe runs attention products (``qmatmul``) in bf16, as NVIDIA's NVFP4 recipe does.
 """
 
 from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
 
 from floatlab.nn.recipe import GemmSpec, LinearSpec, Recipe, Scaling, TensorSpec
 
@@ -68,15 +80,37 @@ def list_recipes() -> list[str]:
     return list(RECIPES)
 
 
+_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def _is_path(text: str) -> bool:
+    return (text.lower().endswith(_SUFFIXES) or os.sep in text or (os.altsep or os.sep) in text
+            or Path(text).exists())
+
+
 def get_recipe(recipe) -> Recipe:
-    """A :class:`Recipe`, a built-in name, or a path to a ``.json`` / ``.yaml`` file."""
+    """A :class:`Recipe`: given one, a built-in name (case-insensitive: ``"NVFP4"``), or a path
+    (``str`` or ``os.PathLike``) to a ``.json`` / ``.yaml`` / ``.yml`` recipe file.
+
+    Raises:
+        ValueError: an unknown name (with the closest built-in names), or a recipe file that
+            cannot be read (:class:`~floatlab.nn.recipe.RecipeError`, naming the file and key).
+        FileNotFoundError: a path (ends in .json/.yaml/.yml, or contains a path separator)
+            that does not exist.
+        TypeError: neither a Recipe, a string nor a path.
+    """
     if isinstance(recipe, Recipe):
         return recipe
+    if isinstance(recipe, os.PathLike):
+        return Recipe.load(recipe)
     if isinstance(recipe, str):
-        if recipe in RECIPES:
-            return RECIPES[recipe]
-        if recipe.endswith((".json", ".yaml", ".yml")):
-            return Recipe.load(recipe)
-        raise ValueError(f"unknown recipe {recipe!r}; built-in: {', '.join(RECIPES)} "
-                         "(or a .json/.yaml file)")
-    raise TypeError(f"recipe must be a Recipe or a name, got {type(recipe).__name__}")
+        key = recipe.strip().lower()
+        if key in RECIPES:
+            return RECIPES[key]
+        if _is_path(recipe.strip()):
+            return Recipe.load(recipe.strip())
+        close = difflib.get_close_matches(key, list(RECIPES), n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown recipe {recipe!r}.{hint} Built-in: {', '.join(RECIPES)}; "
+                         "or a path to a .json/.yaml/.yml recipe file")
+    raise TypeError(f"recipe must be a Recipe, a built-in name or a file path, got {type(recipe).__name__}")
