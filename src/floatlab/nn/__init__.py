@@ -5,18 +5,20 @@
 >>> model = fnn.quantize_model(model, "mxfp8")      # swaps nn.Linear for QLinear
 >>> model(torch.randn(4, 64)).shape
 torch.Size([4, 8])
+>>> print(model.floatlab_quantization)              # what was quantized, what was kept and why
+recipe 'mxfp8' quantized 2 of 2 layer(s) with GEMM weights (100% of their weights)
 """
 
 from floatlab.nn.functional import QuantState, qgemm, qlinear, qmatmul
 from floatlab.nn.hadamard import hadamard_matrix, random_hadamard, rht
 from floatlab.nn.modules import QLinear
 from floatlab.nn.optim import LowPrecisionOptimizer
-from floatlab.nn.patch import quantize_model, quantized_layers
+from floatlab.nn.patch import QuantizationReport, quantization_report, quantize_model, quantized_layers
 from floatlab.nn.recipe import (BlockAxis, Gemm, GemmSpec, LinearSpec, Recipe, Rule, Scaling,
                                 TensorSpec)
 from floatlab.nn.recipes import RECIPES, get_recipe, list_recipes
 
 __all__ = ["BlockAxis", "Gemm", "GemmSpec", "LinearSpec", "Recipe", "Rule", "Scaling", "TensorSpec",
            "QuantState", "qgemm", "qlinear", "qmatmul", "QLinear", "quantize_model",
-           "quantized_layers", "hadamard_matrix", "random_hadamard", "rht", "RECIPES", "get_recipe",
-           "list_recipes", "LowPrecisionOptimizer"]
+           "quantized_layers", "QuantizationReport", "quantization_report", "hadamard_matrix",
+           "random_hadamard", "rht", "RECIPES", "get_recipe", "list_recipes", "LowPrecisionOptimizer"]
