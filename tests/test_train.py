@@ -128,3 +128,34 @@ def test_cli_smoke_writes_summary_curves_plot(tmp_path):
     assert (out / "loss.png").stat().st_size > 10_000
     assert len(_losses(out)) == 2 * 4      # recipe x step, per seed rows collapse in the dict
     assert "hif8" in res.output and "final loss" in res.output
+
+
+def test_evaluation_moves_no_random_stream(tmp_path, corpus):
+    """A recipe rounding forward operands stochastically: evaluating every 2 steps or only at the
+    end gives the same training losses (evaluation restores the layers' generators), which is
+    what lets a finished run be extended exactly."""
+    from floatlab.nn import LinearSpec, Recipe
+    torch.set_num_threads(1)
+    recipe = Recipe("sr_fwd", LinearSpec.uniform("e3m2", rounding="sr"))
+    a = train_run(recipe, 0, replace(TINY, steps=6, eval_every=0), tmp_path / "a", corpus)
+    b = train_run(recipe, 0, replace(TINY, steps=6, eval_every=2), tmp_path / "b", corpus)
+    assert sorted(b.val_loss) == [2, 4, 6] and sorted(a.val_loss) == [6]
+    assert a.train_loss == b.train_loss and a.val_loss[6] == b.val_loss[6]
+
+
+def test_train_run_refuses_other_settings_and_fresh_restarts(tmp_path, corpus):
+    from floatlab.train.checkpoint import ConfigMismatch
+    torch.set_num_threads(1)
+    short = replace(TINY, steps=4)
+    first = train_run("fp8", 0, short, tmp_path, corpus)
+    with pytest.raises(ConfigMismatch, match="recipe.name: 'fp8' in the checkpoint, 'mxfp8' now"):
+        train_run("mxfp8", 0, short, tmp_path, corpus)
+    with pytest.raises(ConfigMismatch, match="seed: 0 in the checkpoint, 1 now"):
+        train_run("fp8", 1, short, tmp_path, corpus)
+    with pytest.raises(ConfigMismatch, match="master_weights"):
+        train_run("fp8", 0, short, tmp_path, corpus, master="bf16")
+    again = train_run("fp8", 0, short, tmp_path, corpus)               # same settings: reused
+    assert again.train_loss == first.train_loss
+    other = train_run("mxfp8", 0, short, tmp_path, corpus, fresh=True)
+    assert other.recipe == "mxfp8" and len(other.train_loss) == 4
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["config"]["recipe"]["name"] == "mxfp8"

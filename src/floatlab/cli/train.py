@@ -1,69 +1,119 @@
-"""``floatlab train``: compare recipes by training a small GPT (thin: parse, call, print)."""
+"""``floatlab train``: compare recipes by training a small GPT (thin: check, call, print).
+
+Every input is checked before any model is built or any step is trained: numbers, preset,
+recipes (names or files), master-weight format, device, corpus, the output folder, and every
+run folder's checkpoint against the settings asked for (a run made with other settings is
+refused, naming the difference, unless ``--fresh``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 
 def train_command(
-    recipe: list[str] = typer.Option(None, "--recipe", "-r", help="A built-in recipe name or a .json/.yaml recipe file; repeat for several (default: every built-in). bf16 is always run as the baseline."),
-    seeds: int = typer.Option(1, "--seeds", help="Number of seeds (0..N-1) per recipe."),
-    steps: int = typer.Option(None, "--steps", help="Training steps (default: the preset's)."),
+    recipe: list[str] = typer.Option(None, "--recipe", "-r", help="A built-in recipe name (case-insensitive) or a .json/.yaml recipe file; repeat for several (default: every built-in). bf16 is always run as the baseline."),
+    seeds: int = typer.Option(1, "--seeds", help="Number of seeds (0..N-1) per recipe; at least 1."),
+    steps: int = typer.Option(None, "--steps", help="Training steps, at least 1 (default: the preset's)."),
     preset: str = typer.Option("smoke", "--preset", help="smoke | small | paper"),
     out: Path = typer.Option(..., "--out", help="Output folder: summary.json, curves.csv, loss.png, runs/ (checkpoints)."),
     corpus: str = typer.Option("pydoc", "--corpus", help="'pydoc' (pydoc_data.topics) or 'file:PATH' to a text file."),
     master: str = typer.Option(None, "--master-weights", help="Keep master weights in this format with stochastic rounding (e.g. bf16)."),
-    device: str = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    threads: int = typer.Option(1, "--threads", help="torch CPU threads per process (1 is fastest on shared cores: OpenMP barriers stall when cores are oversubscribed)."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available)."),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads per process; 0 keeps torch's default (1 is fastest on shared cores: OpenMP barriers stall when cores are oversubscribed)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Train every run from step 0, replacing the checkpoints in --out. Without it, finished runs with the same settings are reused, interrupted ones resumed, and a run made with other settings is refused."),
 ) -> None:
-    """Train a small GPT once per recipe and seed; report the final loss relative to bf16."""
+    """Train a small GPT once per recipe and seed; report the final loss relative to bf16.
+
+    Rerunning the same command resumes: finished runs are reused and interrupted ones continue
+    from their last checkpoint with identical losses. A larger --steps extends a finished run
+    only when that gives exactly the longer run (all of its steps were warm-up steps);
+    otherwise it is refused like any other change of settings.
+    """
     import torch
 
-    from floatlab.nn.recipes import get_recipe, list_recipes
-    from floatlab.train.experiment import run_experiment
-    from floatlab.train.loop import dist_info, init_distributed
+    from floatlab.cli.output import (CliError, check_int, check_out_dir, compile_note, flag_errors,
+                                     progress, say, show_table)
+    from floatlab.nn.recipes import list_recipes
+    from floatlab.train.checkpoint import ConfigMismatch
+    from floatlab.train.data import Corpus
+    from floatlab.train.experiment import plan_runs, resolve_recipes, run_experiment
+    from floatlab.train.loop import (canonical_master, describe, dist_info, init_distributed,
+                                     resolve_device)
     from floatlab.train.presets import get_preset
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if threads > 0:
-        torch.set_num_threads(threads)
+    # every input first: nothing is built or trained before they all pass
+    check_int(seeds, "--seeds", 1)
+    if steps is not None:
+        check_int(steps, "--steps", 1)
+    check_int(threads, "--threads", 0, hint="0 keeps torch's default")
+    with flag_errors("--preset"):
+        p = get_preset(preset).with_steps(steps)
+    with flag_errors("--recipe", OSError):
+        recipes = resolve_recipes(recipe or list_recipes())
+    with flag_errors("--master-weights"):
+        master = canonical_master(master)
+    with flag_errors("--device"):
+        dev = resolve_device(device)
+    with flag_errors("--corpus"):
+        data = Corpus.load(corpus)
+        data.check(p.model.block_size)
     init_distributed()
     rank, world = dist_info()
-    if device == "cuda" and world > 1:
-        torch.cuda.set_device(rank % torch.cuda.device_count())
+    if p.batch_size % world:
+        raise CliError(f"the global batch of the {p.name} preset ({p.batch_size} sequences) is not divisible "
+                       f"by {world} processes", "--nproc_per_node")
+    out = check_out_dir(out)
     try:
-        p = get_preset(preset).with_steps(steps)
-        names = [get_recipe(r).name for r in (recipe or list_recipes())]
-    except ValueError as err:
-        raise typer.BadParameter(str(err)) from None
-    console = Console(quiet=rank != 0)
-    console.print(f"[bold]floatlab train[/]: preset {p.name} ({p.steps} steps, batch {p.batch_size}, "
-                  f"{p.model}), recipes {', '.join(dict.fromkeys(['bf16', *names]))}, "
-                  f"{seeds} seed(s), {world} process(es)")
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
-                  console=console, disable=rank != 0) as bar:
-        def progress(name, seed, total):
-            task = bar.add_task(f"{name:<14} seed {seed}", total=total, loss=float("nan"))
-            return lambda step, loss: bar.update(task, completed=step, loss=loss)
+        plan = plan_runs(recipes, list(range(seeds)), p, out, data, master, fresh)
+    except ConfigMismatch as err:
+        raise CliError(f"{err}. Pass --fresh to discard the runs in {out} and train from step 0, "
+                       "or choose another --out", "--out") from None
 
-        summary = run_experiment(names, list(range(seeds)), p, out, corpus=corpus, master=master,
-                                 progress=progress, device=device)
-    table = Table(title=f"final validation loss after {p.steps} steps ({seeds} seed(s)); "
-                        f"bf16 seed spread {100 * summary['bf16_seed_spread']['relative']:.2f}%")
-    for col in ("recipe", "final loss", "std", "relative_to_bf16", "paired std", "step time", "vs bf16"):
-        table.add_column(col, justify="left" if col == "recipe" else "right")
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if dev.type == "cuda" and world > 1:
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    talk = say if rank == 0 else (lambda *a, **k: None)
+    m = p.model
+    talk(f"floatlab train: {p.name} preset (GPT {m.n_layer} layer(s), d={m.d_model}, context {m.block_size}; "
+         f"{p.steps} steps, batch {p.batch_size}), {seeds} seed(s), {world} process(es) on {dev}, "
+         f"corpus {data.source}" + (f", master weights {master} (SR)" if master else ""))
+    for r in recipes:
+        talk(f"  {r.name}: {_quantized(describe(r, p))}")
+    counts: dict[str, int] = {}
+    for what in plan.values():
+        kind = what.split()[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    talk("runs: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    if any(r.name != "bf16" for r in recipes):
+        compile_note()
+
+    with progress() if rank == 0 else contextlib.nullcontext():
+        summary = run_experiment(recipes, list(range(seeds)), p, out, corpus=data, master=master,
+                                 device=str(dev) if world == 1 else dev.type, fresh=fresh)
+    if rank != 0:
+        return
+    spread = 100 * summary["bf16_seed_spread"]["relative"]
+    columns = ("recipe", "final loss", "std", "vs bf16", "paired std", "ms/step", "time vs bf16")
+    rows = []
     for name, r in summary["recipes"].items():
-        table.add_row(name, f"{r['final_loss']:.4f}", f"{r['final_loss_std']:.4f}",
-                      f"{100 * r['relative_to_bf16']:+.2f}%", f"{100 * r['relative_to_bf16_std']:.2f}%",
-                      f"{r['step_time_s'] * 1e3:.0f} ms", f"{r['step_time_vs_bf16']:.2f}x")
-    console.print(table)
-    console.print(f"wrote {out}/summary.json, {out}/curves.csv, {out}/loss.png")
+        rows.append((name, f"{r['final_loss']:.4f}", f"{r['final_loss_std']:.4f}",
+                     f"{100 * r['relative_to_bf16']:+.2f}%", f"{100 * r['relative_to_bf16_std']:.2f}%",
+                     f"{r['step_time_s'] * 1e3:.0f}", f"{r['step_time_vs_bf16']:.2f}x"))
+    show_table(f"final validation loss after {p.steps} steps ({p.name} preset, {seeds} seed(s)); "
+               f"bf16 seed spread {spread:.2f}%", columns, rows, right=columns[1:])
+    say(f"wrote {out}/summary.json, {out}/curves.csv, {out}/loss.png")
+
+
+def _quantized(report) -> str:
+    kept = ", ".join(f"{n} ({why})" for n, why in report.kept.items())
+    return (f"{len(report.quantized)} of {len(report.quantized) + len(report.kept)} linear layers quantized"
+            + (f"; float32: {kept}" if kept else ""))
 
 
 def register(app: typer.Typer) -> None:
@@ -71,7 +121,11 @@ def register(app: typer.Typer) -> None:
 
 
 def main() -> None:
-    """Entry point of ``python -m floatlab.train`` (also under torchrun)."""
+    """Entry point of ``python -m floatlab.train`` (also under torchrun): the same command, the
+    same checks, and a user mistake as one ``error:`` line (exit code 2)."""
+    from floatlab.cli.output import run_guarded
+
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(train_command)
-    app()
+    command = typer.main.get_command(app)
+    sys.exit(run_guarded(lambda: command.main(prog_name="python -m floatlab.train", standalone_mode=False)))

@@ -9,6 +9,8 @@ batch).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,24 +20,61 @@ VAL_FRACTION = 0.1
 
 
 def load_text(corpus: str = "pydoc") -> str:
-    if corpus == "pydoc":
+    """The text of ``corpus``: ``"pydoc"`` or ``"file:PATH"`` (UTF-8; bad bytes become U+FFFD).
+
+    Raises:
+        ValueError: an unknown corpus name (a path given without ``file:`` says so), a file that
+            does not exist, is a folder or cannot be read.
+    """
+    if not isinstance(corpus, str):
+        raise TypeError(f"corpus must be a string ('pydoc' or 'file:PATH'), got {type(corpus).__name__}")
+    if corpus.strip().lower() == "pydoc":
         import pydoc_data.topics as topics
         return "\n\n".join(topics.topics[k] for k in sorted(topics.topics))
     if corpus.startswith("file:"):
-        return Path(corpus[5:]).read_text(encoding="utf-8", errors="replace")
-    raise ValueError(f"unknown corpus {corpus!r}: use 'pydoc' or 'file:PATH'")
+        path = Path(corpus[5:]).expanduser()
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ValueError(f"corpus file {str(path)!r} {what}; give 'file:PATH' to a text file")
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except OSError as err:
+            raise ValueError(f"cannot read corpus file {str(path)!r}: {err.strerror or err}") from None
+    hint = f" (to use the file {corpus!r}, write 'file:{corpus}')" if Path(corpus).is_file() else ""
+    raise ValueError(f"unknown corpus {corpus!r}: use 'pydoc' or 'file:PATH'{hint}")
 
 
 @dataclass
 class Corpus:
     train: torch.Tensor   # uint8 tokens
     val: torch.Tensor
+    source: str = "tensors"   # what it was loaded from ('pydoc', 'file:PATH')
 
     @classmethod
     def load(cls, corpus: str = "pydoc") -> "Corpus":
+        """Load and split ``corpus`` (see :func:`load_text`); raises ``ValueError`` as it does."""
         data = torch.frombuffer(bytearray(load_text(corpus).encode("utf-8")), dtype=torch.uint8)
         n = int(len(data) * (1 - VAL_FRACTION))
-        return cls(data[:n].clone(), data[n:].clone())
+        return cls(data[:n].clone(), data[n:].clone(), corpus)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 of the train and validation tokens: identifies the data a run trained on."""
+        h = hashlib.sha256()
+        for t in (self.train, self.val):
+            h.update(len(t).to_bytes(8, "little"))
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def check(self, block: int) -> None:
+        """Raise ``ValueError`` unless both splits hold more than ``block + 1`` tokens (a batch
+        row is ``block + 1`` consecutive bytes)."""
+        need = block + 2
+        if len(self.train) < need or len(self.val) < need:
+            least = int(need / VAL_FRACTION) + 1
+            raise ValueError(f"corpus {self.source!r} is too short: {len(self.train) + len(self.val)} bytes, "
+                             f"but the validation split ({VAL_FRACTION:.0%}) needs at least {need} for the "
+                             f"model's context of {block}; give at least {least} bytes")
 
     def batch(self, split: str, step: int, batch_size: int, block: int, seed: int,
               rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

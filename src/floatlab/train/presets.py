@@ -20,7 +20,13 @@ class Preset:
     ckpt_every: int = 50
 
     def with_steps(self, steps: int | None) -> "Preset":
-        return self if steps is None else replace(self, steps=steps)
+        """This preset with ``steps`` training steps (``None``: unchanged). Raises ``ValueError``
+        for fewer than 1 step."""
+        if steps is None:
+            return self
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        return replace(self, steps=steps)
 
 
 PRESETS = {
@@ -34,7 +40,11 @@ PRESETS = {
 
 
 def get_preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+    """A preset by name (case-insensitive). Raises ``ValueError`` naming the closest presets."""
+    key = str(name).strip().lower()
+    if key in PRESETS:
+        return PRESETS[key]
+    import difflib
+    close = difflib.get_close_matches(key, list(PRESETS), n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ValueError(f"unknown preset {name!r}.{hint} Choose from {', '.join(PRESETS)}")
