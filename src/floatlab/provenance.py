@@ -45,6 +45,9 @@ def environment() -> dict:
     import torch
 
     versions = {p: v for p in _PACKAGES if (v := _version(p)) is not None}
+    if "floatlab" not in versions:          # run from a source tree without installing
+        from floatlab import __version__
+        versions["floatlab"] = __version__
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
         "versions": versions,
