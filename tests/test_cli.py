@@ -410,3 +410,25 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monk
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]
     assert torch.equal(floatlab.load(target)["a"], torch.zeros(3))
+
+
+@pytest.mark.parametrize("width", [50, 80, 90, 100, 140, 200])
+def test_terminal_tables_fit_the_terminal_and_keep_every_cell(width, monkeypatch):
+    from rich.console import Console
+
+    from floatlab.cli import output
+
+    buf = io.StringIO()
+    monkeypatch.setattr(output, "_console", lambda stderr=False: Console(
+        file=buf, width=width, force_terminal=True, color_system=None, highlight=False, markup=False))
+    cols = ["rank", "format", "bits/value", "cos mean", "cos worst", "R@1", "dR@1 [95% CI]", "R@10", "min SQNR dB", "s"]
+    rows = [["1", "bf16", "16", "1.0000", "0.99987", "0.688", "+0.000 [-0.047, +0.047]", "0.912", "42.4", "16.0"],
+            ["2", "mxfp8_e4m3", "8.25", "0.9956", "0.9869", "0.703", "+0.016 [+0.000, +0.047]", "0.934", "14.3", "122.5"]]
+    output.show_table("floatlab compare: minilm (W+A, rtn)", cols, rows, right=cols[2:])
+    out = buf.getvalue()
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= width
+    words = out.split()
+    for r in rows:
+        for cell in r:
+            for word in cell.split():             # text cells may wrap at spaces; nothing else moves
+                assert word in words, (width, word)

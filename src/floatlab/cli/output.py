@@ -103,24 +103,45 @@ def show_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[objec
     print(flush=True)
 
 
+def _share(least: list[int], natural: list[int], room: int) -> list[int]:
+    """Column widths between ``least`` and ``natural`` that add up to at most ``room``: the space
+    beyond the least widths goes to the columns that want more, in proportion to their want."""
+    if sum(natural) <= room:
+        return list(natural)
+    spare = room - sum(least)
+    want = [nat - lo for lo, nat in zip(least, natural)]
+    total = sum(want)
+    widths = [lo + (spare * w) // total for lo, w in zip(least, want)]
+    for i in sorted(range(len(want)), key=lambda i: want[i] - (widths[i] - least[i]), reverse=True):
+        if sum(widths) >= room:
+            break
+        if widths[i] < natural[i]:
+            widths[i] += 1
+    return widths
+
+
 def _terminal_table(con, title: str, columns: list[str], rows: list[list[str]], right: set[str]) -> None:
     """A boxed table if it fits the terminal, else a borderless one, else one record per row
     (``name`` then ``column  value`` lines): whichever fits without breaking a number."""
     from rich.table import Table
     from rich.text import Text
 
-    # the narrowest each column can be without breaking a word (numbers have no spaces)
+    # the narrowest each column can be without breaking a word (numbers have no spaces), and
+    # its natural width (nothing wrapped)
     least = [max(len(w) for c in [col, *(r[i] for r in rows)] for w in (c.split() or [""]))
              for i, col in enumerate(columns)]
+    natural = [max(len(c) for c in [col, *(r[i] for r in rows)]) for i, col in enumerate(columns)]
     n = len(columns)
     for style, overhead in (("boxed", 3 * n + 1), ("compact", 2 * n - 2)):
-        if sum(least) + overhead > con.width:
+        room = con.width - overhead
+        if sum(least) > room:
             continue
+        widths = _share(least, natural, room)
         kw = {} if style == "boxed" else {"box": None, "pad_edge": False, "show_edge": False}
         table = Table(title=Text(title), title_justify="left", **kw)
-        for col, w in zip(columns, least):
+        for col, w in zip(columns, widths):
             table.add_column(Text(col, style="bold underline" if style == "compact" else ""),
-                             justify="right" if col in right else "left", min_width=w, overflow="fold")
+                             justify="right" if col in right else "left", width=w, overflow="fold")
         for r in rows:
             table.add_row(*(Text(c) for c in r))
         con.print(table)
