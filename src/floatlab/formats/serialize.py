@@ -40,8 +40,21 @@ def format_from_dict(d: dict):
     return cls(**d)
 
 
+_codec_loader = None
+
+
+def register_codec_loader(loader) -> None:
+    """``floatlab.codecs`` registers how a codec comes back from its dict (formats know nothing of
+    codecs; a codec is recognized by ``kind == "codec"`` and its ``to_dict()``)."""
+    global _codec_loader
+    _codec_loader = loader
+
+
 def format_reference(fmt) -> dict:
-    """The registered name when the name alone recreates ``fmt``, else the full spec."""
+    """The registered name when the name alone recreates ``fmt``, else the full spec; a weight
+    codec (``kind == "codec"``) as ``{"codec": codec.to_dict()}``."""
+    if getattr(fmt, "kind", None) == "codec":
+        return {"codec": fmt.to_dict()}
     try:
         if get_format(fmt.name) == fmt:
             return {"name": fmt.name}
@@ -51,4 +64,8 @@ def format_reference(fmt) -> dict:
 
 
 def format_from_reference(ref: dict):
+    if "codec" in ref:
+        if _codec_loader is None:
+            raise ValueError("this tensor was stored with a weight codec; import floatlab.codecs to read it")
+        return _codec_loader(ref["codec"])
     return get_format(ref["name"]) if "name" in ref else format_from_dict(ref["spec"])
