@@ -19,6 +19,12 @@ rounding with the scales computed once per group of columns). Conventions:
   on MiniLM's layer-0 weights). ``scale_target="max"`` forces the format's max everywhere.
   Values are saturated at the format's max (never Inf/NaN).
 
+* **Weight codecs** (:mod:`floatlab.codecs`): a spec may name a codec instead of a format
+  (``"int3_asym_g128"``, ``"binary_mean"``, ``"ternary"``, ``"binary_mean_salient20"``,
+  ``"ptq161"``, ...): asymmetric integer grids with zero points, binary and ternary weights and
+  salient-channel masks, for weights only. Every format is a codec too
+  (:class:`floatlab.codecs.FormatCodec`, which holds the conventions above): ``spec.codec``.
+
 The rounding is :func:`floatlab.quantize` itself (its fused fast path); GPTQ's frozen block
 scales come from :mod:`floatlab.ptq.grid`.
 """
@@ -26,16 +32,17 @@ scales come from :mod:`floatlab.ptq.grid`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
 import floatlab
+from floatlab.codecs import CodecError, FormatCodec, WeightCodec, get_codec
+from floatlab.codecs.format import SCALE_TARGETS, grouped_last as _grouped  # noqa: F401  (re-exported)
 from floatlab.plain.blocking import to_blocks
 from floatlab.ptq.grid import block_grid
 
 ROLES = ("weight", "act")
-#: formats whose absmax maps to a value other than their max (see the module docstring)
-SCALE_TARGETS = {"hif8": 15.0}
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,9 @@ class QuantSpec:
     """How one tensor role is quantized.
 
     Args:
-        format: a floatlab format name (``"int8"``, ``"hif4"``, ``"mxfp4"``, ``"e4m3"``, ...).
+        format: a floatlab format name (``"int8"``, ``"hif4"``, ``"mxfp4"``, ``"e4m3"``, ...) or a
+            weight codec name (``"int3_asym_g128"``, ``"binary_mean"``, ``"ternary"``,
+            ``"ptq161"``; see :mod:`floatlab.codecs.names`), whose groups are part of the name.
         group_size: scalar formats only: one scale per ``group_size`` input columns (weights) or
             last-axis values (activations) instead of one per row/token.
         scale_target: ``None`` (the convention above), ``"max"``, or a number.
@@ -58,7 +67,19 @@ class QuantSpec:
     pad: bool = True
 
     def __post_init__(self) -> None:
-        fmt = floatlab.get_format(self.format)          # raises a clear error for bad names
+        codec = get_codec(self.format, self.pad)        # a codec name (bad values raise CodecError)
+        if codec is not None:
+            for field_, value in (("group_size", self.group_size), ("scale_target", self.scale_target),
+                                  ("rounding", self.rounding)):
+                if value is not None:
+                    raise ValueError(f"{self.format!r} is a weight codec: {field_} does not apply (codecs round to "
+                                     "nearest, ties to even; groups are part of the name, e.g. int3_asym_g128)")
+            return
+        try:
+            fmt = floatlab.get_format(self.format)
+        except ValueError as err:
+            raise ValueError(f"{err} Weight codecs: int{{b}}_asym[_g{{G}}], binary[_mean][_cf][_g{{G}}], "
+                             "ternary[_g{G}], <low>_salient<P>[wmag|rand][_<wide>], ptq161.") from None
         if self.group_size is not None:
             if fmt.kind == "block":
                 raise ValueError(f"{self.format!r} is a block format: its block ({fmt.block}) sets the "
@@ -66,31 +87,47 @@ class QuantSpec:
             if int(self.group_size) < 1:
                 raise ValueError(f"group_size must be >= 1, got {self.group_size}")
 
+    @cached_property
+    def is_codec(self) -> bool:
+        """``format`` names a weight codec (not a floatlab format)."""
+        return get_codec(self.format, self.pad) is not None
+
+    @cached_property
+    def codec(self) -> WeightCodec:
+        """The weight codec of this spec: the named codec, or a format under the conventions
+        (:class:`floatlab.codecs.FormatCodec`)."""
+        return get_codec(self.format, self.pad) or FormatCodec(self.format, self.group_size, self.scale_target,
+                                                              self.rounding, self.pad)
+
     @property
     def fmt(self):
+        if self.is_codec:
+            raise ValueError(f"{self.format!r} is a weight codec, not a floatlab format (use spec.codec)")
         return floatlab.get_format(self.format)
 
     @property
     def is_block(self) -> bool:
-        return self.fmt.kind == "block"
+        return not self.is_codec and self.fmt.kind == "block"
 
     @property
     def scaled(self) -> bool:
         """Scalar formats narrower than 16 bits get an absmax scale."""
+        if self.is_codec:
+            return False
         f = self.fmt
         return f.kind == "scalar" and f.bits < 16
 
     @property
     def target(self) -> float:
-        f = self.fmt
-        if isinstance(self.scale_target, (int, float)):
-            return float(self.scale_target)
-        if self.scale_target == "max":
-            return float(f.max_value)
-        return SCALE_TARGETS.get(self.format, float(f.max_value))
+        """The value a scaled format's absmax maps to (see the module docstring)."""
+        return self.codec.target
 
     @property
     def bits_per_value(self) -> float:
+        """Nominal bits per value; a codec's on a 4096 x 4096 weight (its amortized per-row and
+        per-column tensors depend on the shape: ``spec.codec.bits(shape)`` is exact)."""
+        if self.is_codec:
+            return self.codec.bits_per_weight((4096, 4096))
         f = self.fmt
         return float(getattr(f, "bits_per_value", f.bits))
 
@@ -119,42 +156,27 @@ def as_spec(spec) -> QuantSpec | None:
 
 def absmax_scale(t: torch.Tensor, spec: QuantSpec, role: str) -> torch.Tensor:
     """The scale tensor (broadcastable to ``t``, or to ``t`` viewed in groups) for a scalar spec."""
-    a = t.abs()
-    if spec.group_size:
-        a = _grouped(a, spec.group_size)
-    amax = a.amax(dim=-1, keepdim=True)
-    s = amax / spec.target
-    return torch.where(s > 0, s, torch.ones_like(s))
+    return spec.codec.fit(t)["scale"]
 
 
-def _grouped(t: torch.Tensor, g: int) -> torch.Tensor:
-    n = t.shape[-1]
-    if n % g:
-        raise ValueError(f"group_size {g} does not divide the last dimension ({n})")
-    return t.reshape(*t.shape[:-1], n // g, g)
+def fake_quant(t: torch.Tensor, spec, role: str = "weight", *, stats: dict | None = None) -> torch.Tensor:
+    """Fake-quantize ``t`` (a weight ``(out, in)`` or an activation ``(..., in)``) per ``spec``:
+    ``spec.codec.quantize(t)`` in ``t``'s dtype. ``stats``: calibration statistics for a weight
+    codec that needs them (``{"act_max": (in,)}`` for a mask chosen by activation max).
 
-
-def fake_quant(t: torch.Tensor, spec, role: str = "weight") -> torch.Tensor:
-    """Fake-quantize ``t`` (a weight ``(out, in)`` or an activation ``(..., in)``) per ``spec``."""
+    Raises ``ValueError`` for a bad role, and for a weight codec asked to quantize an activation
+    (codecs are for weights; activations take floatlab formats)."""
     spec = as_spec(spec)
     if spec is None:
         return t
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
-    dtype = t.dtype
-    x = t.to(torch.float32)
-    if spec.is_block:
-        y = floatlab.quantize(x, spec.fmt, spec.rounding, axis=-1, pad=spec.pad)
-    elif not spec.scaled:
-        y = floatlab.quantize(x, spec.fmt, spec.rounding, saturate=True)
-    else:
-        s = absmax_scale(x, spec, role)
-        if spec.group_size:
-            xg = _grouped(x, spec.group_size)
-            y = (floatlab.quantize(xg / s, spec.fmt, spec.rounding, saturate=True) * s).reshape(x.shape)
-        else:
-            y = floatlab.quantize(x / s, spec.fmt, spec.rounding, saturate=True) * s
-    return y.to(dtype)
+    if spec.is_codec:
+        if role != "weight":
+            raise ValueError(f"{spec.format!r} is a weight codec; activations take floatlab formats (int8, e4m3, "
+                             "mxfp4, ...)")
+        return spec.codec.quantize(t, stats=stats).to(t.dtype)
+    return spec.codec.quantize(t)
 
 
 class FrozenGrid:

@@ -5,7 +5,10 @@ into floatlab QTensors (exact save/reload).
   layout of :func:`floatlab.encode` (so the QTensor decodes with floatlab's own decoder);
 * scaled scalar formats: ``values`` = ``q(W / s)`` on the format's grid, ``row_scale`` = ``s``
   (float32, one per row or per (row, group)); the weight is ``values * s``;
-* unscaled formats (bf16, fp16): ``values`` is the weight.
+* unscaled formats (bf16, fp16): ``values`` is the weight;
+* weight codecs (:mod:`floatlab.codecs`: ``int3_asym_g128``, ``binary_mean``, ``ptq161``, ...):
+  the QTensor the codec packed (codes plus every stored tensor, ``format`` = the codec) is the
+  whole record; ``values`` is ``None``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class QWeight:
         if self.wq is not None:
             return self.wq
         spec = self.spec
+        if spec.is_codec:
+            return spec.codec.decode(self.to_qtensor())
         if spec.is_block:
             return self.to_qtensor().dequantize(torch.float32)
         if self.row_scale is None:
@@ -48,6 +53,8 @@ class QWeight:
         """Pack the grid values (codes, 2 per byte for 4-bit formats) and block scales."""
         if self._qt is not None:
             return self._qt
+        if self.spec.is_codec:
+            raise ValueError(f"QWeight of codec {self.spec.format!r} was built without its QTensor")
         fmt = self.spec.fmt
         if self.spec.is_block:
             blocks, blocking = to_blocks(self.values, fmt.block, axis=-1, pad=self.spec.pad)
@@ -68,16 +75,26 @@ class QWeight:
     @classmethod
     def from_tensors(cls, spec: QuantSpec, prefix: str, tensors: dict) -> "QWeight":
         qt = tensors[f"{prefix}.qweight"]
+        if spec.is_codec:
+            if not getattr(qt, "is_codec", False) or qt.format != spec.codec:
+                raise ValueError(f"{prefix}.qweight: stored as {getattr(qt.format, 'name', qt.format)!r}, but the "
+                                 f"config says {spec.codec.name!r}")
+            return cls(spec, tuple(qt.shape), None, _qt=qt)
         if spec.is_block:
             return cls(spec, tuple(qt.shape), None, dict(qt.scales), _qt=qt)
         return cls(spec, tuple(qt.shape), qt.dequantize(torch.float32), None, tensors.get(f"{prefix}.wscale"))
 
 
-def rtn_weight(w: torch.Tensor, spec: QuantSpec) -> QWeight:
+def rtn_weight(w: torch.Tensor, spec: QuantSpec, stats: dict | None = None,
+               generator: torch.Generator | None = None) -> QWeight:
     """Round-to-nearest: the weight through ``fake_quant``'s conventions, keeping codes and scales.
 
-    ``rtn_weight(w, spec).dequantize()`` equals ``fake_quant(w, spec, "weight")`` (tested)."""
+    ``rtn_weight(w, spec).dequantize()`` equals ``fake_quant(w, spec, "weight")`` (tested).
+    ``stats``/``generator``: for weight codecs whose fit needs them (a salient-channel mask by
+    activation max, or a random one)."""
     w = w.detach().to(torch.float32)
+    if spec.is_codec:
+        return codec_weight(spec, spec.codec.encode(w, stats=stats, generator=generator))
     fmt = spec.fmt
     if spec.is_block:
         if not block_grids.block_supported(fmt) or not bool(torch.isfinite(w).all()):
@@ -95,3 +112,8 @@ def rtn_weight(w: torch.Tensor, spec: QuantSpec) -> QWeight:
     x = _grouped(w, spec.group_size) if spec.group_size else w
     values = floatlab.quantize(x / s, fmt, spec.rounding, saturate=True).reshape(w.shape)
     return QWeight(spec, tuple(w.shape), values, None, s)
+
+
+def codec_weight(spec: QuantSpec, qt: QTensor, wq: torch.Tensor | None = None) -> QWeight:
+    """The :class:`QWeight` of a weight codec's QTensor (``wq``: its decoded weight, if known)."""
+    return QWeight(spec, tuple(qt.shape), None, wq=spec.codec.decode(qt) if wq is None else wq, _qt=qt)
