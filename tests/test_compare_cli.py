@@ -75,7 +75,7 @@ def test_ptq_then_eval_reproduces(tmp_path):
     finally:
         os.umask(old)
     assert r.exit_code == 0, r.output
-    assert "rtn: 36/36 layers" in r.output
+    assert "rtn: 36/36 layers" in r.output and "measure: 12/12 texts" in r.output   # progress lines in a log
     # quantized.safetensors used to be 0600 (safetensors' own temporary file) beside a 0644 config
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == \
         {"config.json": "0o640", "quantized.safetensors": "0o640"}

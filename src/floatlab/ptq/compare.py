@@ -178,17 +178,21 @@ def measure_single(lm: LoadedModel, model, opts: CompareOptions, ref_model=None)
         pairs = retrieval_subset(opts.pairs or None)
         texts = [p.query for p in pairs] + [p.passage for p in pairs]
         n = len(pairs)
-        e = metrics.embed(model, lm.tokenizer, texts, max_length=opts.max_length)
+        with _progress.task("measure", len(texts), "texts") as task:
+            e = metrics.embed(model, lm.tokenizer, texts, max_length=opts.max_length, progress=task.advance)
         ret, _ = metrics.retrieval_metrics(e[:n], e[n:])
         out = {"pairs": n, "recall_at_1": ret.recall_at_1, "recall_at_10": ret.recall_at_10,
                "embedding_sha": _tensor_digest(e)}
         if ref_model is not None:
-            ref = metrics.embed(ref_model, lm.tokenizer, texts, max_length=opts.max_length)
+            with _progress.task("measure fp32 reference", len(texts), "texts") as task:
+                ref = metrics.embed(ref_model, lm.tokenizer, texts, max_length=opts.max_length, progress=task.advance)
             cos = metrics.cosine_to_reference(e, ref)
             out.update({"cos_mean": cos["mean"], "cos_min": cos["min"]})
         return out
     wins = metrics.token_windows(lm.tokenizer, perplexity_text(), opts.window, opts.windows)
-    return {"windows": len(wins), "window": opts.window, "perplexity": metrics.perplexity(model, wins)}
+    with _progress.task("measure", len(wins), "windows") as task:
+        ppl = metrics.perplexity(model, wins, progress=task.advance)
+    return {"windows": len(wins), "window": opts.window, "perplexity": ppl}
 
 
 def _tensor_digest(t: torch.Tensor) -> str:
