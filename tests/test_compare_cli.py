@@ -97,6 +97,18 @@ def test_ptq_override_that_matches_nothing_is_refused_before_work(tmp_path, monk
     assert not (tmp_path / "q" / "config.json").exists()
 
 
+def test_calibration_that_would_overlap_the_evaluation_is_refused_before_work(tmp_path, monkeypatch):
+    from floatlab.eval.data import retrieval_pairs
+    from floatlab.ptq import compare
+
+    monkeypatch.setattr(compare, "run_compare", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work ran")))
+    pairs = len(retrieval_pairs()) - 11                  # 11 passages left for calibration, 32 asked for
+    r = runner.invoke(app, ["compare", "--formats", "bf16", "--method", "gptq", "--pairs", str(pairs), "--calib", "32",
+                            "--out", str(tmp_path)])
+    assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
+    assert f"--calib: only 11 passages are not among the {pairs} evaluated pairs" in r.output
+
+
 def test_builtin_model_names_are_case_insensitive():
     from floatlab.models import resolve_model
 

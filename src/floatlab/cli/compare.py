@@ -44,6 +44,8 @@ def compare_command(
     from floatlab.ptq.report import compare_table, render_compare
 
     lm = inputs.load(model)
+    inputs.check_data(lm, pairs=pairs, windows=windows, window=window, calib=calib,
+                      calibrates=inputs.needs_calibration(steps))
     opts = CompareOptions(formats=fmts, method=method, weights_only=weights_only, calib=calib, pairs=pairs,
                           windows=windows, window=window)
     say(f"{lm.name} ({lm.model_type}, {lm.kind}) loaded in {time.time() - t0:.1f}s; baseline: {lm.baseline_note}")

@@ -129,3 +129,33 @@ def load(model):
     except ImportError:
         pass
     return load_model(model, log=_log)
+
+
+def check_data(lm, *, pairs: int, windows: int, window: int, calib: int, calibrates: bool) -> None:
+    """After the model (and its tokenizer) loaded, before any work: the documentation text must
+    hold the evaluated windows, and the calibration texts/windows must be distinct from the
+    evaluated ones (else they would silently be fewer, or overlap the evaluation)."""
+    from floatlab.cli.output import warn
+    from floatlab.eval.data import perplexity_text
+
+    if lm.kind == "encoder":
+        if not calibrates:
+            return
+        total = retrieval_pair_count()
+        free = total - (pairs if 0 < pairs < total else total)
+        if free == 0:
+            warn(f"--pairs {pairs} evaluates all {total} passages: the {calib} calibration texts are drawn from "
+                 "them too (calibration overlaps the evaluation)")
+        elif calib > free:
+            raise CliError(f"only {free} passages are not among the {pairs} evaluated pairs; use --calib {free} or "
+                           "fewer, or fewer --pairs", "--calib")
+        return
+    ids = lm.tokenizer(perplexity_text(), add_special_tokens=False)["input_ids"]
+    avail = len(ids) // window
+    if windows > avail:
+        raise CliError(f"the evaluation text holds {avail} windows of {window} tokens; use --windows {avail} "
+                       "or fewer (or a smaller --window)", "--windows")
+    if calibrates and windows + calib > avail:
+        raise CliError(f"the evaluation text holds {avail} windows of {window} tokens and {windows} are evaluated; "
+                       f"calibration windows must come after them: use --calib {avail - windows} or fewer",
+                       "--calib")

@@ -59,6 +59,8 @@ def ptq_command(
     from floatlab.ptq.io import save_quantized
 
     lm = inputs.load(model)
+    inputs.check_data(lm, pairs=pairs, windows=windows, window=window, calib=calib,
+                      calibrates=inputs.needs_calibration(steps))
     layers = linear_layers(lm.model)
     inputs.check_overrides(overrides, list(layers))
     inputs.check_layers(layers, cfg, "--format/--pad")
