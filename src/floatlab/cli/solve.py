@@ -44,6 +44,7 @@ def solve(
     gmres_max_iter: int = typer.Option(0, help="GMRES steps per correction (0: n // 2; n steps would solve "
                                        "any system without the preconditioner)."),
     seed: int = typer.Option(0, help="Random seed of the matrices."),
+    mode: int = typer.Option(3, help="randsvd mode: 3 geometric singular values, 2 one small, 1 one large."),
     out: Path | None = typer.Option(None, help="Directory for results.json, report.md and solve.png."),
 ) -> None:
     """Iterations of LU-IR and GMRES-IR to double-precision accuracy over kappa = 1e1..1e10."""
@@ -51,6 +52,8 @@ def solve(
     try:
         if n < 2:
             raise ValueError(f"--n must be at least 2, got {n}")
+        if mode not in (1, 2, 3):
+            raise ValueError(f"--mode must be 1, 2 or 3, got {mode}")
         kappa_list = parse_kappas(kappas)
         fmt_list = _split(formats, what="format")
         method_list = _split(methods, METHODS, "method")
@@ -66,7 +69,7 @@ def solve(
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("solve", total=total)
         rows = run_study(n, kappa_list, fmt_list, method_list, work_list, residual, seed=seed,
-                         scaling=scaling, gmres_tol=gmres_tol, gmres_max_iter=gmres_max_iter or None,
+                         scaling=scaling, gmres_tol=gmres_tol, gmres_max_iter=gmres_max_iter or None, mode=mode,
                          on_step=lambda label: progress.update(task, advance=1, description=label))
     print(to_markdown(rows), flush=True)
     for bnd in boundaries(rows):
@@ -77,7 +80,8 @@ def solve(
         config = {"command": "floatlab solve " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                   "n": n, "kappas": kappa_list, "formats": fmt_list, "methods": method_list,
                   "working": work_list, "residual": residual, "scaling": scaling,
-                  "gmres_tol": gmres_tol, "gmres_max_iter": gmres_max_iter or max(1, n // 2), "seed": seed}
+                  "gmres_tol": gmres_tol, "gmres_max_iter": gmres_max_iter or max(1, n // 2), "seed": seed,
+                  "randsvd_mode": mode}
         paths = write_outputs(rows, out, config)
         console.print("wrote " + ", ".join(str(p) for p in paths.values()), markup=False, highlight=False)
 

@@ -1,8 +1,8 @@
 """The refinement study: LU-IR and GMRES-IR over condition numbers, factorization formats and
 working precisions (``floatlab solve``).
 
-For each condition number ``kappa`` one random matrix ``A = randsvd(n, kappa)`` (geometrically
-spaced singular values, ``||A||_2 = 1``), a random solution ``x_true ~ N(0, 1)`` and
+For each condition number ``kappa`` one random matrix ``A = randsvd(n, kappa, mode)`` (mode 3:
+geometrically spaced singular values; mode 2: one small singular value; ``||A||_2 = 1``), a random solution ``x_true ~ N(0, 1)`` and
 ``b = A x_true`` (float64). Each factorization format ``u_f`` factors ``A`` once (scaled with
 :func:`~floatlab.linalg.squeeze` where ``scaling`` asks for it); each (method, ``u``) pair then
 refines with the same factors and ``u_r = residual``. A row records the final status, the number
@@ -74,7 +74,7 @@ def run_study(n: int = 100, kappas: Sequence[float] = DEFAULT_KAPPAS,
               formats: Sequence[str] = DEFAULT_FORMATS, methods: Sequence[str] = METHODS,
               working: Sequence[str] = ("fp64", "fp32"), residual: str = "fp64", *, seed: int = 0,
               scaling: str = "auto", gmres_tol: float = 1e-6, gmres_max_iter: int | None = None,
-              on_step: Callable[[str], None] | None = None) -> list[Row]:
+              mode: int = 3, on_step: Callable[[str], None] | None = None) -> list[Row]:
     """Run every (kappa, format, method, working precision) case; one row each.
 
     ``gmres_max_iter`` limits GMRES's Krylov dimension per correction (default ``n // 2``): with
@@ -98,7 +98,7 @@ def run_study(n: int = 100, kappas: Sequence[float] = DEFAULT_KAPPAS,
     rows: list[Row] = []
     for kappa in kappas:
         g = torch.Generator().manual_seed(_seed(seed, n, kappa))
-        A = randsvd(n, kappa, generator=g)
+        A = randsvd(n, kappa, mode=mode, generator=g)
         x_true = torch.randn(n, dtype=torch.float64, generator=g)
         b = A @ x_true
         kappa_inf = float(torch.linalg.cond(A, float("inf")))
@@ -116,7 +116,8 @@ def run_study(n: int = 100, kappas: Sequence[float] = DEFAULT_KAPPAS,
                     base = {"n": n, "kappa": kappa, "kappa_inf": kappa_inf, "u_f": fmt,
                             "unit_roundoff_f": uf[fmt], "kappa_uf": kappa * uf[fmt],
                             "scaling": sc or "none", "method": method, "u": w, "u_r": residual,
-                            "seed": seed, "factor_seconds": t_fact, "gmres_max_iter": gmres_max_iter}
+                            "seed": seed, "factor_seconds": t_fact, "gmres_max_iter": gmres_max_iter,
+                            "randsvd_mode": mode}
                     if factors is None:
                         rows.append({**base, "status": "failed", "reason": failure, "iterations": 0,
                                      "gmres_iterations": 0, "gmres_per_step": [],
@@ -156,7 +157,8 @@ def to_markdown(rows: Sequence[Row]) -> str:
         sub = [r for r in rows if r["u"] == w]
         cols = list(dict.fromkeys((r["u_f"], r["scaling"], r["method"]) for r in sub))
         header = ["kappa"] + [f"{f}{' (scaled)' if s == 'squeeze' else ''} {m.upper()}" for f, s, m in cols]
-        lines = [f"u = {w}, u_r = {sub[0]['u_r']}, n = {sub[0]['n']}: refinement steps to "
+        lines = [f"u = {w}, u_r = {sub[0]['u_r']}, n = {sub[0]['n']}, randsvd mode {sub[0].get('randsvd_mode', 3)}, "
+                 f"GMRES <= {sub[0].get('gmres_max_iter')} steps per correction: refinement steps to "
                  f"backward error <= 2u (GMRES-IR: steps (total GMRES steps)); "
                  "stag = stagnated, div = diverged", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
