@@ -78,6 +78,8 @@ def test_redirected_output_is_plain_markdown():
     assert "\x1b[" not in r.output and "┃" not in r.output
     rows = [line for line in r.output.splitlines() if line.startswith("|")]
     assert rows[0].split("|")[1].strip() == "format" and rows[2].split("|")[1].strip() == "e4m3"
+    upper = runner.invoke(app, ["formats", "E4M3"])                  # names are case-insensitive
+    assert upper.exit_code == 0 and upper.output == r.output
 
 
 def test_formats_quality_redirected_keeps_exponents(tmp_path):

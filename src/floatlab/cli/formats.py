@@ -85,7 +85,7 @@ def formats_command(
     if values:
         _print_codes(fmt, f"every code of {fmt.name}")
         return
-    names = floatlab.list_formats("scalar") if name is None else [name]
+    names = floatlab.list_formats("scalar") if name is None else [fmt.name]
     rows = []
     for nm in names:
         info = floatlab.finfo(nm)
