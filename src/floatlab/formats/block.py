@@ -15,7 +15,32 @@ from floatlab.rounding import RoundingMode
 
 
 class ScaleRule(str, enum.Enum):
-    """How a block's scale is chosen from its values (FORMATS.md sections 2-4)."""
+    """How a block's scale is chosen from its values (FORMATS.md sections 2-4).
+
+    The power-of-two rules are computed exactly from the block's amax (float64 holds every
+    input exactly), then clamped to E8M0's range [2^-127, 2^127]. Two consequences, with the
+    exact values (``tests/test_block_extremes.py`` computes them):
+
+    * **RCEIL against NVIDIA's float32 pipeline.** NVIDIA computes ``amax / elem_max`` in
+      float32 and rounds it up to a power of two (PTX ``cvt.rp.satfinite.ue8m0x2.f32``;
+      TransformerEngine's ``amax * (1 / elem_max)`` gives the same scales here). For float32
+      amax the two differ at exactly one value per element type, ``elem_max * 2^-127`` plus one
+      float32 ulp, where the float32 quotient is subnormal and rounds down to 2^-127: floatlab's
+      scale is 2^-126 (E8M0 code 1), NVIDIA's 2^-127 (code 0). E2M1: amax 3.52648333e-38;
+      E3M2: 1.6456922e-37; E2M3: 4.4081041e-38; E4M3: 2.63310753e-36; E5M2: 3.37037763e-34.
+      MXINT8's element (max 127/64): none (its quotient rounds up there).
+    * **Inf for a finite input with CEIL, EVEN and RCEIL.** An amax near the largest value of
+      the input dtype (2^k (1 - 2^-24) for float32, k = 128; bfloat16 likewise; float16 k = 16)
+      gets the scale 2^(k - emax) (emax = floor(log2 elem_max)); its largest values round up to
+      the element's 2^emax, i.e. to 2^k, which the dtype cannot hold: the result is +-Inf from
+      ``amax >= 2^k (1 - 2^-(p + 2))``, p the element's mantissa bits. float32 and bfloat16:
+      E2M1 2.97747071e38 (scale 2^126), E3M2 3.19014719e38 (2^124), E2M3 3.29648543e38
+      (2^126), E4M3 3.29648543e38 (2^120), E5M2 3.19014719e38 (2^113); float16: 57344, 61440,
+      63488, 63488, 61440. MXINT8 elements: never in float32/bfloat16 (the scale 2^128 clamps to
+      2^127), in float16 from 65024 (CEIL), 65056 (RCEIL) or 65280 (EVEN). ``encode`` stores the finite
+      codes and ``decode(q, dtype=torch.float64)`` returns 2^k exactly. FLOOR never overflows
+      (it clips the block max instead).
+    """
 
     FLOOR = "floor"    # OCP MX: X = 2^(floor(log2 amax) - emax_elem); may clip the block max
     CEIL = "ceil"      # 2^(ceil(log2 amax) - emax_elem)

@@ -28,7 +28,8 @@ from floatlab.formats.block import BlockFormat, ScaleRule
 from floatlab.formats.hifloat4 import E6M2, ONE_SEVENTH_BF16, SF_MAX, SF_MIN
 from floatlab.kernels import compiler, dispatch, memory, native
 from floatlab.kernels.scalar import F32, F64, Layout, Plan, pow2, quantize_kernel
-from floatlab.plain.blocking import to_blocks
+from floatlab.plain.block import float64_elements_exact
+from floatlab.plain.blocking import F32_MAX, check_blockable, float32_input, to_blocks
 from floatlab.rounding import RoundingMode as M
 
 _RULES = (ScaleRule.FLOOR, ScaleRule.AMAX, ScaleRule.HIF4)
@@ -46,6 +47,7 @@ class BlockPlan:
     scale: Plan | None  # rounding of the block scales (AMAX: to the scale format; HIF4: E6M2)
     scale_product: float  # AMAX with a tensor scale: element max * scale max
     elem_scaled: Plan | None = None  # FLOOR, float32, nearest modes: rounds x * 2^-e directly
+    decode64: bool = False  # AMAX: q * s_b may not be exact in float32: multiply in float64
 
 
 def _floor_log2(a: torch.Tensor, L: Layout) -> torch.Tensor:
@@ -86,9 +88,13 @@ def mx_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
 
 
 def amax_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
-    """NVFP4-style (AMAX): float32 block scales amax/elem_max rounded to the scale format."""
+    """NVFP4-style (AMAX): float32 block scales amax/elem_max rounded to the scale format.
+
+    The saturations of :mod:`floatlab.plain.block` (float64 input beyond float32's range, s_enc,
+    s_dec and 1 / (s_b * s_dec) at float32's max, a zero scale of a zero-less scale format at
+    its smallest value), step by step."""
     fmt = p.fmt
-    xb = x.to(torch.float32)
+    xb = float32_input(x)
     finite = torch.isfinite(xb)
     bad = ~finite.all(dim=1, keepdim=True)
     xb = torch.where(finite, xb, torch.zeros_like(xb))
@@ -97,16 +103,23 @@ def amax_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
     s_enc, s_dec = one, one
     if fmt.tensor_scale:
         t_amax = amax_b.max()
-        num = torch.full((), p.scale_product, dtype=torch.float32, device=x.device)
-        s_enc = torch.where(t_amax > 0, num / t_amax, one)
-        s_enc = torch.where(torch.isfinite(s_enc), s_enc, one)
-        s_dec = 1.0 / s_enc
+        pos = t_amax > 0
+        # elem_max * scale_max / amax rounded to float32 once (the numerator may not fit float32)
+        s_enc = (p.scale_product / torch.where(pos, t_amax, one).to(torch.float64)).to(torch.float32)
+        s_enc = torch.where(pos, s_enc.clamp(max=F32_MAX), one)
+        s_dec = (1.0 / s_enc).clamp(max=F32_MAX)
     target = torch.full((), p.elem.max_value, dtype=torch.float32, device=x.device)
-    s_b = quantize_kernel((amax_b / target) * s_enc, None, p.scale)
-    s_enc_b = torch.where(s_b > 0, 1.0 / (s_b * s_dec), torch.zeros_like(s_b))
+    s_in = (amax_b / target) * s_enc
+    if not fmt.scale.has_zero:
+        s_in = torch.where(s_in == 0, torch.full_like(s_in, fmt.scale.smallest_positive), s_in)
+    s_b = quantize_kernel(s_in, None, p.scale)
+    s_enc_b = torch.where(s_b > 0, (1.0 / (s_b * s_dec)).clamp(max=F32_MAX), torch.zeros_like(s_b))
     pp = torch.where(s_b > 0, xb * s_enc_b, torch.zeros_like(xb))
     pq = quantize_kernel(pp, rnd, p.elem)
-    y = (pq * s_b) * s_dec
+    if p.decode64:   # the plain path's float64 products, rounded to float32 once
+        y = ((pq.to(torch.float64) * s_b.to(torch.float64)) * s_dec.to(torch.float64)).to(torch.float32)
+    else:            # q * s_b is exact in float32: the same value
+        y = (pq * s_b) * s_dec
     return torch.where(bad, _nan(y), y).to(p.out_dtype)
 
 
@@ -125,7 +138,7 @@ def _bf16(t: torch.Tensor) -> torch.Tensor:
 def hif4_scales(x: torch.Tensor, p: BlockPlan):
     """HiFloat4's scales for the (nb, 64) blocks: (poisoned, 1/s1, s1, per-4-group shift int8)."""
     nb = x.shape[0]
-    mc = x.to(torch.float32).abs().view(nb, 16, 4).amax(dim=2)   # NaN and Inf propagate
+    mc = float32_input(x).abs().view(nb, 16, 4).amax(dim=2)    # NaN and Inf propagate
     finite = torch.isfinite(mc)
     bad = ~finite.all(dim=1, keepdim=True)               # a non-finite value poisons its block
     mc = torch.where(finite, mc, torch.zeros_like(mc))   # (the poisoned blocks' scales are unused)
@@ -150,7 +163,7 @@ def hif4_elements(x, rnd, bad, r, s1, shift, p: BlockPlan) -> torch.Tensor:
     """HiFloat4's elements given the scales (``shift`` per element): a flat elementwise loop.
 
     Blocks holding NaN or Inf (``bad``) become NaN at the end, so their values need no masking."""
-    xb = x.to(torch.float32)
+    xb = float32_input(x)
     sh = shift.to(torch.int32) << 23          # shifts are 0..2: 2^+-sh built on the exponent field
     v = _bf16((xb.abs() * r) * (0x3F800000 - sh).view(torch.float32))
     c = quantize_kernel(v, rnd, p.elem)
@@ -186,13 +199,15 @@ def block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, generator) -> BlockPla
 def _block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, no_generator: bool) -> BlockPlan | None:
     generator = None if no_generator else True
     layout = F64 if (fmt.rule is ScaleRule.FLOOR and dtype is torch.float64) else F32
+    if layout is F64 and not float64_elements_exact(fmt.element):
+        return None     # the plain pipeline refuses the inputs it cannot round exactly
     elem = dispatch.scalar_plan(fmt.element, mode, True, layout.float_dtype, sr_bits, generator)
     lo = round(math.log2(fmt.scale.smallest_positive))
     hi = math.floor(math.log2(fmt.scale.max_value))
     elem_scaled = None
     if elem is not None and fmt.rule is ScaleRule.FLOOR:
-        if layout is F32 and mode in _NEAREST:
-            elem_scaled = elem
+        if layout is F32 and mode in _NEAREST and fmt.element.max_value < 2.0 ** 127:
+            elem_scaled = elem      # x * 2^-e < 2 * element max: no float32 overflow
         elem = Plan.make(elem.fmt, elem.mode, True, layout, layout.float_dtype, elem.sr_bits,
                          elem.rng, shifts=(lo, hi))
     scale = None
@@ -204,8 +219,12 @@ def _block_plan(fmt, mode: M, dtype: torch.dtype, sr_bits, no_generator: bool) -
         scale = Plan.make(E6M2, M.RNE, True, F32, torch.float32)
     if elem is None:
         return None
-    return BlockPlan(fmt, elem, dtype, math.floor(math.log2(fmt.element.max_value)), lo, hi, scale,
-                     float(fmt.element.max_value * fmt.scale.max_value), elem_scaled)
+    e, sc = fmt.element, fmt.scale
+    exact32 = (e.bits + sc.bits <= 24 and e.max_value * sc.max_value <= F32_MAX
+               and e.smallest_positive * sc.smallest_positive >= 2.0 ** -149)
+    return BlockPlan(fmt, elem, dtype, math.floor(math.log2(e.max_value)), lo, hi, scale,
+                     float(e.max_value * sc.max_value), elem_scaled,
+                     decode64=fmt.rule is ScaleRule.AMAX and not exact32)
 
 
 def _fn(body, plan: BlockPlan, with_out: bool):
@@ -236,6 +255,14 @@ def _compiled(plan: BlockPlan, xb: torch.Tensor, rnd, out_rows: torch.Tensor | N
     return compiler.run((plan, key), lambda: _fn(body, plan, False), *args)
 
 
+def _unsupported_reason(fmt: BlockFormat, dtype: torch.dtype) -> str:
+    if fmt.rule not in _RULES:
+        return f" (no fused kernel for the scale rule {fmt.rule.value!r})"
+    if dtype is torch.float64 and not float64_elements_exact(fmt.element):
+        return f" (element {fmt.element.name!r} has steps below 2^-969)"
+    return ""
+
+
 def quantize_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bits,
                    out: torch.Tensor | None, backend: str, axis: int, pad: bool) -> torch.Tensor | None:
     """The fast path for a block format, or None when the plain pipeline must run.
@@ -243,12 +270,17 @@ def quantize_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bit
     The arguments are validated by the caller (:func:`floatlab.quantize`)."""
     if backend == "plain":
         return None
-    plan = block_plan(fmt, mode, x.dtype, sr_bits, generator) if x.ndim >= 1 and x.numel() > 0 else None
+    check_blockable(x.shape, fmt.block, axis, pad)   # a shape error is the same on every backend
+    plan = block_plan(fmt, mode, x.dtype, sr_bits, generator)
     if plan is None or (backend == "auto" and not compiler.compile_available()):
         if backend in ("compiled", "eager"):
-            raise dispatch.FastPathUnsupported(f"the fast path does not support {fmt.name!r} with "
-                                               f"these options for {x.dtype} inputs")
+            why = "" if plan is not None else _unsupported_reason(fmt, x.dtype)
+            raise dispatch.FastPathUnsupported(
+                f"the fast path does not support {fmt.name!r} with these options for {x.dtype} "
+                f"inputs{why}; backend='auto' or 'plain' runs it on the plain pipeline")
         return None
+    if x.numel() == 0:                                 # nothing to round (no blocks, no draws)
+        return x.new_empty(x.shape) if out is None else out
     xb, blocking = to_blocks(x, fmt.block, axis, pad)
     rnd = dispatch.draws(plan.elem, xb.shape, x.device, generator)
     y = None

@@ -77,9 +77,15 @@ class Plan:
         qe = torch.cat([fmt.quantum_exponent(e - k) + k for k in range(shifts[0], shifts[1] + 1)])
         float_ok = (layout is F32 and mode in _FLOAT_MODES and int(qe.min()) >= layout.min_exp
                     and int(qe.max()) <= layout.max_exp)
-        return Plan(fmt, mode, saturate, layout, out_dtype, sr_bits, rng, float(fmt.max_value),
-                    float(fmt.max_negative), float(fmt.smallest_positive), float_ok,
-                    _uniform_qe(fmt, mode, layout, shifts))
+        # a largest value beyond the compute dtype (e9m3.. e11m52 on float32) is +inf there: the
+        # comparisons with it then never trigger, as with the float64 value (torch.full would
+        # refuse to convert it); so is the smallest value of a format without zero beyond it
+        # (ue8m0fn_b-700_nozero), which the plain path's float64 result also becomes in float32
+        big = float(torch.finfo(layout.float_dtype).max)
+        top = [v if abs(v) <= big else math.copysign(math.inf, v)
+               for v in (float(fmt.max_value), float(fmt.max_negative), float(fmt.smallest_positive))]
+        return Plan(fmt, mode, saturate, layout, out_dtype, sr_bits, rng, top[0], top[1],
+                    top[2], float_ok, _uniform_qe(fmt, mode, layout, shifts))
 
     @property
     def rng_width(self) -> int:

@@ -15,7 +15,7 @@ import torch
 from floatlab.formats.base import floor_log2, pow2
 from floatlab.formats.block import BlockFormat, ScaleRule
 from floatlab.plain import hif4 as hif4_rule
-from floatlab.plain.blocking import Blocking, to_blocks
+from floatlab.plain.blocking import F32_MAX, Blocking, float32_input, to_blocks
 from floatlab.plain.scalar import quantize_to_float64
 from floatlab.rounding import RoundingMode
 
@@ -28,7 +28,15 @@ def _q(x: torch.Tensor, fmt, mode=RNE, saturate=True, generator=None, sr_bits=No
 
 
 # ---- power-of-two scales (OCP MX and variants) -------------------------------------------
+def element_precision(elem) -> int:
+    """Mantissa bits of the element format in its top binade (e2m1: 1, e4m3: 3, int8: 6)."""
+    emax = math.floor(math.log2(elem.max_value))
+    return emax - int(elem.quantum_exponent(torch.tensor([emax])).item())
+
+
 def _pow2_scale_exponent(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
+    """The scale exponent of each block from its float64 ``amax`` (exact at every magnitude:
+    exponents and mantissas come from ``frexp``, so nothing overflows or underflows)."""
     elem, rule = fmt.element, fmt.rule
     emax_elem = math.floor(math.log2(elem.max_value))
     if rule is ScaleRule.FLOOR:
@@ -38,9 +46,14 @@ def _pow2_scale_exponent(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
         exact = amax == pow2(f)
         e = f + (~exact).to(torch.int64) - emax_elem
     elif rule is ScaleRule.EVEN:
-        from floatlab.formats.floating import FloatFormat
-        rounded = _q(amax, FloatFormat(11, getattr(elem, "mbits", 0)), saturate=False)
-        e = floor_log2(rounded, zero=_NO_EXPONENT) - emax_elem
+        # amax rounded (RNE) to the element's precision p, then FLOOR: the rounding carries into
+        # the next binade iff the mantissa m in [1, 2) is >= 2 - 2^-(p+1) (the tie goes up: 2 is
+        # the even neighbour). Read from frexp, not from a rounded amax, which would overflow
+        # to Inf for amax near float64's max.
+        f = floor_log2(amax, zero=_NO_EXPONENT)
+        m = 2 * torch.frexp(amax).mantissa
+        carry = (amax > 0) & (m >= 2 - 2.0 ** -(element_precision(elem) + 1))
+        e = f + carry.to(torch.int64) - emax_elem
     else:  # RCEIL: the smallest e with elem_max * 2^e >= amax
         e = floor_log2(amax, zero=_NO_EXPONENT) - math.floor(math.log2(elem.max_value))
         too_small = elem.max_value * pow2(e) < amax
@@ -52,13 +65,50 @@ def _pow2_scale_exponent(amax: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
     return e.clamp(lo, hi)
 
 
+_F64_TINY_EXP = -1022   # below 2^-1022 a float64 quotient x / 2^e may lose bits
+
+
+def float64_elements_exact(elem) -> bool:
+    """Whether the element's grid below 2^-1022 is one spacing of at least 2^-969 (every element
+    with at most 10 exponent bits at its default bias): then a quotient below 2^-1022 is at most
+    2^-53 of a step and :func:`_element_quotients` rounds it exactly."""
+    qe = elem.quantum_exponent(torch.arange(-1200, _F64_TINY_EXP + 1, dtype=torch.int64))
+    return bool((qe == qe[0]).all()) and int(qe[0]) >= _F64_TINY_EXP + 53
+
+
+def _element_quotients(xf: torch.Tensor, e: torch.Tensor, fmt: BlockFormat) -> torch.Tensor:
+    """``xf / 2^e`` per block, as the element rounding must see it.
+
+    The division by a power of two is exact unless the quotient falls below 2^-1022 (float64
+    inputs only: float32 ones stay above 2^-276), where it would round, to 0 at worst, and a
+    directed or stochastic mode would lose that the value is nonzero (``rup`` of 1e-300 beside
+    1e38 gave 0 instead of the element's smallest step). Such a quotient lies below 2^-969 of
+    the element's smallest step, so every mode decides on its sign alone (a stochastic draw
+    compares against a probability below 2^-53, which no draw of the plain path or the fused
+    kernel resolves); the quotient is replaced by +-2^-1022, which decides the same.
+    """
+    X = pow2(e)[:, None]
+    p = xf / X
+    tiny = (xf != 0) & (floor_log2(xf.abs(), zero=0) - e[:, None] < _F64_TINY_EXP)
+    if not bool(tiny.any()):
+        return p
+    if not float64_elements_exact(fmt.element):
+        raise ValueError(
+            f"{fmt.name!r}: element {fmt.element.name!r} has steps below 2^-969, and the input "
+            f"holds {int(tiny.sum())} float64 value(s) below 2^-1022 times their block scale; the "
+            "block pipeline computes x / scale in float64 and cannot round these exactly. Use an "
+            "element format with at most 10 exponent bits, or float32 input")
+    proxy = torch.copysign(torch.full_like(p, 2.0 ** _F64_TINY_EXP), xf)
+    return torch.where(tiny, proxy, p)
+
+
 def _encode_pow2(xb, fmt, mode, generator, sr_bits):
     finite = torch.isfinite(xb)
     bad = ~finite.all(dim=1)
     amax = torch.where(finite, xb.abs(), torch.zeros_like(xb)).amax(dim=1)
     e = _pow2_scale_exponent(amax, fmt)
     X = pow2(e)
-    p = torch.where(finite, xb, torch.zeros_like(xb)) / X[:, None]      # exact: power of two
+    p = _element_quotients(torch.where(finite, xb, torch.zeros_like(xb)), e, fmt)
     pq = _q(p, fmt.element, mode, True, generator, sr_bits)
     scale_codes = fmt.scale.encode(torch.where(bad, torch.full_like(X, float("nan")), X))
     return fmt.element.encode(pq), {"scale": scale_codes.to(torch.uint8)}
@@ -77,21 +127,34 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
 def _tensor_scales(tensor_amax: torch.Tensor, fmt: BlockFormat, scale_max: float):
     """NVFP4's second level: s_enc = elem_max * scale_max / amax, s_dec = 1 / s_enc (fp32).
 
-    A zero amax, or one so small that s_enc overflows float32, gives s_enc = 1."""
+    As TransformerEngine (``compute_global_encode_scaling_factor_FP4``): an s_enc beyond
+    float32's range saturates to its max (an amax below 2688 / 3.4e38 = 7.9e-36 for NVFP4;
+    before, s_enc = 1 made every block scale underflow to zero) and a zero amax gives s_enc = 1.
+    The quotient is rounded to float32 once (``elem_max * scale_max`` need not fit float32);
+    s_dec saturates likewise."""
+    one = torch.ones((), dtype=torch.float32)
     if not fmt.tensor_scale:
-        one = torch.ones((), dtype=torch.float32)
         return one, one
-    amax = _f32(tensor_amax)
-    num = torch.tensor(fmt.element.max_value * scale_max, dtype=torch.float32)
-    s_enc = torch.where(amax > 0, num / amax, torch.ones_like(amax))
-    s_enc = torch.where(torch.isfinite(s_enc), s_enc, torch.ones_like(s_enc))
-    return s_enc, _f32(1.0 / s_enc)
+    amax = tensor_amax.to(torch.float64)
+    num = float(fmt.element.max_value) * float(scale_max)
+    s_enc = (num / torch.where(amax > 0, amax, torch.ones_like(amax))).to(torch.float32)
+    s_enc = torch.where(amax > 0, s_enc.clamp(max=F32_MAX), one)
+    return s_enc, (1.0 / s_enc).clamp(max=F32_MAX)
+
+
+def _scale_input(v: torch.Tensor, scale_fmt) -> torch.Tensor:
+    """A zero block scale where the scale format has no zero (E8M0) is its smallest value, as
+    the power-of-two rules clamp (rounding 0 into such a format gives NaN)."""
+    if scale_fmt.has_zero:
+        return v
+    return torch.where(v == 0, torch.full_like(v, scale_fmt.smallest_positive), v)
 
 
 def _amax_candidate(xb32, amax_b, target, s_enc, s_dec, fmt, mode, generator, sr_bits):
     s_dec_b = amax_b / torch.tensor(target, dtype=torch.float32)
-    s_b = _f32(_q(s_dec_b * s_enc, fmt.scale, RNE, True))
-    s_enc_b = torch.where(s_b > 0, 1.0 / (s_b * s_dec), torch.zeros_like(s_b))
+    s_b = _f32(_q(_scale_input(s_dec_b * s_enc, fmt.scale), fmt.scale, RNE, True))
+    # 1 / (s_b * s_dec) saturates at float32's max (TransformerEngine), else 0 * Inf = NaN
+    s_enc_b = torch.where(s_b > 0, (1.0 / (s_b * s_dec)).clamp(max=F32_MAX), torch.zeros_like(s_b))
     # a zero block scale gives +0 elements (not -0 from x * 0)
     p = torch.where(s_b[:, None] > 0, xb32 * s_enc_b[:, None], torch.zeros_like(xb32))
     pq = _q(p, fmt.element, mode, True, generator, sr_bits)
@@ -99,7 +162,7 @@ def _amax_candidate(xb32, amax_b, target, s_enc, s_dec, fmt, mode, generator, sr
 
 
 def _encode_amax(xb, fmt, mode, generator, sr_bits):
-    xb32 = _f32(xb)
+    xb32 = float32_input(xb)   # float64 beyond float32's range saturates (not +-Inf)
     finite = torch.isfinite(xb32)
     bad = ~finite.all(dim=1)
     xa = torch.where(finite, xb32.abs(), torch.zeros_like(xb32))
@@ -126,7 +189,11 @@ def _encode_amax(xb, fmt, mode, generator, sr_bits):
 
 
 def _dequant_amax(pq, s_b, s_dec):
-    return _f32(_f32(pq) * s_b[:, None]) * s_dec
+    """``f32(q * s_b * s_dec)``: NVFP4's ``f32(f32(q * s_b) * s_dec)`` (``q * s_b`` is exact in
+    float32 there), computed in float64 so that a wide scale format (E8M0 with a tensor scale)
+    cannot overflow ``q * s_b`` to Inf on the way (the product is exact in float64)."""
+    f64 = torch.float64
+    return ((pq.to(f64) * s_b.to(f64)[:, None]) * s_dec.to(f64)).to(torch.float32)
 
 
 def _decode_amax(codes, scales, fmt, meta):

@@ -1,6 +1,8 @@
 """Reshape a tensor into blocks along any axis (or into 2D tiles), with zero padding, and back.
 
 Every block format uses this one helper: the scale rule then sees a ``(nblocks, block)`` matrix.
+:func:`float32_input` is how the rules that compute in float32 (NVFP4-style AMAX, Four Over Six,
+HiF4) see a float64 input, in the plain pipeline and in the fused kernels alike.
 """
 
 from __future__ import annotations
@@ -10,6 +12,23 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+F32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def float32_input(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the float32 input of a float32 block pipeline (AMAX, Four Over Six, HiF4).
+
+    float16/bfloat16/float32 convert exactly. float64 rounds to nearest-even, and a finite value
+    beyond float32's range **saturates** to +-3.4028235e38 (float32's largest finite value)
+    instead of becoming +-Inf, which would poison its block: these formats saturate every
+    magnitude beyond their largest value, so a float64 1e39 quantizes as float32's max does
+    (HiF4: to +-344064, NVFP4: to the block's largest value). +-Inf and NaN stay as they are.
+    """
+    if x.dtype == torch.float64:
+        x = torch.where(torch.isinf(x), x, x.clamp(-F32_MAX, F32_MAX))
+    return x.to(torch.float32)
 
 
 @dataclass(frozen=True)
@@ -55,27 +74,45 @@ def to_blocks(x: torch.Tensor, block: tuple[int, ...], axis: int = -1,
     1D blocks run along ``axis``. 2D tiles ``(br, bc)`` cover the last two dimensions (weights).
     A length that is not a multiple of the block is zero-padded (``pad=True``) or refused.
     """
-    if x.ndim == 0:
-        raise ValueError("block formats need a tensor with at least one dimension")
+    check_blockable(x.shape, block, axis, pad)
     if len(block) == 1:
         ax = normalize_axis(axis, x.ndim)
         n, b = x.shape[ax], block[0]
         padded = -(-n // b) * b
-        _check_pad(n, b, padded, pad, f"axis {axis} (length {n})")
         y = x.movedim(ax, -1)
         if padded != n:
             y = F.pad(y, (0, padded - n))
         return y.reshape(-1, b), Blocking(tuple(x.shape), ax, (b,), (padded,))
-    if x.ndim < 2:
-        raise ValueError(f"2D tiles {block} need a tensor with at least 2 dimensions, got shape {tuple(x.shape)}")
     (br, bc), (r, c) = block, x.shape[-2:]
     pr, pc = -(-r // br) * br, -(-c // bc) * bc
-    _check_pad(r, br, pr, pad, f"rows (length {r})")
-    _check_pad(c, bc, pc, pad, f"columns (length {c})")
     y = F.pad(x, (0, pc - c, 0, pr - r)) if (pr, pc) != (r, c) else x
     lead = x.shape[:-2]
     y = y.reshape(*lead, pr // br, br, pc // bc, bc).transpose(-3, -2)
     return y.reshape(-1, br * bc), Blocking(tuple(x.shape), x.ndim - 1, (br, bc), (pr, pc))
+
+
+def check_blockable(shape, block: tuple[int, ...], axis: int = -1, pad: bool = True) -> None:
+    """Raise the error :func:`to_blocks` would raise for a tensor of ``shape``, without work.
+
+    Raises:
+        ValueError: a 0-d tensor; 2D tiles on fewer than 2 dimensions; ``axis`` out of range; a
+            length that is not a multiple of the block with ``pad=False``.
+        TypeError: ``axis`` is not an int.
+    """
+    shape = tuple(shape)
+    if not shape:
+        raise ValueError("block formats need a tensor with at least one dimension, got a 0-d "
+                         "tensor (one value has no block axis); reshape it, e.g. x.reshape(1)")
+    if len(block) == 1:
+        ax = normalize_axis(axis, len(shape))
+        n, b = shape[ax], block[0]
+        _check_pad(n, b, -(-n // b) * b, pad, f"axis {axis} (length {n})")
+        return
+    if len(shape) < 2:
+        raise ValueError(f"2D tiles {block} need a tensor with at least 2 dimensions, got shape {shape}")
+    (br, bc), (r, c) = block, shape[-2:]
+    _check_pad(r, br, -(-r // br) * br, pad, f"rows (length {r})")
+    _check_pad(c, bc, -(-c // bc) * bc, pad, f"columns (length {c})")
 
 
 def _check_pad(n: int, b: int, padded: int, pad: bool, what: str) -> None:

@@ -2,6 +2,9 @@
 
 A block is 64 values, indexed [8 groups][2 subgroups][4 elements]:
 
+0. the input is float32 (amct's); float64 input rounds to it, a finite value beyond float32's
+   range saturating to +-3.4028235e38 (:func:`floatlab.plain.blocking.float32_input`), so it
+   ends at HiF4's largest magnitude 344064 like every other huge value;
 1. a non-finite value anywhere poisons the block (E6M2 byte 0xFF, every value NaN); non-finite
    values count as 0 for the maxima;
 2. ``Ma``, ``Mb``, ``Mc``: max |x| over the block, each group of 8, each subgroup of 4;
@@ -26,6 +29,7 @@ import torch
 
 from floatlab.formats.floating import FloatFormat
 from floatlab.formats.hifloat4 import E6M2, ONE_SEVENTH_BF16, SF_MAX, SF_MIN
+from floatlab.plain.blocking import float32_input
 from floatlab.plain.scalar import quantize_to_float64
 from floatlab.rounding import RoundingMode
 
@@ -57,7 +61,7 @@ def _byte_to_bits(byte: torch.Tensor) -> torch.Tensor:
 def encode_blocks(xb: torch.Tensor, fmt, mode, generator, sr_bits):
     """(nb, 64) float64 -> element codes (nb, 64) and {"scale": uint8 (nb, 4)}."""
     nb = xb.shape[0]
-    xb = _f32(xb)  # amct works on float32 inputs
+    xb = float32_input(xb).to(torch.float64)  # amct works on float32 inputs (float64 saturates)
     finite = torch.isfinite(xb)
     bad = ~finite.all(dim=1)
     xa = torch.where(finite, xb.abs(), torch.zeros_like(xb))

@@ -58,6 +58,18 @@ def f32(x: float) -> float:
     return _round_binary(x, 23, -126, 127)
 
 
+F32_MAX = float((2 - Fraction(2) ** -23) * Fraction(2) ** 127)  # 3.4028234663852886e38
+
+
+def f32_input(x: float) -> float:
+    """A block format's float32 input from a Python float (FORMATS.md 0, floatlab's decision for
+    float64 input): rounded to nearest, a finite value beyond float32's range saturating to
+    +-F32_MAX instead of overflowing to +-Inf; +-Inf and NaN stay."""
+    if math.isfinite(x) and abs(x) > F32_MAX:
+        return math.copysign(F32_MAX, x)
+    return f32(x)
+
+
 def bf16_rne(x: float) -> float:
     """Round a Python float to the nearest bfloat16 (ties to even, IEEE overflow to +-Inf)."""
     return _round_binary(x, 7, -126, 127)
@@ -127,7 +139,7 @@ def _nvfp4_block(xb, s_enc, s_dec, divisor, rounding):
         return [NAN] * len(xb), code, [0] * len(xb)
     if s_b == 0:  # zero block scale: every element is +0
         return [0.0] * len(xb), code, [0] * len(xb)
-    s_enc_b = f32(_fdiv(1.0, f32(s_b * s_dec)))
+    s_enc_b = min(f32(_fdiv(1.0, f32(s_b * s_dec))), F32_MAX)  # saturates (TransformerEngine)
     values, codes = [], []
     for xi in xb:
         y = f32(xi * s_enc_b)
@@ -147,9 +159,12 @@ def nvfp4_reference(x: list[float], *, four_over_six: bool = False, tensor_amax:
                     elem_rounding: str = "rne") -> dict:
     """NVFP4 fake quantization of a flat tensor (length a multiple of 16), FORMATS.md section 4.
 
-    Every step in float32: amax_t = max|x| (or ``tensor_amax``); s_enc = f32(6*448/amax_t)
-    (6*256 with ``four_over_six``), 1.0 if amax_t == 0; s_dec = f32(1/s_enc). Per block:
-    s_b = e4m3_rne(f32(f32(amax_b/6) * s_enc)); s_enc_b = f32(1/f32(s_b*s_dec)); element code =
+    Every step in float32: the input is ``f32_input(x)`` (a finite value beyond float32's range
+    saturates to +-F32_MAX); amax_t = max|x| (or ``tensor_amax``); s_enc = f32(6*448/amax_t)
+    (6*256 with ``four_over_six``), saturated to F32_MAX when that overflows (an amax_t below
+    7.9e-36), 1.0 if amax_t == 0; s_dec = f32(1/s_enc). As TransformerEngine's
+    ``compute_global_encode_scaling_factor_FP4`` and ``compute_scaling_coefficient``. Per block:
+    s_b = e4m3_rne(f32(f32(amax_b/6) * s_enc)); s_enc_b = min(f32(1/f32(s_b*s_dec)), F32_MAX); element code =
     E2M1(f32(x*s_enc_b)) with saturation at 6; value = f32(f32(q*s_b)*s_dec). ``four_over_six``
     also tries amax_b/4 and keeps the candidate with the lower float64 SSE (tie: keep "6").
 
@@ -165,9 +180,11 @@ def nvfp4_reference(x: list[float], *, four_over_six: bool = False, tensor_amax:
         raise ValueError("NVFP4 needs a length that is a multiple of 16")
     if elem_rounding not in ("rne", "rna"):
         raise ValueError(elem_rounding)
-    xs = [f32(float(v)) for v in x]
+    xs = [f32_input(float(v)) for v in x]
     amax_t = _amax(xs) if tensor_amax is None else f32(float(tensor_amax))
     s_enc = 1.0 if amax_t == 0 else f32(_fdiv(6.0 * (256 if four_over_six else 448), amax_t))
+    if math.isinf(s_enc):
+        s_enc = F32_MAX
     s_dec = f32(_fdiv(1.0, s_enc))
     values, scale_codes, elem_codes = [], [], []
     for start in range(0, len(xs), 16):
@@ -194,6 +211,7 @@ def hif4_reference(block: list[float], *, elem_rounding: str = "rna") -> dict:
 
     Layout [8 groups][2 subgroups][4 elements]. Roundings, each exactly as amct does them
     (f32 = float32 RNE, bf16 = bfloat16 RNE; the input is NOT cast to bf16, amct uses float32):
+      input = f32_input(x): float32, a finite float64 beyond float32's range saturating to +-F32_MAX
       sf   = bf16(f32(Ma * bf16(1/7))), clamped to [2^-48, 49152], then E6M2 (RNE on 2 mantissa bits)
       r    = bf16(f32(1 / S1))
       E1_8 = [f32(Mb * r) >= 4]                 (float32 product, no bf16 step)
@@ -208,7 +226,7 @@ def hif4_reference(block: list[float], *, elem_rounding: str = "rna") -> dict:
         raise ValueError("a HiF4 block has exactly 64 values")
     if elem_rounding not in ("rne", "rna"):
         raise ValueError(elem_rounding)
-    xs = [f32(float(v)) for v in block]
+    xs = [f32_input(float(v)) for v in block]
     block_nan = not all(math.isfinite(v) for v in xs)
     xf = [v if math.isfinite(v) else 0.0 for v in xs]
     mag = [abs(v) for v in xf]
