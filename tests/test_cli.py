@@ -116,11 +116,17 @@ def test_formats_block_values_lists_the_element_codes():
 
 # item 5: every user mistake is one line, exit code 2, before any work
 def _no_model_loading(monkeypatch):
-    from floatlab.models import loading
+    """Make loading any model's weights fail loudly (patched on transformers' classes, so no
+    module that imported ``load_model`` by name keeps a patched copy after the test)."""
+    try:
+        import transformers
+    except ImportError:
+        return                              # without transformers no model can load anyway
 
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the inputs were checked")
-    monkeypatch.setattr(loading, "load_model", refuse)
+    for cls in (transformers.AutoModel, transformers.AutoModelForCausalLM):
+        monkeypatch.setattr(cls, "from_pretrained", refuse)
 
 
 def _mistakes(tmp_path):
