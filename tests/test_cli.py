@@ -192,6 +192,7 @@ def test_mistakes_are_one_clean_line_before_any_work(tmp_path, monkeypatch):
         assert r.exception is None or isinstance(r.exception, SystemExit), (args, r.exception)
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, r.output)
         assert flag in lines[0], (args, lines[0])
+    assert not (tmp_path / "o").exists()      # an output folder made by the check is removed again
 
 
 def test_gemm_on_its_own_keeps_one_line_errors():

@@ -170,14 +170,27 @@ def check_out_dir(path: Path, flag: str = "--out") -> Path:
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise CliError(f"{path} is a file; give a folder (it is created if missing)", flag)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
+        _created.extend(missing)              # removed again if the command ends in a user error
         fd, probe = tempfile.mkstemp(prefix=".floatlab-write-check-", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
         raise CliError(f"cannot write into {path}: {err.strerror or err}", flag) from None
     return path
+
+
+_created: list[Path] = []
+
+
+def _remove_created() -> None:
+    """Remove the output folders this command created, if they are still empty."""
+    for p in sorted(_created, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            p.rmdir()
+    _created.clear()
 
 
 def confirm_overwrite(what: str, overwrite: bool, flag: str = "--overwrite") -> None:
@@ -333,6 +346,7 @@ def run_guarded(call) -> int:
         ctx = getattr(err, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         error_line(err.format_message() + where)
+        _remove_created()
         return err.exit_code
     except tuple(m.Abort for m in mods if hasattr(m, "Abort")) + (typer.Abort,):
         error_line("aborted")
@@ -342,7 +356,9 @@ def run_guarded(call) -> int:
         return 130
     except _user_errors() as err:
         error_line(str(err))
+        _remove_created()
         return 2
+    _created.clear()
     return rv if isinstance(rv, int) else 0
 
 
