@@ -15,11 +15,14 @@ from floatlab.nn.hadamard import random_hadamard, rht
 RECIPE_NAMES = fnn.list_recipes()
 
 
-def _q(t, ts: TensorSpec, axis, gen=None):
+def _q(t, ts: TensorSpec, axis, gen=None, gemm="fprop"):
     """Quantize one operand; scaled specs use 2^floor(log2(max / amax)) (on a first call the
-    delayed scale has no history and equals the current one)."""
+    delayed scale has no history and equals the current one). Binary/ternary weights: one scale
+    per output channel, reducing over the weight's input axis (fprop's W^T: -2; dgrad's W: -1)."""
     if ts.format is None:
         return t
+    if ts.quantizer:
+        return fnn.lowbit.get_quantizer(ts.format).values(t, -2 if gemm == "fprop" else -1)
     f = floatlab.get_format(ts.format)
     kw = {"axis": axis} if f.kind == "block" else {}
     s = 1.0
@@ -38,7 +41,8 @@ def _reference(x, w, gy, spec: LinearSpec, seed: int):
         if gs.hadamard:
             R = random_hadamard(gs.hadamard, seed * 3 + index)
             a, b = rht(a, R, -1), rht(b, R, -2)
-        return _q(a, gs.a, -1, gen) @ _q(b, gs.b, -2, gen)
+        name = ("fprop", "dgrad", "wgrad")[index]
+        return _q(a, gs.a, -1, gen, name) @ _q(b, gs.b, -2, gen, name)
 
     y = gemm(x, w.t(), spec.fprop, 0)
     gx = gemm(gy, w, spec.dgrad, 1)

@@ -55,17 +55,16 @@ def test_layers_kept_by_name_and_unsupported_layers_are_reported():
     with pytest.warns(UserWarning, match="cannot be quantized|not quantized"):
         quantize_model(m, "mxfp8")
     r = m.floatlab_quantization
-    assert r.quantized == ("fc1", "fc2")
+    assert r.quantized == ("conv", "fc1", "fc2")             # convolutions are quantized (QConv2d)
     assert r.kept == {"norm_proj": "keep pattern '*norm*'", "cls_head": "keep pattern '*head'"}
-    assert set(r.not_quantized) == {"conv", "attn"}          # not attn.out_proj: it belongs to attn
-    assert "convolutions are not quantized" in r.not_quantized["conv"]
+    assert set(r.not_quantized) == {"attn"}                  # not attn.out_proj: it belongs to attn
     assert "MultiheadAttention" in r.not_quantized["attn"]
-    assert type(m.conv) is nn.Conv2d and type(m.norm_proj) is nn.Linear
-    expected = 2 * 64 * 256
-    total = expected + 64 * 64 + 64 * 10 + 8 * 3 * 3 * 3 + 4 * 64 * 64
+    assert type(m.conv) is fnn.QConv2d and type(m.norm_proj) is nn.Linear
+    expected = 2 * 64 * 256 + 8 * 3 * 3 * 3
+    total = expected + 64 * 64 + 64 * 10 + 4 * 64 * 64
     assert (r.quantized_weights, r.total_weights) == (expected, total)
-    assert "fc1" not in str(r) and "conv" in str(r) and "norm_proj" in str(r)
-    with pytest.raises(ValueError, match="2 layer\\(s\\) cannot be quantized"):
+    assert "fc1" not in str(r) and "attn" in str(r) and "norm_proj" in str(r)
+    with pytest.raises(ValueError, match="1 layer\\(s\\) cannot be quantized"):
         quantize_model(Mixed(), "mxfp8", strict=True)
 
 

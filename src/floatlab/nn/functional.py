@@ -8,17 +8,23 @@ is then an ordinary float32 matmul of the two quantized operands.
 
 Order of quantizations (and so of stochastic-rounding draws from the layer's generator):
 forward: fprop.a, fprop.b; backward: dgrad.a, dgrad.b, wgrad.a, wgrad.b.
+
+Convolutions (:func:`qconv`) are the same three GEMMs on the unfolded input (im2col), batched
+over groups; see :func:`qconv` for the exact layout and why it equals the convolution.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
+from torch.nn import functional as F
 
 from floatlab.formats.registry import get_format
 from floatlab.nn import scaling
 from floatlab.nn.hadamard import random_hadamard, rht
+from floatlab.nn.lowbit import clip_mask, get_quantizer
 from floatlab.nn.quantizer import fake_quantize
 from floatlab.nn.recipe import BlockAxis, Gemm, GemmSpec, LinearSpec, Scaling, TensorSpec
 
@@ -40,6 +46,7 @@ class QuantState:
     amax_history: torch.Tensor | None = None   # (6, H) float32, a module buffer
     native: bool = True
     cache: dict = field(default_factory=dict)
+    name: str = ""          # the layer's qualified name, for error messages
 
     def hadamard(self, gemm: Gemm, n: int, device) -> torch.Tensor:
         return random_hadamard(n, self.seed * 3 + GEMMS.index(Gemm(gemm)), device=device)
@@ -64,6 +71,10 @@ def quantize_operand(t: torch.Tensor, tspec: TensorSpec, which: int, state: Quan
     """Scale (if asked), fake-quantize with blocks along the GEMM's contraction axis, unscale."""
     if tspec.format is None:
         return t
+    if tspec.quantizer:   # binary/ternary weights: the scale reduces over K, the weight's input axis
+        return get_quantizer(tspec.format).values(t, -2 if Gemm(gemm) is Gemm.FPROP else -1)
+    if not tspec.pad:
+        check_block_fit(t, tspec, _block_axis(tspec, which), gemm, state.name)
     s = None
     if tspec.scaling is not Scaling.NONE:
         cur = scaling.amax(t)
@@ -81,6 +92,34 @@ def quantize_operand(t: torch.Tensor, tspec: TensorSpec, which: int, state: Quan
     q = fake_quantize(t, tspec.format, tspec.rounding, tspec.saturate, _block_axis(tspec, which),
                       state.gen(t.device) if tspec.stochastic else None, native=state.native)
     return q / s if s is not None else q
+
+
+def block_length(fmt: str) -> int | None:
+    """The 1D block length of a block format (``None`` for scalar formats and 2D tiles)."""
+    spec = get_format(fmt)
+    if spec.kind != "block" or len(spec.block) != 1:
+        return None
+    return int(spec.block[0])
+
+
+def check_block_fit(t: torch.Tensor, tspec: TensorSpec, axis: int, gemm, layer: str = "") -> None:
+    """Raise ``ValueError`` naming the layer when ``tspec`` refuses padding (``pad=False``) and
+    ``t``'s length along ``axis`` is not a multiple of its block (2D tiles: the last two dims)."""
+    spec = get_format(tspec.format)
+    if spec.kind != "block":
+        return
+    dims = [axis] if len(spec.block) == 1 else [-2, -1]
+    for d, b in zip(dims, spec.block):
+        n = t.shape[d]
+        if n % b:
+            raise ValueError(block_fit_message(layer, Gemm(gemm), n, tspec.format, b))
+
+
+def block_fit_message(layer: str, gemm: Gemm, n: int, fmt: str, block: int) -> str:
+    what = f"layer {layer!r}" if layer else "a layer"
+    return (f"{what}: the {gemm.value} GEMM reduces over {n} values, not a multiple of the {fmt} block "
+            f"of {block}, and the recipe turns padding off (pad: false); set pad: true (blocks are "
+            f"zero-padded) or give the layer a reduction size that is a multiple of {block}")
 
 
 def prepare(a: torch.Tensor, b: torch.Tensor, gspec: GemmSpec, state: QuantState,
@@ -109,6 +148,8 @@ def _reusable(spec: LinearSpec) -> bool:
         return False
     if f.b.scaling is Scaling.DELAYED:
         return False
+    if f.b.quantizer:
+        return True
     fmt = get_format(f.b.format)
     return fmt.kind == "scalar" or len(fmt.block) == 2
 
@@ -146,6 +187,8 @@ class _QLinearFunction(torch.autograd.Function):
                 gx = qgemm(gy, weight, spec.dgrad, state, Gemm.DGRAD)
         if ctx.needs_input_grad[1]:
             gw = qgemm(gy.t(), x2d, spec.wgrad, state, Gemm.WGRAD)
+            if spec.fprop.b.grad == "clipped":
+                gw = gw * clip_mask(weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum(0)
         ctx.wq = None
@@ -199,3 +242,182 @@ def qmatmul(a: torch.Tensor, b: torch.Tensor, spec: LinearSpec | QuantState | No
     if not any(state.spec.gemm(g).quantized for g in GEMMS):
         return a @ b
     return _QMatmulFunction.apply(a, b, state)
+
+
+# ---- convolutions as implicit GEMMs ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A 2D convolution's shape parameters (a Conv1d is one with a kernel height of 1)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    def out_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        return tuple((size[i] + 2 * self.padding[i] - self.dilation[i] * (self.kernel[i] - 1) - 1)
+                     // self.stride[i] + 1 for i in range(2))
+
+    def covers(self, size: tuple[int, int]) -> bool:
+        """Does every input position fall in some window? (Then the unfolded input holds every
+        value of the input, and its amax is the input's.)"""
+        return all(_covers(size[i], self.kernel[i], self.stride[i], self.padding[i], self.dilation[i])
+                   for i in range(2))
+
+
+@functools.lru_cache(maxsize=1024)
+def _covers(n: int, k: int, s: int, p: int, d: int) -> bool:
+    out = (n + 2 * p - d * (k - 1) - 1) // s + 1
+    seen = {o * s + j * d - p for o in range(max(out, 0)) for j in range(k)}
+    return all(i in seen for i in range(n))
+
+
+def _elementwise(tspec: TensorSpec, gspec: GemmSpec) -> bool:
+    """Does quantizing this operand commute with unfolding? A scalar format with a deterministic
+    rounding (each value rounds the same wherever it appears; 0 stays 0), no RHT."""
+    if tspec.format is None or tspec.quantizer or tspec.stochastic or gspec.hadamard:
+        return False
+    return get_format(tspec.format).kind == "scalar"
+
+
+def _rows(cols: torch.Tensor, groups: int) -> torch.Tensor:
+    """``(N, G*Kg, L)`` -> ``(G, N*L, Kg)``: one row per (sample, output position)."""
+    n, gk, length = cols.shape
+    return cols.view(n, groups, gk // groups, length).permute(1, 0, 3, 2).reshape(groups, n * length, -1)
+
+
+def _unrows(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """``(G, N*L, C)`` -> ``(N, G*C, L)``, the inverse of :func:`_rows`."""
+    g, nl, c = rows.shape
+    return rows.view(g, n, nl // n, c).permute(1, 0, 3, 2).reshape(n, g * c, nl // n)
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` on contiguous operands: the quantize paths return different memory layouts
+    (a padded block's view, a native cast's strides), and the matmul's float32 summation order
+    follows the layout; one layout makes the result independent of the path."""
+    return a.contiguous() @ b.contiguous()
+
+
+def _qmm(a: torch.Tensor, b: torch.Tensor, gspec: GemmSpec, state: QuantState, gemm: Gemm) -> torch.Tensor:
+    if not gspec.quantized:
+        return _mm(a, b)
+    return _mm(*prepare(a, b, gspec, state, gemm))
+
+
+class _QConvFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, state: QuantState, geom: ConvGeometry):
+        spec, G = state.spec, geom.groups
+        n, size = x.shape[0], tuple(x.shape[2:])
+        unfold = functools.partial(F.unfold, kernel_size=geom.kernel, dilation=geom.dilation,
+                                   padding=geom.padding, stride=geom.stride)
+        wg = weight.reshape(G, weight.shape[0] // G, -1)              # (G, Og, Kg), K channel-major
+        wt = wg.transpose(1, 2).contiguous()   # operands contiguous: one matmul layout on every path
+        fa = spec.fprop.a
+        covered = fa.scaling is Scaling.NONE or geom.covers(size)
+        xq = None
+        if spec.fprop.quantized and _elementwise(fa, spec.fprop) and covered:
+            # quantize-then-unfold gives the same values (and amax) as unfold-then-quantize
+            xq = quantize_operand(x, fa, 0, state, Gemm.FPROP)
+            a = _rows(unfold(xq), G)
+            bq = quantize_operand(wt, spec.fprop.b, 1, state, Gemm.FPROP)
+            y = _mm(a, bq)
+        elif spec.fprop.quantized:
+            a, bq = prepare(_rows(unfold(x), G), wt, spec.fprop, state, Gemm.FPROP)
+            y = _mm(a, bq)
+        else:
+            bq = None
+            y = _mm(_rows(unfold(x), G), wt)
+        out = _unrows(y, n).reshape(n, weight.shape[0], *geom.out_size(size))
+        if bias is not None:
+            out = out + bias.view(1, -1, 1, 1)
+        ctx.state, ctx.geom, ctx.size, ctx.has_bias = state, geom, size, bias is not None
+        ctx.wq = bq.transpose(1, 2).contiguous() if (bq is not None and _reusable(spec)) else None
+        wb = spec.wgrad.b
+        # wgrad's input operand may reuse fprop's quantized input when the values are the same
+        ctx.xq = xq if (xq is not None and wb == fa and wb.scaling is Scaling.NONE
+                        and not spec.wgrad.hadamard) else None
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        state: QuantState = ctx.state
+        spec, geom = state.spec, ctx.geom
+        G, n = geom.groups, x.shape[0]
+        unfold = functools.partial(F.unfold, kernel_size=geom.kernel, dilation=geom.dilation,
+                                   padding=geom.padding, stride=geom.stride)
+        d = _rows(gy.reshape(n, gy.shape[1], -1), G)                     # (G, N*L, Og)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            if ctx.wq is not None:
+                dq = quantize_operand(d, spec.dgrad.a, 0, state, Gemm.DGRAD)
+                dcols = _mm(dq, ctx.wq)
+            else:
+                wg = weight.reshape(G, weight.shape[0] // G, -1)
+                dcols = _qmm(d, wg, spec.dgrad, state, Gemm.DGRAD)        # (G, N*L, Kg)
+            gx = F.fold(_unrows(dcols, n), ctx.size, kernel_size=geom.kernel, dilation=geom.dilation,
+                        padding=geom.padding, stride=geom.stride)
+        if ctx.needs_input_grad[1]:
+            wgs = spec.wgrad
+            dt = d.transpose(1, 2).contiguous()                           # (G, Og, N*L)
+            covered = wgs.b.scaling is Scaling.NONE or geom.covers(ctx.size)
+            if ctx.xq is not None or (wgs.quantized and _elementwise(wgs.b, wgs) and covered):
+                aq = quantize_operand(dt, wgs.a, 0, state, Gemm.WGRAD)
+                xq = ctx.xq if ctx.xq is not None else quantize_operand(x, wgs.b, 1, state, Gemm.WGRAD)
+                gwg = _mm(aq, _rows(unfold(xq), G))
+            else:
+                gwg = _qmm(dt, _rows(unfold(x), G), wgs, state, Gemm.WGRAD)
+            gw = gwg.reshape(weight.shape)
+            if spec.fprop.b.grad == "clipped":
+                gw = gw * clip_mask(weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = gy.sum((0, 2, 3))
+        ctx.wq = ctx.xq = None
+        return gx, gw, gb, None, None
+
+
+@torch.compiler.disable
+def qconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, state: QuantState,
+          geom: ConvGeometry) -> torch.Tensor:
+    """A 2D convolution (``F.conv2d`` with zero padding) whose three GEMMs are quantized by
+    ``state.spec``, as an implicit GEMM on the unfolded input (im2col).
+
+    Shapes: ``x (N, C_in, H, W)``, ``weight (C_out, C_in/groups, kh, kw)``, ``bias (C_out,)``;
+    returns ``(N, C_out, H_out, W_out)``, float32. A Conv1d is the case ``kh = 1`` (``QConv1d``
+    unsqueezes). Per group ``g`` (``G = groups``), with ``Kg = C_in/G * kh * kw`` and ``L`` the
+    output positions, the three GEMMs are those of a linear layer on the ``N*L`` rows of the
+    unfolded input:
+
+    ========= ============================================ =========================================
+    GEMM      computes                                     contraction (block axis)
+    ========= ============================================ =========================================
+    fprop     ``Y_g = X_g (N*L, Kg) @ W_g^T (Kg, Og)``     ``Kg``: input channels x kernel window,
+                                                           channel-major (``F.unfold``'s order,
+                                                           that of ``weight.reshape(C_out, -1)``):
+                                                           index ``c*kh*kw + i*kw + j``
+    dgrad     ``dX_g = dY_g (N*L, Og) @ W_g (Og, Kg)``,    ``Og``: the group's output channels
+              then ``dx = fold(dX)`` (col2im)
+    wgrad     ``dW_g = dY_g^T (Og, N*L) @ X_g (N*L, Kg)``  ``N*L``: samples x output positions
+    ========= ============================================ =========================================
+
+    The GEMMs of all groups run as one batched matmul; each operand is quantized as one tensor
+    (a per-tensor scale, NVFP4's tensor scale or delayed scaling covers every group); the quantized
+    operands are made contiguous before the matmul, so the float32 summation order does not
+    depend on the memory layout a quantize path returned. Why this is
+    the convolution: ``F.unfold`` only gathers input values (and zeros for the padding), so
+    ``X_g @ W_g^T`` is ``F.conv2d`` term by term; ``fold`` is the adjoint of ``unfold`` (it adds
+    each window's contribution back to the input position it came from), so ``dx`` is
+    ``conv_transpose2d(dy, W)`` term by term; ``dW`` is ``conv2d_weight`` likewise. Only the
+    order of the float32 additions can differ from PyTorch's convolution kernels (equal bit for
+    bit whenever the sums are exact; tests/test_nn_conv.py). Unfolding first is necessary for
+    block formats: an input value lies in up to ``kh*kw`` windows, each blocked on its own.
+    For scalar formats with a deterministic rounding the input is quantized before unfolding
+    (the same values, ``kh*kw`` times fewer roundings); stochastic rounding draws once per
+    element of the unfolded matrix, as it would for a GEMM that reads it.
+    """
+    return _QConvFunction.apply(x, weight, bias, state, geom)

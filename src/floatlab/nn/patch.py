@@ -1,16 +1,20 @@
-"""``quantize_model``: swap a model's ``nn.Linear`` modules for :class:`QLinear` (no global patching),
-and say what was and was not quantized (:class:`QuantizationReport`)."""
+"""``quantize_model``: swap a model's ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` modules for
+:class:`QLinear`, :class:`QConv1d`, :class:`QConv2d` (no global patching), and say what was and was
+not quantized (:class:`QuantizationReport`)."""
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from floatlab.nn.modules import QLinear
-from floatlab.nn.recipe import Recipe
+from floatlab.nn.functional import block_fit_message, block_length
+from floatlab.nn.modules import QUANTIZED_MODULES, QConv1d, QConv2d, QLinear
+from floatlab.nn.recipe import Gemm, LinearSpec, Recipe, rule_matches
+
+# the layer types quantize_model swaps (exactly these types, not subclasses) and their replacements
+SWAPS = {nn.Linear: QLinear, nn.Conv1d: QConv1d, nn.Conv2d: QConv2d}
 
 # Below this share of the GEMM weights quantized, quantize_model warns (the rest runs in float32).
 LOW_FRACTION = 0.5
@@ -22,12 +26,13 @@ class QuantizationReport:
 
     Attributes:
         recipe: the recipe's name.
-        quantized: qualified names of the layers swapped for :class:`QLinear`, in model order.
+        quantized: qualified names of the layers swapped for :class:`QLinear`, :class:`QConv1d`
+            or :class:`QConv2d`, in model order.
         kept: layers the recipe's keep rules left in float32, name -> reason
             (``"keep pattern '*norm*'"`` or ``"keep_last=2"``).
         not_quantized: layers with GEMM weights that ``quantize_model`` cannot quantize, name ->
-            what they are (convolutions, ``nn.Linear`` subclasses, ``nn.MultiheadAttention``,
-            recurrent layers, layers already quantized by an earlier call).
+            what they are (3D and transposed convolutions, subclasses of ``nn.Linear``/``nn.Conv*d``,
+            ``nn.MultiheadAttention``, recurrent layers, layers already quantized by an earlier call).
         unused_rules: patterns of ``recipe.rules`` that matched no quantized layer.
         quantized_weights: weight elements of the quantized layers.
         total_weights: weight elements of every layer counted above (quantized, kept and not
@@ -83,15 +88,19 @@ class QuantizationReport:
 def _not_supported(module: nn.Module) -> str | None:
     """Why a module with GEMM weights is not quantized, or None when it is not such a module."""
     cls = type(module).__name__
-    if isinstance(module, QLinear):
-        return "already a QLinear (quantized earlier; left with its own spec)"
+    if isinstance(module, QUANTIZED_MODULES):
+        return f"already a {cls} (quantized earlier; left with its own spec)"
     if isinstance(module, nn.MultiheadAttention):
         return ("nn.MultiheadAttention: its projections run inside F.multi_head_attention_forward, "
                 "not through nn.Linear; not quantized")
     if isinstance(module, nn.Linear) and type(module) is not nn.Linear:
         return f"{cls}: a subclass of nn.Linear; only plain nn.Linear layers are swapped"
-    if isinstance(module, nn.modules.conv._ConvNd):
-        return f"nn.{cls}: convolutions are not quantized (yet)"
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return f"nn.{cls}: transposed convolutions are not quantized"
+    if isinstance(module, nn.Conv3d):
+        return f"nn.{cls}: 3D convolutions are not quantized (Conv1d and Conv2d are)"
+    if isinstance(module, nn.modules.conv._ConvNd) and type(module) not in SWAPS:
+        return f"{cls}: a subclass of a convolution; only plain nn.Conv1d/nn.Conv2d layers are swapped"
     if isinstance(module, nn.RNNBase):
         return f"nn.{cls}: recurrent layers are not quantized"
     if isinstance(module, nn.Bilinear):
@@ -106,18 +115,47 @@ def _weights(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters(recurse=True) if p.ndim >= 2)
 
 
+def reduction_sizes(module: nn.Module) -> dict[Gemm, int]:
+    """The contraction lengths of a layer's fprop and dgrad GEMMs known before any input (wgrad's
+    is the number of tokens or output positions): ``in_features``/``out_features`` for a linear,
+    ``C_in/groups * prod(kernel)`` and ``C_out/groups`` for a convolution."""
+    if isinstance(module, nn.Linear):
+        return {Gemm.FPROP: module.in_features, Gemm.DGRAD: module.out_features}
+    k = 1
+    for v in module.kernel_size:
+        k *= v
+    return {Gemm.FPROP: module.in_channels // module.groups * k,
+            Gemm.DGRAD: module.out_channels // module.groups}
+
+
+def check_block_fit(name: str, module: nn.Module, spec: LinearSpec) -> None:
+    """``ValueError`` naming the layer when an operand of its fprop or dgrad GEMM turns block
+    padding off (``pad=False``) and the GEMM's reduction size is not a multiple of the block."""
+    for gemm, n in reduction_sizes(module).items():
+        gs = spec.gemm(gemm)
+        for t in (gs.a, gs.b):
+            if t.format is None or t.pad or t.quantizer:
+                continue
+            b = block_length(t.format)
+            if b is not None and n % b:
+                raise ValueError(block_fit_message(name, gemm, n, t.format, b))
+
+
 def quantize_model(model: nn.Module, recipe: Recipe | str, *, inplace: bool = True,
                    strict: bool = False) -> nn.Module:
-    """Replace the ``nn.Linear`` layers of ``model`` that the recipe does not keep by QLinear.
+    """Replace the ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` layers of ``model`` that the
+    recipe does not keep by QLinear, QConv1d and QConv2d.
 
-    Which layers (the keep rules): plain ``nn.Linear`` modules only; one whose qualified name
+    Which layers (the keep rules): plain ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` modules
+    only; one whose qualified name
     matches a ``recipe.keep`` pattern stays float32 (the built-ins keep ``*embed*``, ``*wte*``,
     ``*wpe*``, ``*lm_head*``, ``*head``, ``*norm*``, ``*ln*``: by name, so a projection named
     ``ln_proj`` is kept too); of the rest the last ``recipe.keep_last`` stay float32 (``nvfp4``:
-    2). Each quantized layer takes ``recipe.spec_for(name)``. Parameters are shared, not copied.
-    Each layer gets its own seed (``recipe.seed`` and its position), for Hadamard signs and
-    stochastic rounding. Convolutions, ``nn.Linear`` subclasses, ``nn.MultiheadAttention`` and
-    recurrent layers are not quantized; they are reported.
+    2). Each quantized layer takes ``recipe.spec_for(name)`` (``"@first"``/``"@last"`` rules match
+    the first and last quantized layer). Parameters are shared, not copied. Each layer gets its
+    own seed (``recipe.seed`` and its position), for Hadamard signs and stochastic rounding. 3D and
+    transposed convolutions, subclasses, ``nn.MultiheadAttention`` and recurrent layers are not
+    quantized; they are reported.
 
     Args:
         model: any ``nn.Module``.
@@ -137,7 +175,9 @@ def quantize_model(model: nn.Module, recipe: Recipe | str, *, inplace: bool = Tr
 
     Raises:
         ValueError: with ``strict=True`` in the cases above (not for layers the keep rules keep);
-            an unknown recipe.
+            an unknown recipe; a layer whose fprop or dgrad reduction size is not a multiple of a
+            block format's block where the recipe turns padding off (``pad=False``; the message
+            names the layer), checked before any layer is swapped.
     """
     from floatlab.nn.recipes import get_recipe
     recipe = get_recipe(recipe)
@@ -150,13 +190,13 @@ def quantize_model(model: nn.Module, recipe: Recipe | str, *, inplace: bool = Tr
         if any(n.startswith(p + ".") for p in inside_unsupported):
             continue            # e.g. the out_proj of an nn.MultiheadAttention
         why = _not_supported(m)
-        if why is None and n == "" and type(m) is nn.Linear:
-            why = ("the model itself is an nn.Linear and cannot replace itself; wrap it, e.g. "
-                   "nn.Sequential(linear), or use QLinear.from_linear")
+        if why is None and n == "" and type(m) in SWAPS:
+            why = (f"the model itself is an nn.{type(m).__name__} and cannot replace itself; wrap it, e.g. "
+                   "nn.Sequential(layer), or use QLinear.from_linear / QConv2d.from_conv")
         if why is not None:
             not_quantized[n] = why
             inside_unsupported.append(n)
-        elif type(m) is nn.Linear:
+        elif type(m) in SWAPS:
             pattern = recipe.keep_pattern(n)
             if pattern is not None:
                 kept[n] = f"keep pattern {pattern!r}"
@@ -170,16 +210,22 @@ def quantize_model(model: nn.Module, recipe: Recipe | str, *, inplace: bool = Tr
     modules = dict(model.named_modules())
     quantized_weights = sum(_weights(m) for _, m in linears)
     total = quantized_weights + sum(_weights(modules[n]) for n in (*kept, *not_quantized))
-    for index, (name, lin) in enumerate(linears):
-        spec = recipe.spec_for(name)
+    specs = [recipe.spec_for(name, index, len(linears)) for index, (name, _) in enumerate(linears)]
+    for (name, layer), spec in zip(linears, specs):
+        check_block_fit(name, layer, spec)
+    for index, ((name, layer), spec) in enumerate(zip(linears, specs)):
         seed = recipe.seed * 1_000_003 + index
-        q = QLinear.from_linear(lin, spec, seed=seed, amax_history=recipe.amax_history)
+        if type(layer) is nn.Linear:
+            q = QLinear.from_linear(layer, spec, seed=seed, amax_history=recipe.amax_history)
+        else:
+            q = SWAPS[type(layer)].from_conv(layer, spec, seed=seed, amax_history=recipe.amax_history)
+        q.qstate.name = name
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, q)
     names = [n for n, _ in linears]
     unused = tuple(r.pattern for r in recipe.rules
-                   if not any(fnmatch.fnmatchcase(n, r.pattern) for n in names))
+                   if not any(rule_matches(r.pattern, n, i, len(names)) for i, n in enumerate(names)))
     order = {n: i for i, n in enumerate(modules)}
     report = QuantizationReport(recipe.name, tuple(names), dict(sorted(kept.items(), key=lambda kv: order[kv[0]])),
                                 not_quantized, unused, quantized_weights, total)
@@ -200,6 +246,6 @@ def quantization_report(model: nn.Module) -> QuantizationReport | None:
     return getattr(model, "floatlab_quantization", None)
 
 
-def quantized_layers(model: nn.Module) -> dict[str, QLinear]:
-    """The QLinear modules of ``model`` by qualified name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, QLinear)}
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The QLinear, QConv1d and QConv2d modules of ``model`` by qualified name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QUANTIZED_MODULES)}

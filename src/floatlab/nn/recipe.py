@@ -28,6 +28,10 @@ import json
 from dataclasses import dataclass, field
 
 
+# Weight quantizers of floatlab.nn.lowbit that a TensorSpec may name instead of a format.
+WEIGHT_QUANTIZERS = ("binary", "ternary")
+
+
 class Gemm(str, enum.Enum):
     """The three GEMMs of a linear layer."""
 
@@ -86,6 +90,18 @@ class TensorSpec:
         scale_to: the value the amax is scaled to (``None``: the format's max, or the element max
             of a block format). Tapered formats want less: HiF8 has 3 mantissa bits only for
             ``|E| <= 3``, so its recipe maps the amax to 2^7 and the bulk lands near 1.
+        pad: block formats: a contraction length that is not a multiple of the block is
+            zero-padded (``True``, the default) or refused (``False``: ``quantize_model`` names
+            the layer whose reduction size does not fit).
+        grad: the weight gradient of a ``"binary"``/``"ternary"`` weight operand (fprop's ``b``):
+            ``"ste"`` (straight through) or ``"clipped"`` (zero where ``|w| > 1``, BNN's hardtanh
+            STE). Every other operand's gradient is the straight-through one (the GEMMs of the
+            backward pass use the unquantized saved tensors' quantized copies, see
+            :mod:`floatlab.nn.functional`).
+
+    ``format`` may also name a weight quantizer of :mod:`floatlab.nn.lowbit` (``"binary"``:
+    ``{-a, +a}``, ``"ternary"``: ``{-a, 0, +a}``, ``a`` per output channel); they quantize
+    weight operands only (fprop's and dgrad's ``b``) and take no rounding mode or scaling.
     """
 
     format: str | None = None
@@ -94,6 +110,12 @@ class TensorSpec:
     axis: BlockAxis = BlockAxis.CONTRACTION
     scaling: Scaling = Scaling.NONE
     scale_to: float | None = None
+    pad: bool = True
+    grad: str = "ste"
+
+    # fields added after recipes were first stored: left out of to_dict() at their default, so
+    # the dict (and the run configuration floatlab train compares) of an older recipe is unchanged
+    _OMIT_DEFAULT = ("pad", "grad")
 
     def __post_init__(self) -> None:
         if self.format is not None and not isinstance(self.format, str):
@@ -106,8 +128,21 @@ class TensorSpec:
                                           or not isinstance(self.scale_to, (int, float))
                                           or not self.scale_to > 0):
             raise ValueError(f"scale_to must be a positive number or null, got {self.scale_to!r}")
+        if not isinstance(self.pad, bool):
+            raise ValueError(f"pad must be true or false, got {self.pad!r}")
+        if self.grad not in ("ste", "clipped"):
+            raise ValueError(f"grad must be 'ste' or 'clipped', got {self.grad!r}")
         object.__setattr__(self, "axis", _enum(BlockAxis, self.axis, "axis"))
         object.__setattr__(self, "scaling", _enum(Scaling, self.scaling, "scaling"))
+        if self.format is not None and self.format.strip().lower() in WEIGHT_QUANTIZERS:
+            object.__setattr__(self, "format", self.format.strip().lower())
+            if self.rounding is not None or self.scaling is not Scaling.NONE:
+                raise ValueError(f"the {self.format!r} weight quantizer takes no rounding mode or scaling "
+                                 "(its scale is per output channel); leave rounding and scaling out")
+            return
+        if self.grad != "ste":
+            raise ValueError(f"grad={self.grad!r} is available for the binary and ternary weight quantizers "
+                             f"only, not for the format {self.format!r}")
         if self.rounding is not None:
             # one spelling per mode ("SR", "stochastic" -> "sr"), so `stochastic`, equality and
             # the run configurations floatlab train compares see the mode, not its spelling
@@ -122,6 +157,11 @@ class TensorSpec:
     @property
     def stochastic(self) -> bool:
         return self.rounding in ("sr", "sr_half", "hybrid")
+
+    @property
+    def quantizer(self) -> bool:
+        """Is ``format`` a weight quantizer (``"binary"``, ``"ternary"``) rather than a format?"""
+        return self.format in WEIGHT_QUANTIZERS
 
 
 @dataclass(frozen=True)
@@ -158,6 +198,20 @@ class LinearSpec:
     dgrad: GemmSpec = GemmSpec()
     wgrad: GemmSpec = GemmSpec()
 
+    def __post_init__(self) -> None:
+        for g in Gemm:
+            gs = getattr(self, g.value)
+            if not isinstance(gs, GemmSpec):
+                continue
+            for i, role in enumerate(OPERANDS[g]):
+                t = (gs.a, gs.b)[i]
+                if isinstance(t, TensorSpec) and t.quantizer and role != "weight":
+                    raise ValueError(f"{g.value}.{'ab'[i]}: the {t.format!r} weight quantizer applies to "
+                                     f"weight operands only (fprop.b, dgrad.b), not to the {role}")
+                if isinstance(t, TensorSpec) and t.grad != "ste" and not (g is Gemm.FPROP and i == 1):
+                    raise ValueError(f"{g.value}.{'ab'[i]}: grad={t.grad!r} belongs on fprop.b, the weight "
+                                     "operand whose gradient it defines")
+
     def gemm(self, which: Gemm) -> GemmSpec:
         return getattr(self, Gemm(which).value)
 
@@ -180,7 +234,12 @@ class LinearSpec:
 
 @dataclass(frozen=True)
 class Rule:
-    """Modules whose qualified name matches ``pattern`` (``fnmatch``) use ``linear``."""
+    """Modules whose qualified name matches ``pattern`` (``fnmatch``) use ``linear``.
+
+    Two patterns name a position instead: ``"@first"`` and ``"@last"`` match the first and the
+    last layer that :func:`~floatlab.nn.quantize_model` quantizes (in ``named_modules()`` order,
+    after the keep rules), whatever their names: ELB-NN's 8-bit first and last layers.
+    """
 
     pattern: str
     linear: LinearSpec
@@ -269,9 +328,12 @@ class Recipe:
         """The first ``keep`` pattern that matches ``name``, or ``None``."""
         return next((p for p in self.keep if fnmatch.fnmatchcase(name, p)), None)
 
-    def spec_for(self, name: str) -> LinearSpec:
+    def spec_for(self, name: str, index: int | None = None, count: int | None = None) -> LinearSpec:
+        """The spec of the layer ``name``: the first rule that matches, else ``default``.
+        ``index``/``count`` (its position among the quantized layers) let ``"@first"`` and
+        ``"@last"`` rules match."""
         for rule in self.rules:
-            if fnmatch.fnmatchcase(name, rule.pattern):
+            if rule_matches(rule.pattern, name, index, count):
                 return rule.linear
         return self.default
 
@@ -377,6 +439,18 @@ class Recipe:
             raise RecipeError(f"{p}: {err}") from None
 
 
+POSITIONS = ("@first", "@last")
+
+
+def rule_matches(pattern: str, name: str, index: int | None = None, count: int | None = None) -> bool:
+    """Does a rule pattern match the layer ``name`` at position ``index`` of ``count``?"""
+    if pattern == "@first":
+        return index == 0
+    if pattern == "@last":
+        return index is not None and count is not None and index == count - 1
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 def _yaml():
     try:
         import yaml  # pyyaml: optional dependency
@@ -392,7 +466,9 @@ def _kind(v) -> str:
 
 def _to_plain(obj):
     if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        omit = getattr(obj, "_OMIT_DEFAULT", ())
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.name in omit and getattr(obj, f.name) == f.default)}
     if isinstance(obj, enum.Enum):
         return obj.value
     if isinstance(obj, (tuple, list)):
@@ -418,7 +494,7 @@ def _mapping(d, where: str, what: str) -> dict:
 
 
 def _tensor(d, where: str) -> TensorSpec:
-    d = _strict(TensorSpec, _mapping(d, where, "format, rounding, saturate, axis, scaling, scale_to"), where)
+    d = _strict(TensorSpec, _mapping(d, where, "format, rounding, saturate, axis, scaling, scale_to, pad, grad"), where)
     try:
         return TensorSpec(**d)
     except (TypeError, ValueError) as err:
@@ -438,4 +514,8 @@ def _gemm(d, where: str) -> GemmSpec:
 
 def _linear(d, where: str = "linear") -> LinearSpec:
     d = _strict(LinearSpec, _mapping(d, where, "fprop, dgrad, wgrad"), where)
-    return LinearSpec(*(_gemm(d.get(g.value), f"{where}.{g.value}") for g in Gemm))
+    gemms = [_gemm(d.get(g.value), f"{where}.{g.value}") for g in Gemm]
+    try:
+        return LinearSpec(*gemms)
+    except ValueError as err:
+        raise RecipeError(f"{where}.{err}") from None

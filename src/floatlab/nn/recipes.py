@@ -9,7 +9,17 @@ none. Only plain ``nn.Linear`` layers are quantized (not convolutions). ``quanti
 returns a report of what it did and warns when little or nothing was quantized; change the
 rules with ``get_recipe("nvfp4").replace(keep_last=0, keep=())``.
 
-Every recipe runs attention products (``qmatmul``) in bf16, as NVIDIA's NVFP4 recipe does.
+Every recipe runs attention products (``qmatmul``) in bf16, as NVIDIA's NVFP4 recipe does
+(``fp32`` excepted: nothing is quantized).
+
+Extremely-low-bit recipes (quantization-aware training with latent float32 weights, see
+:mod:`floatlab.nn.lowbit`): ``binary`` and ``ternary`` quantize every layer's weights to
+``{-a, +a}`` / ``{-a, 0, +a}`` (``a`` per output channel) and its inputs to int4 (current
+per-tensor power-of-two scaling); ``elbnn`` and ``elbnn_binary`` are ELB-NN's hybrid: the first and
+the last quantized layer in int8 (weights and inputs), ternary or binary weights with int4 inputs
+in between (``Rule("@first")``/``Rule("@last")``). Their gradients stay float32 (dgrad and wgrad
+use the quantized forward operands, so the gradient is the quantized network's, with the
+straight-through estimator for the weights). They keep no layer by name (``keep=()``).
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import difflib
 import os
 from pathlib import Path
 
-from floatlab.nn.recipe import GemmSpec, LinearSpec, Recipe, Scaling, TensorSpec
+from floatlab.nn.recipe import GemmSpec, LinearSpec, Recipe, Rule, Scaling, TensorSpec
 
 BF16 = LinearSpec.uniform("bf16")
 
@@ -39,8 +49,26 @@ def _r(name, spec, description, **kw) -> Recipe:
     return Recipe(name, spec, attention=BF16, description=description, **kw)
 
 
+def _qat(weight: str, act: str, act_scaling=Scaling.CURRENT, grad: str = "ste") -> LinearSpec:
+    """Quantization-aware training: ``weight`` (a format or "binary"/"ternary") for W in fprop
+    and dgrad, ``act`` for the input in fprop and wgrad; gradients in float32."""
+    w = TensorSpec(weight, grad=grad) if weight in ("binary", "ternary") else _t(weight, None, Scaling.CURRENT)
+    wd = TensorSpec(weight) if weight in ("binary", "ternary") else w
+    x = _t(act, None, act_scaling)
+    return LinearSpec(GemmSpec(x, w), GemmSpec(TensorSpec(), wd), GemmSpec(TensorSpec(), x))
+
+
+def _elb(name: str, middle: str, description: str) -> Recipe:
+    eight = _qat("int8", "int8")
+    return _r(name, _qat(middle, "int4"), description, keep=(),
+              rules=(Rule("@first", eight), Rule("@last", eight)))
+
+
 def _builtin() -> dict[str, Recipe]:
     D, C = Scaling.DELAYED, Scaling.CURRENT
+    i8 = _t("int8", None, C)
+    i8g = _t("int8", "sr", C)
+    int8 = LinearSpec(GemmSpec(i8, i8), GemmSpec(i8g, i8), GemmSpec(i8g, i8))
     fp8 = LinearSpec(GemmSpec(_t("e4m3", None, D), _t("e4m3", None, D)),
                      GemmSpec(_t("e5m2", None, D), _t("e4m3", None, D)),
                      GemmSpec(_t("e5m2", None, D), _t("e4m3", None, D)))
@@ -69,11 +97,28 @@ def _builtin() -> dict[str, Recipe]:
            "HiFloat4 for every operand with SR on gradients and a 16-point RHT on wgrad"),
         _r("hif4_plain", _fp4("hif4", "hif4", sr=False, rht=0),
            "HiFloat4 without stabilizers (reference ties-away rounding, no RHT)"),
+        Recipe("fp32", LinearSpec(), description="nothing quantized: the float32 reference"),
+        _r("int8", int8, "int8 for every operand with current per-tensor power-of-two scaling "
+           "(amax to <= 127); RNE forward, stochastic rounding of the gradients"),
+        _r("binary", _qat("binary", "int4"), "every layer: binary weights {-a,+a} (a = mean|w| per "
+           "output channel, straight-through gradient), int4 inputs; gradients float32", keep=()),
+        _r("ternary", _qat("ternary", "int4"), "every layer: ternary weights {-a,0,+a} (TWN threshold "
+           "0.7 mean|w| per output channel, straight-through gradient), int4 inputs", keep=()),
+        _elb("elbnn", "ternary", "ELB-NN hybrid: int8 first and last layers, ternary weights with "
+             "int4 inputs in between"),
+        _elb("elbnn_binary", "binary", "ELB-NN hybrid: int8 first and last layers, binary weights "
+             "with int4 inputs in between"),
     ]
     return {r.name: r for r in recipes}
 
 
 RECIPES: dict[str, Recipe] = _builtin()
+
+# What `floatlab train` compares when no recipe is given: the GPT's formats (language modelling) and
+# the image task's formats and extremely-low-bit recipes.
+LM_RECIPES = ("bf16", "fp8", "hif8", "mxfp8", "mxfp4", "mxfp4_rht_sr", "nvfp4", "nvfp4_plain",
+              "hif4", "hif4_plain")
+IMAGE_RECIPES = ("fp32", "bf16", "fp8", "int8", "hif8", "binary", "ternary", "elbnn")
 
 
 def list_recipes() -> list[str]:
