@@ -92,21 +92,39 @@ def _precision(name, what):
 
 
 def factorize(A: torch.Tensor, fmt="fp16", *, scaling: str | None = None, theta: float = 0.1,
-              rounding=None, saturate=None, generator=None) -> LUFactors:
+              rounding=None, saturate=None, generator=None, retries: int = 3) -> LUFactors:
     """``lu_factor`` of ``A``, after the two-sided scaling when ``scaling="squeeze"``.
 
-    The returned factors carry the scaling (``row_scale``, ``col_scale``, ``mu``), which
-    :func:`refine` undoes in its solves.
+    With scaling, an overflow during the factorization (element growth beyond the format's
+    range) is retried with ``theta`` divided by 8, up to ``retries`` times (Higham, Pranesh and
+    Zounon choose ``theta = 0.1``; growth of partial pivoting on larger random matrices needs
+    more headroom). The returned factors carry the scaling (``row_scale``, ``col_scale``, ``mu``;
+    ``meta["theta"]``), which :func:`refine` undoes in its solves.
+
+    Raises:
+        FloatingPointError: still overflowing after the retries (or without scaling).
+        SingularMatrixError, ValueError, TypeError: as :func:`floatlab.linalg.lu_factor`.
     """
     _check_matrix(A)
     if scaling not in (None, "none", "squeeze"):
         raise ValueError(f"scaling must be None or 'squeeze', got {scaling!r}")
-    sc = squeeze(A, fmt, theta) if scaling == "squeeze" else None
-    As = sc.apply(A) if sc is not None else A.detach().to(torch.float64)
-    f = lu_factor(As, fmt, rounding, saturate=saturate, generator=generator)
-    if sc is not None:
+    if scaling != "squeeze":
+        f = lu_factor(A.detach().to(torch.float64), fmt, rounding, saturate=saturate, generator=generator)
+        f.meta["theta"] = None
+        return f
+    for attempt in range(retries + 1):
+        sc = squeeze(A, fmt, theta)
+        try:
+            f = lu_factor(sc.apply(A), fmt, rounding, saturate=saturate, generator=generator)
+        except FloatingPointError:
+            if attempt == retries:
+                raise
+            theta /= 8
+            continue
         f.row_scale, f.col_scale, f.mu = sc.row, sc.col, sc.mu
-    return f
+        f.meta["theta"] = theta
+        return f
+    raise AssertionError("unreachable")
 
 
 def _pow2_scale(v: torch.Tensor) -> float:
@@ -168,7 +186,8 @@ def refine(A: torch.Tensor, b: torch.Tensor, fmt="fp16", *, method: str = "lu-ir
         scaling: ``None`` or ``"squeeze"`` (two-sided diagonal scaling, then ``mu = theta x_max``).
         factors: reuse factors from :func:`factorize` (then ``fmt``/``scaling`` are taken from them).
         tol: backward-error target (default ``2 u``).
-        max_iter: refinement steps (default 30 for LU-IR, 10 for GMRES-IR).
+        max_iter: refinement steps (default 100 for LU-IR, which converges slowly when
+            ``kappa u_f`` approaches 1, and 20 for GMRES-IR); stagnation ends hopeless runs early.
         gmres_tol, gmres_max_iter: GMRES's relative tolerance and Krylov limit (default n).
         x_true: the exact solution, to record forward errors.
 
@@ -201,7 +220,7 @@ def refine(A: torch.Tensor, b: torch.Tensor, fmt="fp16", *, method: str = "lu-ir
     u = UNIT_ROUNDOFF[working]
     tol = 2 * u if tol is None else tol
     if max_iter is None:
-        max_iter = 30 if method == "lu-ir" else 10
+        max_iter = 100 if method == "lu-ir" else 20
     A64, b64 = A.detach().to(torch.float64), b.detach().to(torch.float64)
     A_r, b_r = A64.to(r_dtype), b64.to(r_dtype)
     A_u = A64.to(u_dtype)

@@ -129,6 +129,7 @@ def run_study(n: int = 100, kappas: Sequence[float] = DEFAULT_KAPPAS,
                                      factors=factors, gmres_tol=gmres_tol,
                                      gmres_max_iter=gmres_max_iter, x_true=x_true)
                         rows.append({**base, "status": res.status, "reason": "",
+                                     "theta": factors.meta.get("theta"), "mu": factors.mu,
                                      "iterations": res.iterations,
                                      "gmres_iterations": sum(res.gmres_iterations),
                                      "gmres_per_step": list(res.gmres_iterations),
