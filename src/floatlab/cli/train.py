@@ -1,4 +1,5 @@
-"""``floatlab train``: compare recipes by training a small GPT (thin: check, call, print).
+"""``floatlab train``: compare recipes by training a small GPT, or an MLP/CNN on images (thin:
+check, call, print); ``floatlab data``: prepare the image data sets.
 
 Every input is checked before any model is built or any step is trained: numbers, preset,
 recipes (names or files), master-weight format, device, corpus, the output folder, and every
@@ -26,6 +27,9 @@ def train_command(
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available)."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads per process; 0 keeps torch's default (1 is fastest on shared cores: OpenMP barriers stall when cores are oversubscribed)."),
     fresh: bool = typer.Option(False, "--fresh", help="Train every run from step 0, replacing the checkpoints in --out. Without it, finished runs with the same settings are reused, interrupted ones resumed, and a run made with other settings is refused."),
+    task: str = typer.Option("lm", "--task", help="lm (byte-level language modelling, the GPT) | fashion-mnist | digits (scikit-learn's 8x8 digits, CI-sized)."),
+    model: str = typer.Option(None, "--model", help="gpt (task lm) | cnn | mlp (image tasks; default cnn)."),
+    rule: str = typer.Option("backprop", "--rule", help="Image tasks, MLP: backprop (the recipes) | sgd | sign | bsl (binary stochastic learning; see floatlab.nn.bsl)."),
 ) -> None:
     """Train a small GPT once per recipe and seed; report the final loss relative to bf16.
 
@@ -37,8 +41,8 @@ def train_command(
     import torch
 
     from floatlab.cli.output import (CliError, check_int, check_out_dir, compile_note, flag_errors,
-                                     progress, say, show_table)
-    from floatlab.nn.recipes import list_recipes
+                                     parse_choice, progress, say, show_table)
+    from floatlab.nn.recipes import LM_RECIPES
     from floatlab.train.checkpoint import ConfigMismatch
     from floatlab.train.data import Corpus
     from floatlab.train.experiment import plan_runs, resolve_recipes, run_experiment
@@ -47,6 +51,14 @@ def train_command(
     from floatlab.train.presets import get_preset
 
     # every input first: nothing is built or trained before they all pass
+    task_name = parse_choice(task, ("lm", "fashion-mnist", "digits"), "--task")
+    if task_name != "lm":
+        return _image_command(recipe, seeds, steps, preset, out, task_name, model, rule, threads, fresh)
+    if model is not None and model.strip().lower() != "gpt":
+        raise CliError(f"the lm task trains the GPT; --model {model!r} is for the image tasks "
+                       "(--task fashion-mnist or digits)", "--model")
+    if rule != "backprop":
+        raise CliError("--rule is for the image tasks' MLP (--task fashion-mnist --model mlp)", "--rule")
     check_int(seeds, "--seeds", 1)
     if steps is not None:
         check_int(steps, "--steps", 1)
@@ -54,7 +66,7 @@ def train_command(
     with flag_errors("--preset"):
         p = get_preset(preset).with_steps(steps)
     with flag_errors("--recipe", OSError):
-        recipes = resolve_recipes(recipe or list_recipes())
+        recipes = resolve_recipes(recipe or list(LM_RECIPES))
     with flag_errors("--master-weights"):
         master = canonical_master(master)
     with flag_errors("--device"):
@@ -110,6 +122,85 @@ def train_command(
     say(f"wrote {out}/summary.json, {out}/curves.csv, {out}/loss.png")
 
 
+def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads, fresh) -> None:
+    """``floatlab train --task fashion-mnist|digits``: every input checked, then the runs."""
+    import torch
+
+    from floatlab.cli.output import (CliError, check_int, check_out_dir, flag_errors, parse_choice,
+                                     progress, say, show_table)
+    from floatlab.nn.recipes import IMAGE_RECIPES
+    from floatlab.train.checkpoint import ConfigMismatch
+    from floatlab.train.image_experiment import plan_runs, resolve, run_image_experiment
+    from floatlab.train.image_run import RULES, get_image_preset, load_data
+    from floatlab.train.images import DataMissing
+
+    check_int(seeds, "--seeds", 1)
+    if steps is not None:
+        check_int(steps, "--steps", 1)
+    check_int(threads, "--threads", 0, hint="0 keeps torch's default")
+    kind = parse_choice(model or "cnn", ("cnn", "mlp"), "--model")
+    how = parse_choice(rule, RULES, "--rule")
+    if how != "backprop" and kind != "mlp":
+        raise CliError(f"--rule {how} trains binary stochastic learning's sigmoid MLP: add --model mlp", "--rule")
+    if how != "backprop" and recipe:
+        raise CliError(f"--rule {how} trains without a recipe (its own binary signals); leave --recipe out", "--recipe")
+    with flag_errors("--preset"):
+        p = get_image_preset(preset).with_steps(steps)
+    with flag_errors("--recipe", OSError):
+        recipes = resolve(recipe or list(IMAGE_RECIPES), how)
+    with flag_errors("--task", DataMissing):
+        data = load_data(task, p)
+    out = check_out_dir(out)
+    try:
+        with flag_errors("--recipe"):
+            plan = plan_runs(recipes, list(range(seeds)), p, kind, how, out, data, fresh)
+    except ConfigMismatch as err:
+        raise CliError(f"{err}. Pass --fresh to discard the runs in {out} and train from step 0, "
+                       "or choose another --out", "--out") from None
+    if threads > 0:
+        torch.set_num_threads(threads)
+    counts: dict[str, int] = {}
+    for what in plan.values():
+        counts[what.split()[0]] = counts.get(what.split()[0], 0) + 1
+    say(f"floatlab train: {kind} on {task} ({p.name} preset: {len(data.train_y)} training images, batch "
+        f"{p.batch_size}, {p.steps} steps), rule {how}, {seeds} seed(s); runs: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    with progress():
+        summary = run_image_experiment(recipes if how == "backprop" else [], list(range(seeds)), p, kind, out,
+                                       data, rule=how, fresh=fresh)
+    columns = ("run", "test accuracy", "std", f"vs {summary['reference']} (points)", "ms/step", "time vs ref")
+    rows = [(name, f"{100 * r['test_accuracy']:.2f}%", f"{100 * r['test_accuracy_std']:.2f}",
+             f"{r['vs_reference_points']:+.2f}", f"{1e3 * r['step_time_s']:.0f}", f"{r['step_time_vs_reference']:.2f}x")
+            for name, r in summary["recipes"].items()]
+    show_table(f"{task} test accuracy after {p.steps} steps ({kind}, {p.name} preset, {seeds} seed(s))",
+               columns, rows, right=columns[1:])
+    say(f"wrote {out}/summary.json, {out}/curves.csv, {out}/accuracy.png")
+
+
+def data_command(
+    prepare: list[str] = typer.Option([], "--prepare", "-p", help="Prepare this data set: fashion-mnist (apt-get download + dpkg-deb -x into the floatlab cache where Debian's dataset-fashion-mnist package is not installed)."),
+) -> None:
+    """List the image data sets and where they are; prepare Fashion-MNIST offline."""
+    from floatlab.cli.output import flag_errors, parse_choice, say, show_table
+    from floatlab.train.images import DataMissing, find_fashion_mnist, prepare_fashion_mnist
+
+    names = [parse_choice(n, ("fashion-mnist",), "--prepare") for n in prepare]
+    for _ in names:
+        with flag_errors("--prepare", DataMissing):
+            prepare_fashion_mnist(log=say)
+    try:
+        where = str(find_fashion_mnist())
+    except DataMissing:
+        where = "missing: floatlab data --prepare fashion-mnist"
+    try:
+        import sklearn  # noqa: F401
+        digits = "in scikit-learn"
+    except ModuleNotFoundError:
+        digits = "missing: pip install scikit-learn"
+    show_table("image data sets", ("name", "images", "where"),
+               [("fashion-mnist", "60,000 + 10,000 28x28", where), ("digits", "1,797 8x8", digits)])
+
+
 def _quantized(report) -> str:
     kept = ", ".join(f"{n} ({why})" for n, why in report.kept.items())
     return (f"{len(report.quantized)} of {len(report.quantized) + len(report.kept)} linear layers quantized"
@@ -118,6 +209,7 @@ def _quantized(report) -> str:
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
+    app.command("data")(data_command)
 
 
 def main() -> None:
