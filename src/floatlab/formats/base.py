@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import enum
 import math
+from fractions import Fraction
 from functools import cached_property
 
 import torch
@@ -45,6 +46,51 @@ def pow2(k: torch.Tensor) -> torch.Tensor:
     normal_bits = (k + 1023) << 52
     subnormal_bits = torch.ones_like(k) << torch.clamp(k + 1074, 0, 51)
     return torch.where(k >= -1022, normal_bits, subnormal_bits).view(torch.float64)
+
+
+def mul_pow2(v: torch.Tensor, k) -> torch.Tensor:
+    """``v * 2^k`` for float64 ``v`` and integer ``k`` (a tensor or an int), in steps of at most
+    ``2^+-1000``: exact wherever the true product is a float64 (``2^k`` itself need not be one).
+
+    One multiplication by :func:`pow2` cannot scale by ``2^1074`` (5e-324 to 1.0) or by
+    ``2^-1100``: the factor is outside float64. Each step here is exact because every
+    intermediate lies between ``v`` and the result, on the same significand.
+    """
+    k = torch.as_tensor(k, dtype=torch.int64, device=v.device)
+    for _ in range(3):          # |k| < 3000 covers any float64 v and any float64 result
+        step = torch.clamp(k, -1000, 1000)
+        v = v * pow2(step)
+        k = k - step
+    return v
+
+
+def as_int64_code(code: int) -> int:
+    """A code of up to 64 bits as the int64 holding its bit pattern (two's complement)."""
+    return code - (1 << 64) if code >= 1 << 63 else code
+
+
+_FLOAT64_MIN_EXP = -1074      # the smallest float64 is 2^-1074
+_FLOAT64_LIMIT = Fraction(2) ** 1024   # every finite float64 is below it
+
+
+def check_float64_range(name: str, largest, quantum_exp: int, hint: str = "") -> None:
+    """Refuse a format whose values are not all float64 values (floatlab computes in float64).
+
+    ``largest``: the largest finite magnitude (a Fraction); ``quantum_exp``: the exponent of the
+    finest spacing of the format's grid (every value is a multiple of ``2^quantum_exp``).
+
+    Raises:
+        ValueError: the largest value reaches 2^1024 or the finest spacing is below 2^-1074.
+    """
+    if largest >= _FLOAT64_LIMIT:
+        top = largest.numerator.bit_length() - largest.denominator.bit_length()
+        raise ValueError(f"{name}: its largest value, about 2^{top}, is beyond float64 (every "
+                         "float64 is below 2^1024); floatlab rounds and decodes in float64, so "
+                         f"every value of a format must be a float64.{hint}")
+    if quantum_exp < _FLOAT64_MIN_EXP:
+        raise ValueError(f"{name}: its values are multiples of 2^{quantum_exp}, finer than "
+                         "float64's smallest value 2^-1074; floatlab rounds and decodes in float64, "
+                         f"so every value of a format must be a float64.{hint}")
 
 
 def floor_log2(a: torch.Tensor, zero: int = 0) -> torch.Tensor:
@@ -152,16 +198,54 @@ class ScalarFormat(abc.ABC):
         Rounding decisions near the top compare against it (e.g. 480 for e4m3fn, 65536 for e5m2,
         1.5*2^15 for hif8): a rounded magnitude that reaches it has overflowed.
         """
+        boundary = self.overflow_boundary_exact
+        return float(boundary) if boundary < _FLOAT64_LIMIT else math.inf
+
+    @cached_property
+    def overflow_boundary_exact(self) -> Fraction:
+        """:attr:`overflow_boundary` as an exact Fraction (2^1024 for e11m52, where the float is inf)."""
         e = math.floor(math.log2(self.max_value))
         qe = int(self.quantum_exponent(torch.tensor([e])).item())
-        return self.max_value + 2.0 ** qe
+        return Fraction(self.max_value) + Fraction(2) ** qe
 
     @property
     def code_dtype(self) -> torch.dtype:
-        """Integer dtype that holds one unsigned code."""
+        """Integer dtype that holds one code: ``uint8`` up to 8 bits, ``int32`` up to 31, else
+        ``int64``. A 64-bit code (signed e11m52) is held as its bit pattern: codes with the top
+        bit set are negative int64 values (two's complement), e.g. -1.0 is ``0xBFF0000000000000``
+        ``= -4616189618054758400``."""
         if self.bits <= 8:
             return torch.uint8
         return torch.int32 if self.bits <= 31 else torch.int64
+
+    def codes_from(self, codes: torch.Tensor) -> torch.Tensor:
+        """Validated int64 codes (bit patterns) from an integer tensor of codes.
+
+        Codes are ``0 .. 2^bits - 1``. A container exactly as wide as the format (``int8`` for
+        8-bit codes, ``int16``, ``int32``, ``int64`` for 64-bit codes) may hold the bit pattern as
+        a negative number (two's complement), as may ``uint64`` for 64-bit codes; a 64-bit format's
+        codes come back as int64 bit patterns (see :attr:`code_dtype`).
+
+        Raises:
+            ValueError: a code outside ``0 .. 2^bits - 1`` (a negative value in a wider container,
+                or a value needing more than ``bits`` bits).
+        """
+        c = codes.to(torch.int64)                 # uint64 beyond 2^63 wraps to its bit pattern
+        width = codes.dtype.itemsize * 8
+        if self.bits == 64:
+            if width == 64:
+                return c                          # every int64 is one 64-bit pattern
+        elif width == self.bits and codes.dtype.is_signed:
+            c = c & ((1 << self.bits) - 1)        # a signed container holding the bit pattern
+        top = (1 << min(self.bits, 63)) - 1       # the largest code a non-negative int64 holds
+        bad = (c < 0) | (c > top)
+        if bool(bad.any()):
+            first = int(codes.reshape(-1)[bad.reshape(-1).nonzero()[0]].item())
+            also = (f"; an int{self.bits} tensor may hold them as negative two's-complement bit "
+                    "patterns" if self.bits in (8, 16, 32, 64) else "")
+            raise ValueError(f"codes out of range for {self.name!r}: {self.bits}-bit codes are "
+                             f"0..{(1 << self.bits) - 1} (got {first}){also}")
+        return c
 
     @property
     def kind(self) -> str:

@@ -8,7 +8,8 @@ from fractions import Fraction
 
 import torch
 
-from floatlab.formats.base import Overflow, ScalarFormat, floor_log2, pow2
+from floatlab.formats.base import (Overflow, ScalarFormat, as_int64_code, check_float64_range,
+                                   floor_log2, mul_pow2)
 
 
 class NanStyle(str, enum.Enum):
@@ -33,10 +34,19 @@ class FloatFormat(ScalarFormat):
         bias: exponent bias; default ``2^(ebits-1) - 1`` (``2^(ebits-1)`` for ``fnuz``).
         subnormals: exponent field 0 holds subnormals ``0.M * 2^(1-bias)``. If False, field 0 is
             zero only (flush-to-zero formats), or, with ``zero=False``, an ordinary binade.
-        nan: :class:`NanStyle`, which also fixes whether Inf exists (only ``ieee`` has Inf).
+        nan: :class:`NanStyle`: which codes are NaN; ``ieee`` also reserves the top exponent
+            field and puts +-Inf there.
         signed: a sign bit exists. Unsigned formats map negative inputs to NaN.
         zero: the format has a zero (``False`` only for scale formats like E8M0).
+        top_inf: the largest magnitude code that is not NaN is +-Inf (IEEE P3109's "extended"
+            formats: ``nan="fnuz"`` with +-Inf on 0x7F/0xFF, or unsigned ``nan="fn"`` with +Inf on
+            0xFE); not with ``nan="ieee"``, which has its own Inf. Spelled with the suffix ``_inf``.
         name: display name (the registry fills it in).
+
+    Raises:
+        ValueError: fields out of range or contradicting each other, or a format whose values
+            are not all float64 values (largest at 2^1024 or beyond, or a spacing below 2^-1074:
+            e.g. ``e11m2fn``, whose top binade 2^1024 is not reserved; ``e11m2fn_b1024`` fits).
     """
 
     ebits: int
@@ -47,6 +57,7 @@ class FloatFormat(ScalarFormat):
     signed: bool = True
     zero: bool = True
     name: str = ""
+    top_inf: bool = False
 
     def __post_init__(self) -> None:
         nan = NanStyle(self.nan)
@@ -64,8 +75,26 @@ class FloatFormat(ScalarFormat):
             raise ValueError("a format without zero must be unsigned and have subnormals=False")
         if self.subnormals and not self.zero:
             raise ValueError("subnormals imply a zero")
+        if self.top_inf and nan is NanStyle.IEEE:
+            raise ValueError("top_inf puts Inf on the top code of a format without IEEE's reserved "
+                             "exponent field: use it with nan='fn', 'fnuz' or 'none'")
+        if self.max_code < (1 if self.zero else 0):
+            raise ValueError(f"e{self.ebits}m{self.mbits} with these special values has no positive "
+                             "finite value")
         if not self.name:
             object.__setattr__(self, "name", self.spelled())
+        self._check_range()
+
+    def _check_range(self) -> None:
+        """Every value must be a float64: spacing 2^(emin - mbits) >= 2^-1074, max below 2^1024."""
+        # the biases that fit: emin - mbits = (1 or 0) - bias - mbits >= -1074, and the top
+        # exponent field minus the bias <= 1023
+        hi_bias = int(self.zero) - self.mbits + 1074
+        lo_bias = (self.max_code >> self.mbits) - 1023
+        hint = (f" Biases {lo_bias}..{hi_bias} fit e{self.ebits}m{self.mbits}."
+                if lo_bias <= hi_bias else "")
+        check_float64_range(self.name, abs(self.code_value(self.max_code)), self.emin - self.mbits,
+                            hint)
 
     # ---- identity -----------------------------------------------------------------------
     def spelled(self) -> str:
@@ -78,6 +107,8 @@ class FloatFormat(ScalarFormat):
             s += f"_b{self.bias}"
         if not self.subnormals:
             s += "_nosub" if self.zero else "_nozero"
+        if self.top_inf:
+            s += "_inf"
         return s
 
     # ---- ScalarFormat facts -------------------------------------------------------------
@@ -87,7 +118,7 @@ class FloatFormat(ScalarFormat):
 
     @property
     def has_inf(self) -> bool:
-        return self.nan is NanStyle.IEEE
+        return self.nan is NanStyle.IEEE or self.top_inf
 
     @property
     def has_nan(self) -> bool:
@@ -103,6 +134,8 @@ class FloatFormat(ScalarFormat):
 
     @property
     def overflow(self) -> Overflow:
+        if self.top_inf:
+            return Overflow.INF
         return {NanStyle.IEEE: Overflow.INF, NanStyle.FN: Overflow.NAN,
                 NanStyle.FNUZ: Overflow.NAN, NanStyle.NONE: Overflow.SATURATE}[self.nan]
 
@@ -115,13 +148,18 @@ class FloatFormat(ScalarFormat):
         return 2 ** self.mbits - 1
 
     @property
-    def max_code(self) -> int:
+    def _top_non_nan(self) -> int:
+        """The largest magnitude code that is not NaN (where ``top_inf`` puts +-Inf)."""
         top = self._top_field
         if self.nan is NanStyle.IEEE:
             return ((top - 1) << self.mbits) | self._mmask
         if self.nan is NanStyle.FN:
             return ((top << self.mbits) | self._mmask) - 1
         return (top << self.mbits) | self._mmask
+
+    @property
+    def max_code(self) -> int:
+        return self._top_non_nan - 1 if self.top_inf else self._top_non_nan
 
     @property
     def emin(self) -> int:
@@ -144,6 +182,8 @@ class FloatFormat(ScalarFormat):
 
     @property
     def inf_code(self) -> int | None:
+        if self.top_inf:
+            return self._top_non_nan
         return (self._top_field << self.mbits) if self.has_inf else None
 
     def code_value(self, code: int):
@@ -159,6 +199,8 @@ class FloatFormat(ScalarFormat):
             return float("nan") if mant else sign * float("inf")
         if self.nan is NanStyle.FN and mag == (self._top_field << self.mbits) | self._mmask:
             return float("nan")
+        if self.top_inf and mag == self.inf_code:
+            return sign * float("inf")
         if field == 0 and self.subnormals:
             return sign * Fraction(mant, 2 ** self.mbits) * Fraction(2) ** (1 - self.bias)
         if field == 0 and self.zero:  # flush-to-zero format: field 0 means zero
@@ -180,7 +222,8 @@ class FloatFormat(ScalarFormat):
         normal = e >= self.emin
         field = torch.where(normal, e + self.bias, torch.zeros_like(e))
         qe = torch.clamp(e, min=self.emin) - self.mbits
-        sig = torch.round(safe * pow2(-qe)).to(torch.int64)  # exact: safe is a multiple of 2^qe
+        # exact: safe is a multiple of 2^qe (2^-qe itself may be beyond float64: e11m52's 2^1074)
+        sig = torch.round(mul_pow2(safe, -qe)).to(torch.int64)
         mant = torch.where(normal, sig - (1 << self.mbits), sig)
         mag = (field << self.mbits) | mant
         mag = torch.where(finite_nonzero, mag, torch.zeros_like(mag))
@@ -190,7 +233,7 @@ class FloatFormat(ScalarFormat):
             negative = torch.signbit(q) & (finite_nonzero | torch.isinf(q) | torch.tensor(self.neg_zero))
             mag = mag | (negative.to(torch.int64) << (self.bits - 1))
         if self.has_nan:
-            mag = torch.where(torch.isnan(q), torch.full_like(mag, self.nan_code), mag)
+            mag = torch.where(torch.isnan(q), torch.full_like(mag, as_int64_code(self.nan_code)), mag)
         return mag
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -206,11 +249,11 @@ class FloatFormat(ScalarFormat):
             exp = field - self.bias - self.mbits
             if self.zero:
                 sig = torch.where(field == 0, torch.zeros_like(sig), sig)
-        v = sig.to(torch.float64) * pow2(exp)
+        v = mul_pow2(sig.to(torch.float64), exp)
         if self.signed:
             v = torch.where(((c >> nbits) & 1).bool(), -v, v)
         if self.has_inf:
-            inf = (field == self._top_field) & (mant == 0)
+            inf = mag == self.inf_code
             v = torch.where(inf, torch.copysign(torch.full_like(v, float("inf")), v), v)
         if self.nan is NanStyle.IEEE:
             v = torch.where((field == self._top_field) & (mant != 0), torch.full_like(v, float("nan")), v)
@@ -218,5 +261,5 @@ class FloatFormat(ScalarFormat):
             v = torch.where(mag == (self._top_field << self.mbits) | self._mmask,
                             torch.full_like(v, float("nan")), v)
         elif self.nan is NanStyle.FNUZ:
-            v = torch.where(c == self.nan_code, torch.full_like(v, float("nan")), v)
+            v = torch.where(c == as_int64_code(self.nan_code), torch.full_like(v, float("nan")), v)
         return v

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import torch
 
-from floatlab.formats.base import Overflow, ScalarFormat
+from floatlab.formats.base import Overflow, ScalarFormat, check_float64_range, mul_pow2
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,10 @@ class IntFormat(ScalarFormat):
         name: display name.
 
     Overflow always saturates; negative inputs to an unsigned format clamp to 0.
+
+    Raises:
+        ValueError: ``nbits`` outside 2..16, ``symmetric`` unsigned, or a ``frac_bits`` whose
+            values are not float64 values (beyond 2^1024 or finer than 2^-1074).
     """
 
     nbits: int
@@ -46,6 +50,8 @@ class IntFormat(ScalarFormat):
             base = ("int" if self.signed else "uint") + str(self.nbits)
             base += f"_f{self.frac_bits}" if self.frac_bits else ""
             object.__setattr__(self, "name", base + ("_sym" if self.symmetric else ""))
+        largest = max(self._imax, -self._imin) * Fraction(2) ** -self.frac_bits
+        check_float64_range(self.name, largest, -self.frac_bits)
 
     @property
     def bits(self) -> int:
@@ -77,17 +83,17 @@ class IntFormat(ScalarFormat):
         if not 0 <= code < 2 ** self.nbits:
             raise ValueError(f"code {code} out of range for {self.name} ({self.nbits} bits)")
         i = code - 2 ** self.nbits if (self.signed and code >= 2 ** (self.nbits - 1)) else code
-        return Fraction(i, 2 ** self.frac_bits)
+        return Fraction(i) * Fraction(2) ** -self.frac_bits    # frac_bits may be negative
 
     def quantum_exponent(self, e: torch.Tensor) -> torch.Tensor:
         return torch.full_like(e, -self.frac_bits)
 
     def encode(self, q: torch.Tensor) -> torch.Tensor:
-        i = torch.round(q * 2.0 ** self.frac_bits).to(torch.int64)
+        i = torch.round(mul_pow2(q, self.frac_bits)).to(torch.int64)
         return i & (2 ** self.nbits - 1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         c = codes.to(torch.int64)
         if self.signed:
             c = torch.where(c >= 2 ** (self.nbits - 1), c - 2 ** self.nbits, c)
-        return c.to(torch.float64) * 2.0 ** -self.frac_bits
+        return mul_pow2(c.to(torch.float64), -self.frac_bits)

@@ -5,8 +5,13 @@ exactly, and every step below is exact in float64:
 
 1. ``e = floor(log2 |x|)`` from ``frexp``; the format says the spacing ``2^qe`` of its grid in
    that binade (:meth:`ScalarFormat.quantum_exponent`).
-2. ``s = |x| / 2^qe`` is exact (a power-of-two scaling), so ``floor(s)`` and ``frac = s - floor(s)``
-   are exact: the two neighbours of ``|x|`` are ``floor(s) * 2^qe`` and ``(floor(s)+1) * 2^qe``.
+2. ``s = |x| / 2^qe`` is exact (a power-of-two scaling, done in steps by
+   :func:`~floatlab.formats.base.mul_pow2`: ``2^-qe`` itself may be beyond float64, e.g. 2^1074
+   for e11m52's subnormals), so ``floor(s)`` and ``frac = s - floor(s)`` are exact: the two
+   neighbours of ``|x|`` are ``floor(s) * 2^qe`` and ``(floor(s)+1) * 2^qe``. Where ``s`` would be
+   below ``2^-60`` (far below the grid, e.g. 5e-324 into a format spaced by 8) it is taken as
+   ``2^-60`` instead of underflowing to 0: every mode decides the same for any ``frac`` in
+   ``(0, 2^-53)`` (see :func:`quantize_to_float64`).
 3. The rounding mode decides, per element, whether the magnitude goes up (one boolean).
 4. Overflow, special values and the sign are applied by the format's rules (FORMATS.md sec. 0).
 
@@ -17,11 +22,12 @@ from __future__ import annotations
 
 import torch
 
-from floatlab.formats.base import Overflow, ScalarFormat, floor_log2, pow2
+from floatlab.formats.base import Overflow, ScalarFormat, floor_log2, mul_pow2
 from floatlab.rounding import RoundingMode
 
 _HYBRID_TA_LIMIT = 4          # HiF8 HR: ties-away where |E| < 4, self-stochastic elsewhere
 _HYBRID_ZERO_EXP = -23        # HiF8 HR (Huawei golden): inputs below 2^-23 go to zero
+_TINY_EXP = -60               # a nonzero frac below 2^-53 decides like any other (see below)
 
 
 def _round_up(mode: RoundingMode, fl, frac, negative, generator, sr_bits, x):
@@ -88,11 +94,17 @@ def quantize_to_float64(x: torch.Tensor, fmt: ScalarFormat, mode: RoundingMode, 
     a_fin = torch.where(finite, torch.clamp(a, max=limit), torch.zeros_like(a))
     e = floor_log2(a_fin)
     qe = fmt.quantum_exponent(e)
-    s = a_fin * pow2(-qe)
+    # s = |x| / 2^qe, exactly. Far below the grid (s < 2^-60) s is replaced by 2^-60: fl = 0 and a
+    # nonzero frac below 2^-53 makes every decision the same (below every tie and every sr_bits
+    # threshold (<= 52 bits); torch.rand draws multiples of 2^-53, so u < frac iff u == 0), and it
+    # cannot underflow to 0 (which would make an inexact value look exact to rup/rdn/rto/sr).
+    tiny = (e - qe < _TINY_EXP) & (a_fin > 0)
+    s = mul_pow2(a_fin, torch.where(tiny, torch.zeros_like(qe), -qe))
+    s = torch.where(tiny, torch.full_like(s, 2.0 ** _TINY_EXP), s)
     fl = torch.floor(s)
     frac = s - fl
     up = _round_up(mode, fl, frac, negative, generator, sr_bits, x)
-    y = (fl + up.to(torch.float64)) * pow2(qe)
+    y = mul_pow2(fl + up.to(torch.float64), qe)      # a value of fmt: a float64 (FloatFormat checks)
 
     if mode is RoundingMode.HYBRID:
         tiny = a < 2.0 ** _HYBRID_ZERO_EXP

@@ -8,7 +8,10 @@ between the two neighbours (the significand parity of IEEE 754; ml_dtypes agrees
 rounds 1.5 to 2 and 3 to 4). The only fact taken from the format object besides its codes is the
 virtual value just past the largest finite one (``overflow_boundary``), tested on its own.
 
-float32 (``fp32``) cannot be tabulated; its neighbours come from numpy's float32 ``nextafter``.
+Formats too wide to tabulate (more than 20 bits: fp32, e8m24, e10m30, e11m52, ...) are
+IEEE-style :class:`FloatFormat` s, whose magnitude codes ``0 .. max_code`` hold increasing
+values; their neighbours come from a bisection over those codes, each decoded with
+:meth:`code_value`.
 """
 
 from __future__ import annotations
@@ -44,15 +47,15 @@ def value_table(fmt: ScalarFormat) -> tuple[Fraction, ...]:
 def _extended_table(fmt: ScalarFormat) -> list[Fraction]:
     """The value table with the virtual values just past each end (where overflow starts)."""
     table = value_table(fmt)
-    step_past_max = Fraction(fmt.overflow_boundary) - Fraction(fmt.max_value)
+    step_past_max = fmt.overflow_boundary_exact - Fraction(fmt.max_value)
     lower_virtual = -Fraction(fmt.max_negative) - step_past_max if fmt.signed else Fraction(0)
-    return [lower_virtual] + list(table) + [Fraction(fmt.overflow_boundary)]
+    return [lower_virtual] + list(table) + [fmt.overflow_boundary_exact]
 
 
 def _neighbours(fmt: ScalarFormat, X: Fraction) -> tuple[Fraction, Fraction]:
     """The largest representable ``lo <= X`` and smallest ``hi >= X`` (on an extended grid)."""
-    if fmt.bits > 20:  # fp32: bracket with numpy's correctly rounded float32 and nextafter
-        return _float32_neighbours(fmt, X)
+    if fmt.bits > 20:
+        return _bisect_neighbours(fmt, X)
     ext = _extended_table(fmt)
     i = bisect.bisect_right(ext, X) - 1
     if i >= 0 and ext[i] == X:
@@ -62,22 +65,33 @@ def _neighbours(fmt: ScalarFormat, X: Fraction) -> tuple[Fraction, Fraction]:
     return ext[i], ext[i + 1]
 
 
-def _float32_neighbours(fmt: ScalarFormat, X: Fraction) -> tuple[Fraction, Fraction]:
-    big = np.finfo(np.float32).max
-    with np.errstate(over="ignore"):
-        f = np.float32(float(X))
-    if np.isinf(f):
-        f = np.float32(np.copysign(big, float(X)))
-    if Fraction(float(f)) == X:
+def _bisect_neighbours(fmt: ScalarFormat, X: Fraction) -> tuple[Fraction, Fraction]:
+    """:func:`_neighbours` for a wide IEEE-style format: bisection over its magnitude codes."""
+    from floatlab.formats.floating import FloatFormat
+
+    if not isinstance(fmt, FloatFormat):
+        raise ValueError(f"{fmt.name} has too many codes to tabulate and is not IEEE-style")
+    mag = abs(X)
+    boundary = fmt.overflow_boundary_exact
+    top = Fraction(fmt.max_value)
+    if mag > boundary:
+        raise OverflowError  # beyond the extended grid: overflows in every mode
+    if mag >= top:
+        lo, hi = top, boundary
+    elif mag < fmt.code_value(0):         # below the smallest value of a format without zero
+        lo, hi = Fraction(0), fmt.code_value(0)
+    else:
+        a, b = 0, fmt.max_code            # invariant: value(a) <= mag < value(b)
+        while b - a > 1:
+            m = (a + b) // 2
+            if fmt.code_value(m) <= mag:
+                a = m
+            else:
+                b = m
+        lo, hi = fmt.code_value(a), fmt.code_value(b)
+    if mag in (lo, hi):
         return X, X
-    with np.errstate(over="ignore"):
-        other = np.nextafter(f, np.float32(-np.inf if Fraction(float(f)) > X else np.inf))
-    boundary = Fraction(fmt.overflow_boundary)
-    pair = sorted(Fraction(float(v)) if np.isfinite(v) else boundary * (1 if v > 0 else -1)
-                  for v in (f, other))
-    if not pair[0] <= X <= pair[1]:
-        raise OverflowError
-    return pair[0], pair[1]
+    return (lo, hi) if X >= 0 else (-hi, -lo)
 
 
 def reference_round(x: float, fmt: ScalarFormat, mode: RoundingMode, saturate: bool = False,
