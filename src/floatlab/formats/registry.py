@@ -1,8 +1,23 @@
 """Format names: the built-in registry, user registration, and parsing of spelled formats.
 
-``get_format`` accepts a registered name or alias (case-insensitive), any spelled minifloat
-``[u]eXmY[fn|fnuz|fnone][_bBIAS][_nosub|_nozero]``, any ``intN`` / ``uintN`` (N = 2..16), or a
-format object (returned as is). Unknown names fail with the closest valid names.
+``get_format`` accepts (case-insensitive):
+
+* a registered name or alias (:func:`list_formats`);
+* any spelled minifloat ``[u]eXmY[fn|fnuz|fnone][_bBIAS][_nosub|_nozero][_inf]`` (a
+  :class:`FloatFormat`; ``_inf`` puts +-Inf on the top non-NaN code, ``top_inf=True``);
+* any ``intN`` / ``uintN`` (N = 2..16);
+* an IEEE P3109 binary8 format (interim report; the definitions of gfloat's
+  ``format_info_p3109``): ``p3109_p<P>[s|u][e|f]``, also spelled ``p3109_k8p<P>[s|u][e|f]`` or
+  ``binary8p<P>[s|u][e|f]``. ``P`` is the precision (significand bits with the implicit one):
+  1..7 signed (``s``, the default), 1..8 unsigned (``u``); ``e`` (extended, the default) has
+  +-Inf on the top code of each sign, ``f`` (finite) has none. Signed formats have one NaN at
+  0x80 (no negative zero), unsigned ones at 0xFF; all have subnormals; the bias is
+  ``2^(7-P)`` signed and ``2^(8-P)`` unsigned. They are ordinary :class:`FloatFormat` s named
+  ``p3109_p<P><s|u><e|f>`` (``p3109_p3`` is ``p3109_p3se`` = ``e5m2fnuz_inf``; ``p3109_p4sf`` =
+  ``e4m3fnuz``; ``p3109_p4ue`` = ``ue5m3fn_b16_inf``);
+* a format object (returned as is).
+
+Unknown names fail with the closest valid names.
 """
 
 from __future__ import annotations
@@ -90,21 +105,47 @@ def _builtin_blocks() -> None:
         register_format(name, _named(fmt, name), aliases, replace=True)
 
 
-_SPELLED_FLOAT = re.compile(r"^(u)?e(\d+)m(\d+)(fnuz|fnone|fn)?(?:_b(-?\d+))?(_nosub|_nozero)?$")
+_SPELLED_FLOAT = re.compile(
+    r"^(u)?e(\d+)m(\d+)(fnuz|fnone|fn)?(?:_b(-?\d+))?(_nosub|_nozero)?(_inf)?$")
 _SPELLED_INT = re.compile(r"^(u)?int(\d+)$")
+_SPELLED_P3109 = re.compile(r"^(?:p3109_(?:k8)?|binary8)p(\d+)([su])?([ef])?$")
 _NAN_SUFFIX = {None: NanStyle.IEEE, "fn": NanStyle.FN, "fnuz": NanStyle.FNUZ, "fnone": NanStyle.NONE}
+
+
+def p3109_format(precision: int, signed: bool = True, extended: bool = True) -> FloatFormat:
+    """The IEEE P3109 binary8 format of ``precision`` P as a :class:`FloatFormat`.
+
+    Signed: ``e(8-P)m(P-1)``, bias ``2^(7-P)``, NaN at 0x80 (``nan="fnuz"``). Unsigned:
+    ``ue(9-P)m(P-1)``, bias ``2^(8-P)``, NaN at 0xFF (``nan="fn"``). Extended formats put +-Inf
+    on the top code below the NaN (``top_inf=True``: 0x7F/0xFF signed, 0xFE unsigned). Source:
+    the P3109 interim report as gfloat 0.5.2 ``format_info_p3109(8, P, ...)`` defines it.
+
+    Raises:
+        ValueError: P outside 1..7 (signed) or 1..8 (unsigned).
+    """
+    top = 7 if signed else 8
+    if not 1 <= precision <= top:
+        raise ValueError(f"P3109 binary8 formats have precision 1..{top} when "
+                         f"{'signed' if signed else 'unsigned'}, got P = {precision}")
+    name = f"p3109_p{precision}{'s' if signed else 'u'}{'e' if extended else 'f'}"
+    ebits = 8 - precision + (0 if signed else 1)
+    return FloatFormat(ebits, precision - 1, bias=2 ** (ebits - 1), nan=NanStyle.FNUZ if signed
+                       else NanStyle.FN, signed=signed, top_inf=extended, name=name)
 
 
 def _parse(key: str):
     m = _SPELLED_FLOAT.match(key)
     if m:
-        unsigned, e, mb, nan, bias, sub = m.groups()
+        unsigned, e, mb, nan, bias, sub, inf = m.groups()
         return FloatFormat(int(e), int(mb), bias=None if bias is None else int(bias),
                            subnormals=sub is None, zero=sub != "_nozero",
-                           nan=_NAN_SUFFIX[nan], signed=unsigned is None)
+                           nan=_NAN_SUFFIX[nan], signed=unsigned is None, top_inf=inf is not None)
     m = _SPELLED_INT.match(key)
     if m:
         return IntFormat(int(m.group(2)), signed=m.group(1) is None)
+    m = _SPELLED_P3109.match(key)
+    if m:
+        return p3109_format(int(m.group(1)), signed=m.group(2) != "u", extended=m.group(3) != "f")
     return None
 
 
@@ -129,7 +170,8 @@ def get_format(fmt):
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ValueError(
         f"unknown format {fmt!r}.{hint} See floatlab.list_formats() (or `floatlab formats`); "
-        "any eXmY[fn|fnuz|fnone][_bBIAS] or intN/uintN spelling also works.")
+        "any eXmY[fn|fnuz|fnone][_bBIAS][_inf], intN/uintN or p3109_p<P>[s|u][e|f] spelling "
+        "also works.")
 
 
 def list_formats(kind: str | None = None) -> list[str]:
