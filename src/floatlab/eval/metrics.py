@@ -16,17 +16,19 @@ def embed(model: nn.Module, tokenizer, texts: list[str], *, batch_size: int = 32
           max_length: int = 128, progress=None) -> torch.Tensor:
     """L2-normalized mean-pooled embeddings (the sentence-transformers recipe of all-MiniLM-L6-v2).
 
-    Texts are batched by length (less padding); the result is in the input order."""
+    Texts are batched by length (less padding); the result ``(texts, hidden)`` float32 on the CPU
+    is in the input order. Inputs go to the model's device."""
+    device = _device(model)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = [None] * len(texts)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
+                        return_tensors="pt").to(device)
         hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
         m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         e = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        e = torch.nn.functional.normalize(e.float(), dim=-1)
+        e = torch.nn.functional.normalize(e.float(), dim=-1).cpu()
         for k, i in enumerate(idx):
             out[i] = e[k]
         if progress:
@@ -98,31 +100,64 @@ def retrieval_metrics(q: torch.Tensor, p: torch.Tensor) -> tuple[RetrievalResult
 
 
 # ---- perplexity ------------------------------------------------------------------------------
-def token_windows(tokenizer, text: str, window: int, max_windows: int | None = None) -> torch.Tensor:
-    """Non-overlapping windows of ``window`` tokens of ``text`` (the remainder is dropped)."""
+def adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer`` puts its BOS token in front of a text by default (Gemma, Llama and
+    OPT's tokenizers do; Qwen's and GPT-2's do not). Decided by encoding one word with
+    and without special tokens: ``True`` when the default encoding is the plain one with
+    ``bos_token_id`` in front."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    return len(full) > len(plain) and full[0] == bos and full[1:1 + len(plain)] == plain
+
+
+def token_windows(tokenizer, text: str, window: int, max_windows: int | None = None, *,
+                  bos: bool | None = None) -> torch.Tensor:
+    """Non-overlapping windows of ``window`` tokens of ``text`` (the remainder is dropped), int64
+    ``(n, window)``; with ``bos`` (default: :func:`adds_bos`, the tokenizer's own convention) each
+    window gets the BOS token in front: ``(n, window + 1)``, the same text tokens after it.
+    Raises ``ValueError`` when the text is shorter than one window."""
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
     n = len(ids) // window
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
         raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of {window}")
-    return ids[: n * window].reshape(n, window)
+    wins = ids[: n * window].reshape(n, window)
+    if adds_bos(tokenizer) if bos is None else bos:
+        wins = torch.cat([torch.full((n, 1), tokenizer.bos_token_id, dtype=wins.dtype), wins], 1)
+    return wins
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4, progress=None) -> float:
-    """exp(mean next-token NLL) over all predicted tokens of the windows (each window alone)."""
+def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4, progress=None,
+               bos: bool = False) -> float:
+    """exp(mean next-token NLL) over the windows (each window alone), ``windows (n, length)``.
+
+    The targets are the text tokens after the first one of each window, also with ``bos`` (the
+    windows start with a BOS token, :func:`token_windows`): the BOS token gives the model the
+    context it was trained with, and the same targets are scored with and without it (the first
+    text token, predicted from BOS alone, is not counted). Inputs go to the model's device."""
+    device = _device(model)
+    skip = 1 if bos else 0
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
-        ids = windows[start:start + batch_size]
+        ids = windows[start:start + batch_size].to(device)
         logits = model(input_ids=ids).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                ids[:, 1:].reshape(-1), reduction="sum")
+        pred, tgt = logits[:, skip:-1], ids[:, skip + 1:]
+        nll = torch.nn.functional.cross_entropy(pred.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum")
         total += float(nll)
-        count += ids[:, 1:].numel()
+        count += tgt.numel()
         if progress:
             progress(len(ids))
     return math.exp(total / count)
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 # ---- per-layer SQNR --------------------------------------------------------------------------
@@ -137,13 +172,15 @@ def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
 
 @torch.no_grad()
 def layer_outputs(model: nn.Module, names: list[str], inputs: dict) -> dict[str, torch.Tensor]:
-    """Outputs of the named submodules for one forward pass of ``model(**inputs)``."""
+    """Outputs of the named submodules for one forward pass of ``model(**inputs)`` (inputs moved
+    to the model's device), on the CPU."""
     out, hooks = {}, []
     for name in names:
         mod = model.get_submodule(name)
-        hooks.append(mod.register_forward_hook(lambda m, a, y, name=name: out.__setitem__(name, y.detach())))
+        hooks.append(mod.register_forward_hook(lambda m, a, y, name=name: out.__setitem__(name, y.detach().cpu())))
+    device = _device(model)
     try:
-        model(**inputs)
+        model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
     finally:
         for h in hooks:
             h.remove()
@@ -155,11 +192,16 @@ def layer_sqnr(ref_outputs: dict[str, torch.Tensor], model: nn.Module, inputs: d
     """SQNR (dB) of every layer's output in ``model`` against the fp32 model's, same model input.
 
     The error is the one seen inside the quantized model (it accumulates over the layers).
-    ``mask`` (batch, seq) keeps real tokens only."""
+    ``mask`` (batch, seq) keeps real tokens only. A mixture-of-experts expert whose routed tokens
+    differ from the fp32 model's (another token count, or it did not run) gets NaN: its outputs
+    cannot be paired."""
     test = layer_outputs(model, list(ref_outputs), inputs)
     res = {}
     for name, r in ref_outputs.items():
-        t = test[name]
+        t = test.get(name)
+        if t is None or t.shape != r.shape:
+            res[name] = float("nan")
+            continue
         if mask is not None:
             r, t = r[mask.bool()], t[mask.bool()]
         res[name] = sqnr_db(r, t)

@@ -7,9 +7,10 @@ cache folder where they are prepared, and loading of any local Hugging Face mode
 ('encoder', 'minilm')
 """
 
-from floatlab.models.loading import (LoadedModel, ModelError, SUPPORTED_ARCHITECTURES, linear_layers,
-                                     load_model, resolve_model)
+from floatlab.models.linearize import linearize
+from floatlab.models.loading import (LoadedModel, ModelError, SUPPORTED_ARCHITECTURES, block_list, linear_layers,
+                                     load_model, model_kind, resolve_model)
 from floatlab.models.registry import BUILTIN_MODELS, BuiltinModel, cache_dir, prepare_model
 
 __all__ = ["LoadedModel", "ModelError", "SUPPORTED_ARCHITECTURES", "load_model", "resolve_model",
-           "linear_layers", "BUILTIN_MODELS", "BuiltinModel", "cache_dir", "prepare_model"]
+           "linear_layers", "block_list", "linearize", "model_kind", "BUILTIN_MODELS", "BuiltinModel", "cache_dir", "prepare_model"]
