@@ -36,13 +36,26 @@ def check_ptq_folder(folder: Path, flag: str = "FOLDER") -> dict:
     return saved
 
 
-def eval_command(folder: Path = typer.Argument(..., help="a folder written by `floatlab ptq`")) -> None:
+def eval_command(
+    folder: Path = typer.Argument(..., help="a folder written by `floatlab ptq`"),
+    model: str = typer.Option(None, "--model", "-m", help="the source model's folder, if it moved since `floatlab ptq` (default: the recorded one)"),
+    eval_data: Path = typer.Option(None, "--eval-data", help="the evaluation data, if it moved (default: the recorded path; its SHA-256 must match)"),
+    device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N"),
+) -> None:
     """Reload the quantized model in FOLDER and recompute the metric recorded at save time."""
     from floatlab.cli import inputs
+    from floatlab.models.registry import ModelError
+    from floatlab.ptq.io import source_model
 
     t0 = time.time()
     saved = check_ptq_folder(folder)
-    inputs.resolve(saved["model"], flag=f"{folder}/config.json: model")
+    dev = inputs.device(device)
+    try:
+        src = source_model(saved, model, f"{folder}/config.json")
+    except ModelError as err:
+        raise CliError(str(err), "--model" if model is not None else str(folder)) from None
+    inputs.resolve(src, flag="--model" if model is not None else f"{folder}/config.json: model")
+    eval_texts = _recorded_eval_data(saved, eval_data, folder)
 
     from floatlab.ptq.compare import CompareOptions, measure_single
     from floatlab.ptq.io import load_quantized
@@ -53,13 +66,14 @@ def eval_command(folder: Path = typer.Argument(..., help="a folder written by `f
     except ImportError:
         pass
     try:
-        lm, cfg, saved = load_quantized(folder, log=say)
+        lm, cfg, saved = load_quantized(folder, log=say, model=src, device=dev)
     except (ValueError, KeyError, OSError) as err:       # a damaged or hand-edited folder
         raise CliError(f"cannot rebuild the quantized model: {err}", str(folder)) from None
     rec = saved.get("metric", {})
-    opts = CompareOptions(pairs=rec.get("pairs", 100), windows=rec.get("windows", 16), window=rec.get("window", 256))
+    opts = CompareOptions(pairs=rec.get("pairs", 100), windows=rec.get("windows", 16), window=rec.get("window", 256),
+                          eval_data=eval_texts, device=str(dev))
     with progress():
-        ref = inputs.load(saved["model"]).model if lm.kind == "encoder" and "cos_mean" in rec else None
+        ref = inputs.load(src, device=dev).model if lm.kind == "encoder" and "cos_mean" in rec else None
         metric = measure_single(lm, lm.model, opts, ref_model=ref)
     same = all(rec.get(k) == v for k, v in metric.items())
     show_table(f"{cfg.label()} on {saved['model']}", ("metric", "now", "saved", "check"),
@@ -69,6 +83,28 @@ def eval_command(folder: Path = typer.Argument(..., help="a folder written by `f
         error_line(f"metric differs from the saved one ({time.time() - t0:.1f}s)")
         raise typer.Exit(1)
     say(f"reproduced exactly ({time.time() - t0:.1f}s)", style="green")
+
+
+def _recorded_eval_data(saved: dict, path, folder: Path):
+    """The user's evaluation data a saved result was measured on (``None``: the built-in text),
+    read from ``path`` or the recorded path, and checked to be the same (SHA-256)."""
+    from floatlab.cli import inputs
+
+    rec = ((saved.get("data") or {}).get("evaluation") or {})
+    if rec.get("kind") in (None, "builtin"):
+        if path is not None:
+            raise CliError("the saved result was measured on the built-in text, not on a file", "--eval-data")
+        return None
+    flag = "--eval-data" if path is not None else f"{folder}/config.json: data"
+    where = path if path is not None else rec["path"]
+    if path is None and not Path(where).exists():
+        raise CliError(f"the saved result was measured on {where}, which does not exist any more; pass where that "
+                       "data is now with --eval-data PATH", flag)
+    data = inputs.text_data(where, flag, rec.get("text_field"))
+    if data.sha256 != rec.get("sha256"):
+        raise CliError(f"{where} is not the data the result was measured on (sha256 {data.sha256[:16]}..., recorded "
+                       f"{str(rec.get('sha256'))[:16]}...)", flag)
+    return data
 
 
 def register(app: typer.Typer) -> None:

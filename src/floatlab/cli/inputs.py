@@ -45,7 +45,49 @@ def method_steps(method: str, flag: str = "--method") -> tuple[tuple[str, ...], 
 
 def needs_calibration(steps: tuple[tuple[str, ...], str]) -> bool:
     transforms, rounder = steps
-    return rounder == "gptq" or any(t in ("awq", "smoothquant") for t in transforms)
+    return rounder != "rtn" or any(t in ("awq", "smoothquant") for t in transforms)
+
+
+def method_grid(text: str, flag: str = "--method") -> tuple[str, tuple]:
+    """``(normalized text, steps of each method)`` for one method chain or several separated by
+    commas (``rtn,gptq,rotate+gptq``), none twice."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise CliError("no method given (e.g. rtn, gptq, rotate+gptq; several separated by commas)", flag)
+    seen = set()
+    for m in methods:
+        if m.lower() in seen:
+            raise CliError(f"{m!r} is given twice", flag)
+        seen.add(m.lower())
+    return ",".join(methods), tuple(method_steps(m, flag) for m in methods)
+
+
+def text_data(path, flag: str, text_field: str | None = None):
+    """A user's own texts (:func:`floatlab.eval.data.load_texts`), read before any model loads;
+    ``None`` for ``None``. A missing, empty or unreadable file, or one without ``text_field``,
+    is a :class:`CliError` naming ``flag``."""
+    if path is None:
+        return None
+    from floatlab.eval.data import DataError, load_texts
+
+    with flag_errors(flag, DataError):
+        return load_texts(path, text_field)
+
+
+def nonfinite(text: str, flag: str = "--nonfinite-tokens") -> str:
+    """PTQConfig's ``nonfinite_tokens``: ``error`` or ``exclude``."""
+    from floatlab.cli.output import parse_choice
+    from floatlab.ptq.calibration import NONFINITE_POLICIES
+
+    return parse_choice(text, NONFINITE_POLICIES, flag)
+
+
+def device(text: str | None, flag: str = "--device"):
+    """A ``torch.device`` (:func:`floatlab.parallel.resolve_device`), or a :class:`CliError`."""
+    from floatlab.parallel import resolve_device
+
+    with flag_errors(flag):
+        return resolve_device(text)
 
 
 def check_calib(calib: int, steps, method: str, flag: str = "--calib") -> int:
@@ -118,9 +160,10 @@ def check_layers(layers, config, flag: str) -> None:
         check_blocks(layers, config)
 
 
-def load(model):
-    """:func:`floatlab.models.load_model` for the commands: messages through :func:`say`, and
-    without transformers' own "Loading weights" bar (one more bar per load would flood logs)."""
+def load(model, device=None):
+    """:func:`floatlab.models.load_model` for the commands (on ``device``): messages through
+    :func:`say`, and without transformers' own "Loading weights" bar (one more bar per load
+    would flood logs)."""
     from floatlab.models.loading import load_model
 
     try:
@@ -128,18 +171,33 @@ def load(model):
         hf_logging.disable_progress_bar()
     except ImportError:
         pass
-    return load_model(model, log=_log)
+    return load_model(model, log=_log, device=device)
 
 
-def check_data(lm, *, pairs: int, windows: int, window: int, calib: int, calibrates: bool) -> None:
-    """After the model (and its tokenizer) loaded, before any work: the documentation text must
-    hold the evaluated windows, and the calibration texts/windows must be distinct from the
-    evaluated ones (else they would silently be fewer, or overlap the evaluation)."""
+def check_data(lm, *, pairs: int, windows: int, window: int, calib: int, calibrates: bool,
+               calib_data=None, eval_data=None) -> None:
+    """After the model (and its tokenizer) loaded, before any work: the evaluation text (built-in
+    or ``eval_data``) must hold the evaluated windows, a BOS token in front of a window must still
+    fit the model's context, the calibration text (built-in or ``calib_data``) must hold the
+    calibration windows, and where both are the same text the calibration texts/windows must be
+    distinct from the evaluated ones (else they would silently be fewer, or overlap the
+    evaluation)."""
     from floatlab.cli.output import warn
-    from floatlab.eval.data import perplexity_text
+    from floatlab.eval.data import builtin_data
+    from floatlab.eval.metrics import adds_bos
 
+    evals, cals = eval_data or builtin_data(), calib_data or builtin_data()
+    same = evals.sha256 == cals.sha256
     if lm.kind == "encoder":
         if not calibrates:
+            return
+        if calib_data is not None or eval_data is not None:
+            if same:
+                warn(f"--calib-data is the evaluation data: the {calib} calibration texts are among the evaluated "
+                     "ones (calibration overlaps the evaluation)")
+            elif calib_data is not None and calib > len(calib_data.texts):
+                raise CliError(f"{calib_data.source['path']} holds {len(calib_data.texts)} texts; use --calib "
+                               f"{len(calib_data.texts)} or fewer", "--calib")
             return
         total = retrieval_pair_count()
         free = total - (pairs if 0 < pairs < total else total)
@@ -150,12 +208,25 @@ def check_data(lm, *, pairs: int, windows: int, window: int, calib: int, calibra
             raise CliError(f"only {free} passages are not among the {pairs} evaluated pairs; use --calib {free} or "
                            "fewer, or fewer --pairs", "--calib")
         return
-    ids = lm.tokenizer(perplexity_text(), add_special_tokens=False)["input_ids"]
-    avail = len(ids) // window
+    limit = int(getattr(lm.model.config, "max_position_embeddings", 0) or 0)
+    if adds_bos(lm.tokenizer) and limit and window + 1 > limit:
+        raise CliError(f"the tokenizer puts a BOS token in front of each window: {window} + 1 tokens exceed the "
+                       f"model's context of {limit}; use --window {limit - 1} or less", "--window")
+
+    def count(data):
+        return len(lm.tokenizer(data.joined(), add_special_tokens=False)["input_ids"]) // window
+    avail = count(evals)
+    what = "the evaluation text" if eval_data is None else eval_data.source["path"]
     if windows > avail:
-        raise CliError(f"the evaluation text holds {avail} windows of {window} tokens; use --windows {avail} "
+        raise CliError(f"{what} holds {avail} windows of {window} tokens; use --windows {avail} "
                        "or fewer (or a smaller --window)", "--windows")
-    if calibrates and windows + calib > avail:
-        raise CliError(f"the evaluation text holds {avail} windows of {window} tokens and {windows} are evaluated; "
+    if not calibrates:
+        return
+    if same and windows + calib > avail:
+        raise CliError(f"{what} holds {avail} windows of {window} tokens and {windows} are evaluated; "
                        f"calibration windows must come after them: use --calib {avail - windows} or fewer",
                        "--calib")
+    if not same and calib > (n := count(cals)):
+        where = "the built-in text" if calib_data is None else calib_data.source["path"]
+        raise CliError(f"{where} holds {n} calibration windows of {window} tokens; use --calib {n} or fewer "
+                       "(or a smaller --window)", "--calib")

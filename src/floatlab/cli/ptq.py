@@ -23,6 +23,11 @@ def ptq_command(
     windows: int = typer.Option(16, "--windows", help="causal LMs: perplexity windows"),
     window: int = typer.Option(256, "--window", help="causal LMs: tokens per window"),
     pad: bool = typer.Option(True, "--pad/--no-pad", help="block formats: pad a layer whose width is not a multiple of the block"),
+    calib_data: Path = typer.Option(None, "--calib-data", help="your own calibration text: .txt, .jsonl, .parquet or a saved datasets folder (default: the built-in text)"),
+    eval_data: Path = typer.Option(None, "--eval-data", help="your own text for the recorded metric, same kinds (default: the built-in text)"),
+    text_field: str = typer.Option(None, "--text-field", help="the field holding the text in .jsonl/.parquet/datasets data (default: text)"),
+    nonfinite_tokens: str = typer.Option("error", "--nonfinite-tokens", help="a NaN/Inf in a calibration token's input: error | exclude (leave the token out)"),
+    device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
 ) -> None:
@@ -42,6 +47,8 @@ def ptq_command(
     inputs.check_pairs(pairs)
     check_int(windows, "--windows", 1)
     check_int(window, "--window", 2)
+    policy = inputs.nonfinite(nonfinite_tokens)
+    dev = inputs.device(device)
     out = Path(out).expanduser()
     if out.is_dir():
         earlier = [p for p in (CONFIG, WEIGHTS) if (out / p).exists()]
@@ -51,30 +58,38 @@ def ptq_command(
     name, folder, kind, _, mcfg = inputs.resolve(model)
     if kind == "causal_lm":
         inputs.check_window(window, mcfg)
-    cfg = PTQConfig(weight=w_spec, act=a_spec, method=method, overrides=overrides)
+    cfg = PTQConfig(weight=w_spec, act=a_spec, method=method, overrides=overrides, nonfinite_tokens=policy)
+    calibrates = inputs.needs_calibration(steps)
+    cal_texts = inputs.text_data(calib_data, "--calib-data", text_field) if calibrates else None
+    eval_texts = inputs.text_data(eval_data, "--eval-data", text_field)
+    if calib_data is not None and not calibrates:
+        from floatlab.cli.output import warn
+        warn(f"--calib-data is not read: method {method!r} does not calibrate")
 
     from floatlab.models.loading import linear_layers
     from floatlab.ptq.apply import quantize_model
-    from floatlab.ptq.compare import CompareOptions, calibration_batches, measure_single
+    from floatlab.ptq.compare import CompareOptions, calibration_batches, data_record, measure_single
     from floatlab.ptq.io import save_quantized
 
-    lm = inputs.load(model)
-    inputs.check_data(lm, pairs=pairs, windows=windows, window=window, calib=calib,
-                      calibrates=inputs.needs_calibration(steps))
+    lm = inputs.load(model, device=dev)
+    inputs.check_data(lm, pairs=pairs, windows=windows, window=window, calib=calib, calibrates=calibrates,
+                      calib_data=cal_texts, eval_data=eval_texts)
     layers = linear_layers(lm.model)
     inputs.check_overrides(overrides, list(layers))
     inputs.check_layers(layers, cfg, "--format/--pad")
-    opts = CompareOptions(pairs=pairs, windows=windows, window=window, calib=calib)
+    opts = CompareOptions(pairs=pairs, windows=windows, window=window, calib=calib, calib_data=cal_texts,
+                          eval_data=eval_texts, nonfinite_tokens=policy, device=str(dev))
     compile_note()
     with progress():
-        batches = calibration_batches(lm, calib, opts) if inputs.needs_calibration(steps) else []
+        batches = calibration_batches(lm, calib, opts) if calibrates else []
         ref = copy.deepcopy(lm.model) if lm.kind == "encoder" else None
         qweights = quantize_model(lm.model, cfg, calib=batches)
         say(f"quantized {len(qweights)} layers ({cfg.label()}) in {time.time() - t0:.1f}s; measuring ...")
         metric = measure_single(lm, lm.model, opts, ref_model=ref)
     show_table(f"{cfg.label()} on {lm.name}", ("metric", "value"), [[k, str(v)] for k, v in metric.items()],
                right=("value",))
-    save_quantized(out, lm, lm.model, cfg, qweights, metric, command=command_line())
+    save_quantized(out, lm, lm.model, cfg, qweights, metric, command=command_line(),
+                   data=data_record(opts, calibrates))
     say(f"wrote {out / CONFIG} and {out / WEIGHTS} in {time.time() - t0:.1f}s")
 
 

@@ -1,85 +1,209 @@
-"""``floatlab compare``: quantize one real model into many formats and rank them.
+"""``floatlab compare``: quantize one real model into many formats (and methods) and rank them.
 
 Encoders (MiniLM): the ranking metric is the cosine similarity of each text's sentence embedding
-to the fp32 model's (mean over texts; the worst text is reported too), plus retrieval recall@1/@10
-on the documentation task of :mod:`floatlab.eval.data` with 95% Wilson intervals and the paired
-change vs fp32 with a bootstrap interval. Causal LMs: perplexity on non-overlapping windows of
-Python's documentation. Both: per-layer output SQNR inside the quantized model.
+to the fp32 model's (mean over texts; the worst text is reported too), plus, on the built-in
+text, retrieval recall@1/@10 on the documentation task of :mod:`floatlab.eval.data` with 95%
+Wilson intervals and the paired change vs fp32 with a bootstrap interval. Causal LMs: perplexity
+on non-overlapping windows of the evaluation text (with the BOS token in front where the
+tokenizer adds one). Both: per-layer output SQNR inside the quantized model.
+
+Data: the built-in text (Python's documentation) unless :class:`CompareOptions` names a user's
+own evaluation or calibration texts (:func:`floatlab.eval.data.load_texts`); results record which
+(path, size, SHA-256).
+
+The grid of cells (every method x every format) can be split over processes started by
+``torchrun`` (:mod:`floatlab.parallel`): each rank quantizes and evaluates its own cells, rank 0
+merges the rows in grid order, so the results equal one process's. One quantized variant is
+held at a time: methods that only round (``rtn``, ``gptq``) quantize the loaded model in place
+and put its own linear layers back afterwards (no copy of the model); methods that transform
+the model (rotation, SmoothQuant, AWQ, the reconstruction methods) work on a copy, freed before
+the next cell. Freed memory is returned to the operating system after every cell.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import torch
 
 from floatlab import progress as _progress
 from floatlab.eval import metrics
-from floatlab.eval.data import perplexity_text, retrieval_subset
+from floatlab.eval.data import TextData, builtin_data, retrieval_pairs, retrieval_subset
 from floatlab.models.loading import LoadedModel, linear_layers
 from floatlab.ptq.apply import quantize_model
 from floatlab.ptq.config import PTQConfig
 from floatlab.ptq.quantizer import QuantSpec
 
 DEFAULT_FORMATS = ("bf16", "e4m3", "e5m2", "hif8", "mxfp8_e4m3", "int8", "mxfp4", "nvfp4", "hif4", "int4")
+BUILTIN_SOURCE = "pydoc_data.topics (CPython documentation)"
 
 
 @dataclass
 class CompareOptions:
+    """What ``run_compare`` (and ``measure_single``) do.
+
+    ``method``: one PTQ method chain (``"rtn"``, ``"rotate+gptq"``) or several separated by commas
+    (``"rtn,gptq"``): the grid is every method x every format. ``calib_data``/``eval_data``: a
+    user's own texts (``None``: the built-in text). ``nonfinite_tokens``: PTQConfig's policy.
+    ``device``: where the model runs (the model must already be there)."""
+
     formats: tuple[str, ...] = DEFAULT_FORMATS
     method: str = "rtn"
     weights_only: bool = False
     calib: int = 32                 # calibration texts/windows (GPTQ, AWQ, SmoothQuant)
-    pairs: int = 64                 # retrieval pairs (encoders); 0 = all 511
+    pairs: int = 64                 # retrieval pairs (encoders, built-in text); 0 = all 511
     max_length: int = 64            # tokens per text (encoders)
     window: int = 256               # perplexity window (causal LMs)
     windows: int = 16               # perplexity windows (causal LMs)
     sqnr_texts: int = 8
     extra: dict = field(default_factory=dict)
+    calib_data: TextData | None = None
+    eval_data: TextData | None = None
+    nonfinite_tokens: str = "error"
+    device: str = "cpu"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.method.split(",") if m.strip())
+
+    def eval_source(self) -> TextData:
+        return self.eval_data or builtin_data()
+
+    def calib_source(self) -> TextData:
+        return self.calib_data or builtin_data()
+
+    def shared_source(self) -> bool:
+        """Calibration and evaluation read the same text (then calibration avoids the evaluated part)."""
+        return self.calib_source().sha256 == self.eval_source().sha256
 
 
 def _encoder_inputs(lm: LoadedModel, texts, max_length):
     return dict(lm.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
 
 
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def evaluation_texts(opts: CompareOptions) -> tuple[list[str], int]:
+    """Encoders: the evaluated texts and the number of retrieval pairs among them (the built-in
+    text: queries then passages of ``opts.pairs`` pairs; a user's own texts: all of them, no pairs)."""
+    if opts.eval_data is None:
+        pairs = retrieval_subset(opts.pairs or None)
+        return [p.query for p in pairs] + [p.passage for p in pairs], len(pairs)
+    return list(opts.eval_data.texts), 0
+
+
+def evaluation_windows(lm: LoadedModel, opts: CompareOptions, bos: bool | None = None) -> torch.Tensor:
+    """Causal LMs: the evaluated windows (``opts.windows`` of ``opts.window`` tokens, BOS in front
+    where the tokenizer adds one)."""
+    bos = metrics.adds_bos(lm.tokenizer) if bos is None else bos
+    return metrics.token_windows(lm.tokenizer, opts.eval_source().joined(), opts.window, opts.windows, bos=bos)
+
+
 def calibration_batches(lm: LoadedModel, n: int, opts: CompareOptions, *, skip: int = 0) -> list[dict]:
-    """Calibration inputs drawn from the same documentation, disjoint from the evaluated texts
-    (encoders: passages not in the retrieval subset; causal LMs: windows after the evaluated ones)."""
+    """``n`` calibration inputs, disjoint from the evaluated texts where both come from the same
+    text (built-in encoders: passages not in the retrieval subset; causal LMs: windows after the
+    evaluated ones); from a user's own calibration data: its first ``n`` texts (encoders,
+    truncated to ``opts.max_length`` tokens) or windows (causal LMs, BOS in front where the
+    tokenizer adds one). Batches of 8 texts / 4 windows, on ``opts.device``."""
     if n <= 0:
         return []
     if lm.kind == "encoder":
-        from floatlab.eval.data import retrieval_pairs
-        used = {p.query for p in retrieval_subset(opts.pairs or None)}
-        pool = [p.passage for p in retrieval_pairs() if p.query not in used] or [p.passage for p in retrieval_pairs()]
+        if opts.calib_data is None:
+            used = {p.query for p in retrieval_subset(opts.pairs or None)} if opts.eval_data is None else set()
+            pool = [p.passage for p in retrieval_pairs() if p.query not in used] or [p.passage for p in retrieval_pairs()]
+        else:
+            pool = list(opts.calib_data.texts)
         texts = pool[:n]
-        return [_encoder_inputs(lm, texts[i:i + 8], opts.max_length) for i in range(0, len(texts), 8)]
-    wins = metrics.token_windows(lm.tokenizer, perplexity_text(), opts.window)
-    start = opts.windows if len(wins) > opts.windows + n else 0
+        return [_to(_encoder_inputs(lm, texts[i:i + 8], opts.max_length), opts.device)
+                for i in range(0, len(texts), 8)]
+    bos = metrics.adds_bos(lm.tokenizer)
+    wins = metrics.token_windows(lm.tokenizer, opts.calib_source().joined(), opts.window, bos=bos)
+    start = opts.windows if opts.shared_source() and len(wins) > opts.windows + n else 0
     sel = wins[start:start + n]
-    return [{"input_ids": sel[i:i + 4]} for i in range(0, len(sel), 4)]
+    return [{"input_ids": sel[i:i + 4].to(opts.device)} for i in range(0, len(sel), 4)]
+
+
+def data_record(opts: CompareOptions, calibrates: bool) -> dict:
+    """Which data a result used: ``{"evaluation": source, "calibration": source or None}``
+    (:class:`floatlab.eval.data.TextData` ``.source``: path, kind, bytes, sha256, texts)."""
+    return {"evaluation": opts.eval_source().source, "calibration": opts.calib_source().source if calibrates else None}
+
+
+def needs_calibration(method: str) -> bool:
+    """Whether a method chain runs calibration data (GPTQ, AWQ, SmoothQuant, and the block-wise
+    reconstruction methods where present)."""
+    cfg = PTQConfig(weight=None, method=method)
+    if hasattr(cfg, "needs_calibration"):
+        return cfg.needs_calibration()
+    transforms, rounder = cfg.steps()
+    return rounder != "rtn" or any(t in ("awq", "smoothquant") for t in transforms)
+
+
+@contextlib.contextmanager
+def quantized_variant(model: torch.nn.Module, cfg: PTQConfig, calib: list[dict], hessians=None):
+    """``model`` quantized with ``cfg`` inside the block, the fp32 ``model`` after it.
+
+    A method that only rounds (``rtn``, ``gptq``: the weights are read, never written) quantizes
+    ``model`` itself and its own ``nn.Linear`` modules are put back at the end: no copy of the
+    model. A method that transforms the model first (rotation, SmoothQuant/AWQ scaling, the
+    block-wise reconstruction methods) quantizes a deep copy, dropped at the end."""
+    from floatlab.ptq.modules import set_module
+
+    transforms, rounder = cfg.steps()
+    if transforms or rounder not in ("rtn", "gptq"):
+        variant = copy.deepcopy(model)
+        try:
+            quantize_model(variant, cfg, calib=calib, hessians=hessians)
+            yield variant
+        finally:
+            del variant
+        return
+    originals = linear_layers(model)
+    try:
+        quantize_model(model, cfg, calib=calib, hessians=hessians)
+        yield model
+    finally:
+        for name, lin in originals.items():
+            set_module(model, name, lin)
+
+
+def grid_cells(opts: CompareOptions) -> list[tuple[str, str]]:
+    """``(method, format)`` of every cell, methods outer: the order of ``results["rows"]``."""
+    return [(m, f) for m in opts.methods for f in opts.formats]
 
 
 def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=print) -> dict:
-    """Quantize ``lm`` into every format of ``opts`` and measure; returns the results dict
-    (with ``"environment"``: :func:`floatlab.provenance.environment`).
+    """Quantize ``lm`` into every cell of ``opts`` (methods x formats) and measure; returns the
+    results dict (with ``"environment"``: :func:`floatlab.provenance.environment`, ``"data"``:
+    :func:`data_record`). Under ``torchrun`` (:mod:`floatlab.parallel`) each rank runs its share
+    of the cells and rank 0 returns the merged results (other ranks: their own rows only, with
+    ``"partial": True``).
 
     Progress is reported through :mod:`floatlab.progress` (each format's steps under its name:
     ``mxfp4 / rtn: 36/36 layers``, ``mxfp4 / evaluate``) and, if given, to ``progress(label, k, total)``
     after each evaluation batch. Raises ``ValueError`` for a bad format name or method before any
     work."""
+    from floatlab import parallel
     from floatlab.provenance import environment
 
     t_all = time.time()
     for f in opts.formats:
         QuantSpec(f)  # fail early on a bad name
+    for m in opts.methods:
+        PTQConfig(weight=None, method=m, nonfinite_tokens=opts.nonfinite_tokens)
+    rank, size = parallel.world()
     names = list(linear_layers(lm.model))
+    calibrates = any(needs_calibration(m) for m in opts.methods)
     results = {"model": lm.name, "model_type": lm.model_type, "kind": lm.kind, "folder": str(lm.folder),
-               "baseline_note": lm.baseline_note, "method": opts.method, "weights_only": opts.weights_only,
-               "threads": torch.get_num_threads(), "environment": environment(), "rows": []}
+               "baseline_note": lm.baseline_note, "method": opts.method, "methods": list(opts.methods),
+               "weights_only": opts.weights_only, "threads": torch.get_num_threads(), "processes": size,
+               "device": str(opts.device), "nonfinite_tokens": opts.nonfinite_tokens,
+               "data": data_record(opts, calibrates), "environment": environment(), "rows": []}
 
     def steps(label, total, unit):
         """A progress task plus the caller's callback, as one ``advance(k)``."""
@@ -91,110 +215,132 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
                 progress(label, k, total)
         return task, advance
 
+    source = opts.eval_source().source
     if lm.kind == "encoder":
-        pairs = retrieval_subset(opts.pairs or None)
-        texts = [p.query for p in pairs] + [p.passage for p in pairs]
-        n = len(pairs)
+        texts, n = evaluation_texts(opts)
         sq_in = _encoder_inputs(lm, texts[:opts.sqnr_texts], opts.max_length)
         mask = sq_in["attention_mask"]
         results["task"] = {"pairs": n, "texts": len(texts), "max_length": opts.max_length,
-                           "source": "pydoc_data.topics (CPython documentation)"}
+                           "source": BUILTIN_SOURCE if opts.eval_data is None else source["path"]}
 
         def evaluate(model, label):
-            with _progress.scope(label):
-                task, advance = steps(label, len(texts), "texts")
-                with task:
-                    return metrics.embed(model, lm.tokenizer, texts, max_length=opts.max_length, progress=advance)
+            task, advance = steps(label, len(texts), "texts")
+            with task:
+                return metrics.embed(model, lm.tokenizer, texts, max_length=opts.max_length, progress=advance)
         t0 = time.time()
-        ref = evaluate(lm.model, "fp32")
-        ref_ret, ref_ranks = metrics.retrieval_metrics(ref[:n], ref[n:])
+        with _progress.scope("fp32"):
+            ref = evaluate(lm.model, "fp32")
+        results["fp32"] = {"seconds": 0.0}
+        if n:
+            ref_ret, ref_ranks = metrics.retrieval_metrics(ref[:n], ref[n:])
+            results["fp32"]["retrieval"] = ref_ret.to_dict()
         ref_out = metrics.layer_outputs(lm.model, names, sq_in)
-        results["fp32"] = {"retrieval": ref_ret.to_dict(), "seconds": time.time() - t0}
+        results["fp32"]["seconds"] = time.time() - t0
     else:
-        wins = metrics.token_windows(lm.tokenizer, perplexity_text(), opts.window, opts.windows)
+        bos = metrics.adds_bos(lm.tokenizer)
+        wins = evaluation_windows(lm, opts, bos)
         sq_in = {"input_ids": wins[:2]}
         mask = None
-        results["task"] = {"windows": len(wins), "window": opts.window, "tokens": int(wins.numel()),
-                           "source": "pydoc_data.topics (CPython documentation)"}
+        results["task"] = {"windows": len(wins), "window": opts.window, "tokens": int(wins.numel()), "bos": bos,
+                           "source": BUILTIN_SOURCE if opts.eval_data is None else source["path"]}
 
         def evaluate_ppl(model, label):
-            with _progress.scope(label):
-                task, advance = steps(label, len(wins), "windows")
-                with task:
-                    return metrics.perplexity(model, wins, progress=advance)
+            task, advance = steps(label, len(wins), "windows")
+            with task:
+                return metrics.perplexity(model, wins, progress=advance, bos=bos)
         t0 = time.time()
-        ppl = evaluate_ppl(lm.model, "fp32")
+        with _progress.scope("fp32"):
+            ppl = evaluate_ppl(lm.model, "fp32")
         ref_out = metrics.layer_outputs(lm.model, names, sq_in)
         results["fp32"] = {"perplexity": ppl, "seconds": time.time() - t0}
 
-    calib = calibration_batches(lm, opts.calib, opts) if _needs_calib(opts.method) else []
+    cells = grid_cells(opts)
+    mine = parallel.my_share(len(cells), rank, size)
+    calib = calibration_batches(lm, opts.calib, opts) if any(needs_calibration(cells[i][0]) for i in mine) else []
     hessians = None
-    for fmt in opts.formats:
+    rows = []
+    for i in mine:
+        method, fmt = cells[i]
         t0 = time.time()
         spec = QuantSpec(fmt)
-        cfg = PTQConfig(weight=spec, act=None if opts.weights_only else spec, method=opts.method)
-        if hessians is None and cfg.steps() == ((), "gptq"):   # the same for every format
-            from floatlab.ptq.gptq import collect_hessians
-            with _progress.scope("gptq hessians (shared by every format)"):
-                hessians = collect_hessians(lm.model, linear_layers(lm.model), calib)
-        model = copy.deepcopy(lm.model)
-        with _progress.scope(fmt):                   # the PTQ steps report per layer under it
-            quantize_model(model, cfg, calib=calib, hessians=hessians)
-        t_quant = time.time() - t0
-        row = {"format": fmt, "bits_per_value": spec.bits_per_value, "config": cfg.label()}
-        if lm.kind == "encoder":
-            e = evaluate(model, fmt)
-            cos = metrics.cosine_to_reference(e, ref)
-            ret, ranks = metrics.retrieval_metrics(e[:n], e[n:])
-            d1 = metrics.paired_bootstrap_delta(ranks < 1, ref_ranks < 1)
-            row.update({"cos_mean": cos["mean"], "cos_min": cos["min"], "cos_p05": cos["p05"],
-                        "retrieval": ret.to_dict(), "recall_at_1": ret.recall_at_1,
-                        "recall_at_10": ret.recall_at_10, "delta_recall_at_1": d1[0],
-                        "delta_recall_at_1_ci": [d1[1], d1[2]],
-                        "delta_recall_at_10": ret.recall_at_10 - ref_ret.recall_at_10})
-        else:
-            ppl_q = evaluate_ppl(model, fmt)
-            row.update({"perplexity": ppl_q, "delta_perplexity": ppl_q - results["fp32"]["perplexity"]})
-        sq = metrics.layer_sqnr(ref_out, model, sq_in, mask)
+        cfg = PTQConfig(weight=spec, act=None if opts.weights_only else spec, method=method,
+                        nonfinite_tokens=opts.nonfinite_tokens)
+        shared = None
+        if cfg.steps() == ((), "gptq"):                 # the same for every format
+            if hessians is None:
+                from floatlab.ptq.gptq import collect_hessians
+                from floatlab.ptq.calibration import nonfinite_policy
+                with _progress.scope("gptq hessians (shared by every format)"), nonfinite_policy(opts.nonfinite_tokens):
+                    hessians = collect_hessians(lm.model, linear_layers(lm.model), calib)
+            shared = hessians
+        label = fmt if len(opts.methods) == 1 else f"{method} {fmt}"
+        row = {"format": fmt, "method": method, "bits_per_value": spec.bits_per_value, "config": cfg.label()}
+        with _progress.scope(label), quantized_variant(lm.model, cfg, calib, shared) as model:
+            t_quant = time.time() - t0
+            if lm.kind == "encoder":
+                e = evaluate(model, label)
+                cos = metrics.cosine_to_reference(e, ref)
+                row.update({"cos_mean": cos["mean"], "cos_min": cos["min"], "cos_p05": cos["p05"]})
+                if n:
+                    ret, ranks = metrics.retrieval_metrics(e[:n], e[n:])
+                    d1 = metrics.paired_bootstrap_delta(ranks < 1, ref_ranks < 1)
+                    row.update({"retrieval": ret.to_dict(), "recall_at_1": ret.recall_at_1,
+                                "recall_at_10": ret.recall_at_10, "delta_recall_at_1": d1[0],
+                                "delta_recall_at_1_ci": [d1[1], d1[2]],
+                                "delta_recall_at_10": ret.recall_at_10 - ref_ret.recall_at_10})
+            else:
+                ppl_q = evaluate_ppl(model, label)
+                row.update({"perplexity": ppl_q, "delta_perplexity": ppl_q - results["fp32"]["perplexity"]})
+            sq = metrics.layer_sqnr(ref_out, model, sq_in, mask)
         row["layer_sqnr_db"] = sq
         finite = [v for v in sq.values() if math.isfinite(v)]
         row["min_layer_sqnr_db"] = min(finite) if finite else float("inf")
         row["seconds_quantize"] = t_quant
         row["seconds"] = time.time() - t0
-        results["rows"].append(row)
-        del model
+        rows.append((i, row))
+        parallel.release_memory()
+    del hessians
+    merged = parallel.gather(rows)
+    if merged is None:                       # a rank other than 0: its own rows
+        results["rows"] = [r for _, r in rows]
+        results["partial"] = True
+    else:
+        results["rows"] = [r for _, r in sorted((c for part in merged for c in part), key=lambda c: c[0])]
     results["seconds_total"] = time.time() - t_all
     return results
 
 
-def _needs_calib(method: str) -> bool:
-    return any(p in method.lower() for p in ("gptq", "awq", "smoothquant"))
-
-
 def measure_single(lm: LoadedModel, model, opts: CompareOptions, ref_model=None) -> dict:
     """The metric that ``floatlab ptq`` records and ``floatlab eval`` reproduces: encoders: mean
-    and worst cosine to the fp32 model's embeddings and retrieval recall; causal LMs: perplexity."""
+    and worst cosine to the fp32 model's embeddings (with ``ref_model``) and, on the built-in
+    text, retrieval recall and an embedding digest; causal LMs: perplexity (with ``"bos"``)."""
     if lm.kind == "encoder":
-        pairs = retrieval_subset(opts.pairs or None)
-        texts = [p.query for p in pairs] + [p.passage for p in pairs]
-        n = len(pairs)
+        texts, n = evaluation_texts(opts)
         with _progress.task("measure", len(texts), "texts") as task:
             e = metrics.embed(model, lm.tokenizer, texts, max_length=opts.max_length, progress=task.advance)
-        ret, _ = metrics.retrieval_metrics(e[:n], e[n:])
-        out = {"pairs": n, "recall_at_1": ret.recall_at_1, "recall_at_10": ret.recall_at_10,
-               "embedding_sha": _tensor_digest(e)}
+        out = {"pairs": n} if opts.eval_data is None else {"texts": len(texts)}
+        if n:
+            ret, _ = metrics.retrieval_metrics(e[:n], e[n:])
+            out.update({"recall_at_1": ret.recall_at_1, "recall_at_10": ret.recall_at_10})
+        out["embedding_sha"] = _tensor_digest(e)
         if ref_model is not None:
             with _progress.task("measure fp32 reference", len(texts), "texts") as task:
                 ref = metrics.embed(ref_model, lm.tokenizer, texts, max_length=opts.max_length, progress=task.advance)
             cos = metrics.cosine_to_reference(e, ref)
             out.update({"cos_mean": cos["mean"], "cos_min": cos["min"]})
         return out
-    wins = metrics.token_windows(lm.tokenizer, perplexity_text(), opts.window, opts.windows)
+    bos = metrics.adds_bos(lm.tokenizer)
+    wins = evaluation_windows(lm, opts, bos)
     with _progress.task("measure", len(wins), "windows") as task:
-        ppl = metrics.perplexity(model, wins, progress=task.advance)
-    return {"windows": len(wins), "window": opts.window, "perplexity": ppl}
+        ppl = metrics.perplexity(model, wins, progress=task.advance, bos=bos)
+    return {"windows": len(wins), "window": opts.window, "perplexity": ppl, **({"bos": True} if bos else {})}
 
 
 def _tensor_digest(t: torch.Tensor) -> str:
     import hashlib
-    return hashlib.sha256(t.detach().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+__all__ = ["CompareOptions", "run_compare", "measure_single", "calibration_batches", "evaluation_windows",
+           "evaluation_texts", "quantized_variant", "grid_cells", "data_record", "needs_calibration",
+           "DEFAULT_FORMATS"]

@@ -30,14 +30,33 @@ CONFIG = "config.json"
 WEIGHTS = "quantized.safetensors"
 
 
+def model_fingerprint(folder: Path) -> str:
+    """A cheap identity of a model folder's checkpoint: SHA-256 over the name and header of every
+    ``*.safetensors`` file (tensor names, dtypes, shapes and offsets; not the values), so that a
+    moved copy of the same checkpoint matches and another model does not."""
+    import hashlib
+    import struct
+
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).glob("*.safetensors")):
+        with open(p, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            h.update(p.name.encode() + b"\0" + head + f.read(min(n, 1 << 26)))
+    return h.hexdigest()
+
+
 def save_quantized(out: Path, lm: LoadedModel, model: nn.Module, config: PTQConfig,
-                   qweights: dict[str, QWeight], metric: dict | None = None, *, command: str | None = None) -> Path:
+                   qweights: dict[str, QWeight], metric: dict | None = None, *, command: str | None = None,
+                   data: dict | None = None) -> Path:
     """Write ``quantized.safetensors`` and then ``config.json`` into ``out`` (created if missing).
 
     Each file is written to a temporary file beside it and renamed (mode from the umask), and an
     earlier ``config.json`` is removed before the new weights are written: a failure leaves no
-    config that would describe other weights. ``config.json`` also records ``command`` and the
-    environment (:func:`floatlab.provenance.environment`). Returns ``out``."""
+    config that would describe other weights. ``config.json`` also records ``command``, the data
+    used (``data``: :func:`floatlab.ptq.compare.data_record`), the source model's folder and
+    :func:`model_fingerprint`, and the environment (:func:`floatlab.provenance.environment`).
+    Returns ``out``."""
     from floatlab.atomic import write_json
     from floatlab.provenance import environment
 
@@ -51,11 +70,15 @@ def save_quantized(out: Path, lm: LoadedModel, model: nn.Module, config: PTQConf
     for name, mod in model.named_modules():
         if isinstance(mod, QuantLinear) and mod.input_transform is not None:
             transforms[name] = _describe(mod.input_transform)
+    seen = set()
     for key, t in model.state_dict().items():
         layer = key.rsplit(".", 1)[0]
         if layer in quant_names and key.endswith(".weight"):
             continue
-        tensors[key] = t.detach().contiguous().clone()
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        tensors[key] = t.clone() if ptr in seen else t        # safetensors refuses shared memory (tied weights, views)
+        seen.add(ptr)
     (out / CONFIG).unlink(missing_ok=True)
     floatlab.save(out / WEIGHTS, tensors)
     cfg = {"floatlab_ptq": FORMAT_VERSION, "model": lm.name if lm.name in ("minilm", "smollm2") else str(lm.folder),
@@ -63,13 +86,39 @@ def save_quantized(out: Path, lm: LoadedModel, model: nn.Module, config: PTQConf
            "ptq": config.to_dict(), "layers": sorted(quant_names), "input_transforms": transforms,
            "untied_lm_head": bool(hasattr(model, "lm_head") and hasattr(model, "model")
                                   and model.lm_head.weight is not getattr(model.model, "embed_tokens", model.lm_head).weight),
+           "model_fingerprint": model_fingerprint(lm.folder), "data": data,
            "metric": metric or {}, "command": command, "environment": environment()}
     write_json(out / CONFIG, cfg)
     return out
 
 
-def load_quantized(folder: Path, *, log=print) -> tuple[LoadedModel, PTQConfig, dict]:
-    """Rebuild the quantized model saved in ``folder``: ``(loaded model, config, saved config dict)``."""
+def source_model(saved: dict, model=None, where: str = "config.json") -> str:
+    """The model a saved result is rebuilt from: ``model`` (a folder the user points at, checked
+    against the saved :func:`model_fingerprint`) or the saved ``"model"``. Raises
+    :class:`floatlab.models.ModelError` when the saved folder no longer exists (saying to pass
+    the folder where the model is now) or ``model`` is another checkpoint."""
+    from floatlab.models.registry import ModelError, builtin_name
+
+    recorded = saved["model"]
+    if model is None:
+        if builtin_name(recorded) is None and not Path(recorded).expanduser().exists():
+            raise ModelError(f"the saved result needs its source model {recorded} ({where}: model), which does not "
+                             "exist any more; pass the folder where that model is now with --model PATH (Python: "
+                             "load_quantized(dir, model=PATH))")
+        return recorded
+    want = saved.get("model_fingerprint")
+    folder = Path(model).expanduser()
+    if want and folder.is_dir() and model_fingerprint(folder) != want:
+        raise ModelError(f"{folder} is not the model this result was made from ({recorded}): its safetensors "
+                         "checkpoint differs (names, shapes or sizes); pass the folder of the original model")
+    return str(model)
+
+
+def load_quantized(folder: Path, *, log=print, model=None, device=None) -> tuple[LoadedModel, PTQConfig, dict]:
+    """Rebuild the quantized model saved in ``folder``: ``(loaded model, config, saved config dict)``.
+
+    ``model``: where the source model is now, when it moved (see :func:`source_model`);
+    ``device``: where the rebuilt model goes (default CPU)."""
     folder = Path(folder)
     cfg_path = folder / CONFIG
     if not cfg_path.is_file():
@@ -78,7 +127,7 @@ def load_quantized(folder: Path, *, log=print) -> tuple[LoadedModel, PTQConfig, 
     if saved.get("floatlab_ptq") != FORMAT_VERSION:
         raise ValueError(f"{cfg_path}: not a floatlab ptq config (version {saved.get('floatlab_ptq')!r})")
     config = PTQConfig.from_dict(saved["ptq"])
-    lm = load_model(saved["model"], log=log)
+    lm = load_model(source_model(saved, model, str(cfg_path)), log=log)
     tensors = floatlab.load(folder / WEIGHTS)
     transforms = {}
     if saved.get("input_transforms"):
@@ -95,6 +144,8 @@ def load_quantized(folder: Path, *, log=print) -> tuple[LoadedModel, PTQConfig, 
     if bad:
         raise ValueError(f"{folder}: tensors that the model does not have: {bad[:5]}")
     lm.model.eval()
+    if device is not None:
+        lm.model.to(device)
     return lm, config, saved
 
 

@@ -25,31 +25,67 @@ def environment_line(env: dict) -> str:
             f"{env.get('torch_threads')} torch threads){gpu}; {env.get('time_utc')}")
 
 
+def _many_methods(results: dict) -> bool:
+    return len(results.get("methods") or [results.get("method")]) > 1
+
+
 def compare_table(results: dict) -> list[list[str]]:
-    """The ranked table of a ``run_compare`` result as strings, header row first, fp32 second."""
+    """The ranked table of a ``run_compare`` result as strings, header row first, fp32 second
+    (a ``method`` column when the grid has several methods)."""
     rows = results["rows"]
+    many = _many_methods(results)
+
+    def cell(r):
+        return [r.get("method", results["method"]), r["format"]] if many else [r["format"]]
+    names = ["method", "format"] if many else ["format"]
+    ref_names = ["-", "fp32"] if many else ["fp32"]
     if results["kind"] == "encoder":
         ranked = R.ranked(rows, "cos_mean", True)
-        ref = results["fp32"]["retrieval"]
-        head = ["rank", "format", "bits/value", "cos mean", "cos worst", "R@1", "dR@1 [95% CI]", "R@10",
+        ref = results["fp32"].get("retrieval")
+        if ref is None:                      # a user's own texts: no retrieval task
+            head = ["rank", *names, "bits/value", "cos mean", "cos worst", "min SQNR dB", "s"]
+            table = [head, ["-", *ref_names, "32", "1.0000", "1.0000", "inf", f"{results['fp32']['seconds']:.1f}"]]
+            for i, r in enumerate(ranked, 1):
+                table.append([str(i), *cell(r), f"{r['bits_per_value']:g}", f"{r['cos_mean']:.4f}",
+                              f"{r['cos_min']:.4f}", f"{r['min_layer_sqnr_db']:.1f}", f"{r['seconds']:.1f}"])
+            return table
+        head = ["rank", *names, "bits/value", "cos mean", "cos worst", "R@1", "dR@1 [95% CI]", "R@10",
                 "min SQNR dB", "s"]
-        table = [head, ["-", "fp32", "32", "1.0000", "1.0000", f"{ref['recall_at_1']:.3f}", "-",
+        table = [head, ["-", *ref_names, "32", "1.0000", "1.0000", f"{ref['recall_at_1']:.3f}", "-",
                         f"{ref['recall_at_10']:.3f}", "inf", f"{results['fp32']['seconds']:.1f}"]]
         for i, r in enumerate(ranked, 1):
             lo, hi = r["delta_recall_at_1_ci"]
-            table.append([str(i), r["format"], f"{r['bits_per_value']:g}", f"{r['cos_mean']:.4f}",
+            table.append([str(i), *cell(r), f"{r['bits_per_value']:g}", f"{r['cos_mean']:.4f}",
                           f"{r['cos_min']:.4f}", f"{r['recall_at_1']:.3f}",
                           f"{r['delta_recall_at_1']:+.3f} [{lo:+.3f}, {hi:+.3f}]", f"{r['recall_at_10']:.3f}",
                           f"{r['min_layer_sqnr_db']:.1f}", f"{r['seconds']:.1f}"])
         return table
     ranked = R.ranked(rows, "perplexity", False)
-    head = ["rank", "format", "bits/value", "perplexity", "change vs fp32", "min SQNR dB", "s"]
+    head = ["rank", *names, "bits/value", "perplexity", "change vs fp32", "min SQNR dB", "s"]
     base = results["fp32"]["perplexity"]
-    table = [head, ["-", "fp32*", "32", f"{base:.3f}", "-", "inf", f"{results['fp32']['seconds']:.1f}"]]
+    table = [head, ["-", *(["-", "fp32*"] if many else ["fp32*"]), "32", f"{base:.3f}", "-", "inf",
+                    f"{results['fp32']['seconds']:.1f}"]]
     for i, r in enumerate(ranked, 1):
-        table.append([str(i), r["format"], f"{r['bits_per_value']:g}", f"{r['perplexity']:.3f}",
+        table.append([str(i), *cell(r), f"{r['bits_per_value']:g}", f"{r['perplexity']:.3f}",
                       f"{r['delta_perplexity']:+.3f}", f"{r['min_layer_sqnr_db']:.1f}", f"{r['seconds']:.1f}"])
     return table
+
+
+def data_note(results: dict) -> str:
+    """Which data the results used (path, size, SHA-256), as one sentence; ``""`` without a record."""
+    data = results.get("data") or {}
+    parts = []
+    for role in ("evaluation", "calibration"):
+        src = data.get(role)
+        if not src:
+            continue
+        if src.get("kind") == "builtin":
+            parts.append(f"{role}: the built-in text ({src['source']}, sha256 {src['sha256'][:16]}...)")
+        else:
+            field = f", field {src['text_field']!r}" if src.get("text_field") else ""
+            parts.append(f"{role}: {src['path']} ({src['kind']}{field}, {src['texts']} texts, {src['bytes']} bytes, "
+                         f"sha256 {src['sha256'][:16]}...)")
+    return ("Data: " + "; ".join(parts) + ".") if parts else ""
 
 
 def render_compare(results: dict, out: Path) -> tuple[list[list[str]], str]:
@@ -62,10 +98,17 @@ def render_compare(results: dict, out: Path) -> tuple[list[list[str]], str]:
     out.mkdir(parents=True, exist_ok=True)
     R.write_json(out / "results.json", results)
     rows = results["rows"]
+    if _many_methods(results):         # plots label each cell "method format"
+        rows = [dict(r, format=f"{r.get('method')} {r['format']}") for r in rows]
     table = compare_table(results)
     head = table[0]
     task = results["task"]
-    if results["kind"] == "encoder":
+    if results["kind"] == "encoder" and "retrieval" not in results["fp32"]:
+        R.plot_metric_vs_bits(rows, "cos_mean", "1 - mean cosine to fp32 (log)", out / "cosine_vs_bits.png", True)
+        plots = ["cosine_vs_bits.png"]
+        metric_note = (f"Ranking metric: mean cosine similarity of sentence embeddings to fp32 over the {task['texts']} "
+                       f"texts of {task['source']} (<= {task['max_length']} tokens each).")
+    elif results["kind"] == "encoder":
         ref = results["fp32"]["retrieval"]
         R.plot_metric_vs_bits(rows, "cos_mean", "1 - mean cosine to fp32 (log)", out / "cosine_vs_bits.png", True)
         R.plot_metric_vs_bits(rows, "recall_at_1", "retrieval recall@1", out / "recall_vs_bits.png",
@@ -82,18 +125,24 @@ def render_compare(results: dict, out: Path) -> tuple[list[list[str]], str]:
         R.plot_metric_vs_bits(rows, "perplexity", "perplexity", out / "perplexity_vs_bits.png",
                               reference=base, reference_label="fp32*")
         plots = ["perplexity_vs_bits.png"]
+        text = "Python's documentation (pydoc_data.topics)" if task.get("source", "").startswith("pydoc") \
+            else task.get("source", "")
+        bos = " (each after the BOS token, as the tokenizer adds it; the same targets)" if task.get("bos") else ""
         metric_note = (f"Perplexity over {task['windows']} non-overlapping windows of {task['window']} tokens of "
-                       f"Python's documentation (pydoc_data.topics). *fp32 baseline: {results['baseline_note']}.")
+                       f"{text}{bos}. *fp32 baseline: {results['baseline_note']}.")
     R.plot_layer_sqnr(rows, out / "layer_sqnr.png")
     plots.append("layer_sqnr.png")
     env = results.get("environment") or {}
+    n_proc = results.get("processes", 1)
+    procs = "" if n_proc == 1 else f" per process, {n_proc} processes"
     md = [f"# floatlab compare: {results['model']}", "",
           *([f"Command: `{results['command']}`", ""] if results.get("command") else []),
           f"Model: `{results['model']}` ({results['model_type']}), baseline: {results['baseline_note']}. "
           f"Method: {results['method']}, {'weights only' if results['weights_only'] else 'weights and activations'}.",
           "", R.markdown_table([dict(zip(head, row)) for row in table[1:]], [(h, h) for h in head]), "",
-          metric_note, "", CONVENTIONS, "",
-          f"Total time {results.get('seconds_wall', results['seconds_total']):.1f} s on {results['threads']} threads.",
+          metric_note, "", *([data_note(results), ""] if data_note(results) else []), CONVENTIONS, "",
+          f"Total time {results.get('seconds_wall', results['seconds_total']):.1f} s on {results['threads']} threads"
+          f"{procs}.",
           *(["", f"Environment: {environment_line(env)}."] if env else []),
           "", *(f"![{p.removesuffix('.png').replace('_', ' ')}]({p})" for p in plots), ""]
     text = "\n".join(md)
