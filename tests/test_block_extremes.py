@@ -405,3 +405,16 @@ def test_finite_input_gives_inf_from_the_documented_amax(rule):
             assert _g9(want) in text, (label, dtype, _g9(want))
             q = floatlab.encode(x[inf][:1], fmt)
             assert floatlab.decode(q, dtype=torch.float64)[0, 0].item() == 2.0 ** k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "hif4", "e2m1"])
+def test_cuda_compiled_keeps_negative_zero_and_equals_plain(name):
+    """Triton negates as 0 - y, so a negative value rounding to zero came back +0.0 from the
+    compiled CUDA kernels (the kernels now apply the sign with copysign)."""
+    b = getattr(floatlab.get_format(name), "block_numel", 64)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = extreme_rows(dtype, 2 * b).repeat(8, 1)
+        x[0, :4] = torch.tensor([-1e-30, -0.0, -0.3, -1e-45], dtype=torch.float64).to(dtype)
+        y = floatlab.quantize(x.cuda(), name, backend="compiled")
+        assert_same_bits(y.cpu(), floatlab.quantize(x, name, backend="plain"), f"cuda {name} {dtype}")

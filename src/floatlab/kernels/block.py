@@ -167,7 +167,8 @@ def hif4_elements(x, rnd, bad, r, s1, shift, p: BlockPlan) -> torch.Tensor:
     sh = shift.to(torch.int32) << 23          # shifts are 0..2: 2^+-sh built on the exponent field
     v = _bf16((xb.abs() * r) * (0x3F800000 - sh).view(torch.float32))
     c = quantize_kernel(v, rnd, p.elem)
-    c = torch.where(xb < 0, -c, c)
+    # copysign, not -c: Triton negates as 0 - c, which turns -0.0 into +0.0 on CUDA
+    c = torch.where(xb < 0, torch.copysign(c, torch.full((), -1.0, dtype=c.dtype, device=c.device)), c)
     y = (c * s1) * (0x3F800000 + sh).view(torch.float32)
     return torch.where(bad, _nan(y), y).to(p.out_dtype)
 

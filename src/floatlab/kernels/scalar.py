@@ -311,7 +311,8 @@ def _finish(p: Plan, xw, a, y, negative, field, mant, scale=None):
         if fmt.has_nan:
             y = torch.where(negative & (a > 0), nan, y)
         return y
-    out = torch.where(negative, -y, y)
+    # copysign, not -y: Triton negates as 0 - y, which turns -0.0 into +0.0 on CUDA
+    out = torch.copysign(y, xw)
     if not fmt.neg_zero:
         out = torch.where(out == 0, zero, out)
     return out

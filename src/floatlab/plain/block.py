@@ -89,7 +89,12 @@ def _element_quotients(xf: torch.Tensor, e: torch.Tensor, fmt: BlockFormat) -> t
     """
     X = pow2(e)[:, None]
     p = xf / X
-    tiny = (xf != 0) & (floor_log2(xf.abs(), zero=0) - e[:, None] < _F64_TINY_EXP)
+    # only |x| < 2^-1022 * largest scale can give such a quotient (E8M0: 2^-895, float64 input)
+    top = math.floor(math.log2(fmt.scale.max_value))
+    maybe = (xf != 0) & (xf.abs() < math.ldexp(1.0, _F64_TINY_EXP + top))
+    if not bool(maybe.any()):
+        return p
+    tiny = maybe & (floor_log2(xf.abs(), zero=0) - e[:, None] < _F64_TINY_EXP)
     if not bool(tiny.any()):
         return p
     if not float64_elements_exact(fmt.element):
