@@ -417,3 +417,50 @@ def test_classification_table():
     assert classify(aten.convolution.default) is Kind.CONVOLUTION
     assert classify(aten.scatter.src) is Kind.MOVE and classify(aten.scatter.reduce) is Kind.ELEMENTWISE
     assert isinstance(emulate("fp16"), Emulation)
+
+
+F = torch.nn.functional
+WHITELIST_OPS = {
+    "exp": torch.exp, "exp2": torch.exp2, "expm1": torch.expm1, "log": lambda t: torch.log(t.abs()),
+    "log2": lambda t: torch.log2(t.abs()), "log10": lambda t: torch.log10(t.abs()),
+    "log1p": lambda t: torch.log1p(t.abs()), "sin": torch.sin, "cos": torch.cos, "tan": torch.tan,
+    "asin": lambda t: torch.asin(torch.tanh(t)), "acos": lambda t: torch.acos(torch.tanh(t)),
+    "atan": torch.atan, "atan2": lambda t: torch.atan2(t, t.flip(0)), "sinh": torch.sinh,
+    "cosh": torch.cosh, "tanh": torch.tanh, "asinh": torch.asinh, "acosh": lambda t: torch.acosh(t.abs() + 1),
+    "atanh": lambda t: torch.atanh(torch.tanh(t)), "sigmoid": torch.sigmoid, "erf": torch.erf,
+    "erfc": torch.erfc, "erfinv": lambda t: torch.erfinv(torch.tanh(t)), "silu": F.silu,
+    "softplus": F.softplus, "elu": F.elu, "selu": F.selu, "celu": F.celu, "rsqrt": lambda t: torch.rsqrt(t.abs()),
+    "pow": lambda t: torch.pow(t.abs(), 1.7), "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
+    "leaky_relu": F.leaky_relu, "xlogy": lambda t: torch.xlogy(t, t.abs()),
+}
+
+
+def test_whitelist_is_tested():
+    from floatlab.emulation.ops import TRANSCENDENTAL
+    assert set(WHITELIST_OPS) == TRANSCENDENTAL
+
+
+@pytest.mark.parametrize("mode", ["rne", "rtz", "rup"])
+@pytest.mark.parametrize("name", ["fp16", "bf16", "e4m3", "hif8"])
+def test_verified_float32_transcendentals_equal_the_float64_path(name, mode):
+    # auto computes these in float32 and keeps an element only when it is far from every
+    # rounding boundary, redoing the rest in float64: the answers must equal the float64 path's
+    g = torch.Generator().manual_seed(11)
+    x = torch.cat([torch.randn(6000, generator=g) * 3, torch.randn(2000, generator=g) * 1e-3,
+                   torch.randn(2000, generator=g) * 30, torch.linspace(-20, 20, 4001)])
+    for op_name, op in WHITELIST_OPS.items():
+        with emulate(name, rounding=mode, working="auto"):
+            a = op(x)
+        with emulate(name, rounding=mode, working="float64"):
+            b = op(x)
+        assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)), (name, mode, op_name)
+
+
+def test_float32_subnormal_results_are_redone_for_wide_formats():
+    # bf16 reaches below float32's normal range: a product there is not exact in float32
+    a = torch.tensor([2.0 ** -70 * 1.0078125, -(2.0 ** -64) * 1.5, 3.0])
+    b = torch.tensor([2.0 ** -62 * 1.0078125, 2.0 ** -70 * 1.0078125, 5.0])
+    with emulate("bf16"):
+        p = a * b
+    want = [exact_round(Fraction(x) * Fraction(y), "bf16", "rne") for x, y in zip(a.tolist(), b.tolist())]
+    assert p.tolist() == want

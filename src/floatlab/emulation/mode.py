@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from functools import lru_cache
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes, _get_current_dispatch_mode_stack
@@ -19,7 +20,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from floatlab.gemm.accumulate import Accumulator
 
 from .accumulate import accumulated_cumsum, accumulated_matmul, accumulated_sum, check_order
-from .ops import ACCUMULATED_REDUCTIONS, BASIC, Kind, base_name, classify, functional_variant, is_inplace
+from .ops import ACCUMULATED_REDUCTIONS, BASIC, TRANSCENDENTAL, Kind, base_name, classify, functional_variant, is_inplace
 from .rounding import Rounder, holds_format, two_product, two_sum
 
 WORKING = ("auto", "float64", "input")
@@ -101,9 +102,13 @@ class Emulation(TorchDispatchMode):
         self.counts: Counter = Counter()
         self._holds: dict = {}
         p = self.rounder.p
-        self._innocuous32 = (self.rounder.mode.is_nearest and p is not None and 2 * p + 2 <= 24
-                             and self.spec.smallest_positive >= 2 * _F32_MIN_NORMAL
-                             and self.spec.overflow_boundary <= _F32_MAX)
+        mode = self.rounder.mode
+        # float32 arithmetic with verification (see _verified): round-to-nearest into p <= 11
+        # bits for + - * / sqrt; every deterministic mode for transcendental functions
+        self._fast32 = (p is not None and 2 * p + 2 <= 24 and self.spec.overflow_boundary <= _F32_MAX
+                        and not mode.is_stochastic and not self.rounder.identity)
+        self._nearest = mode.is_nearest
+        self._tiny_subnormal_risk = self.spec.smallest_positive < 2 * _F32_MIN_NORMAL
 
     # ---- context management -------------------------------------------------------------
     def __enter__(self):
@@ -153,6 +158,10 @@ class Emulation(TorchDispatchMode):
                     with self:
                         return decomp(*args, **kwargs)
             kind = Kind.ELEMENTWISE
+        if kind is Kind.ELEMENTWISE and self._fast32 and not self.round_inputs:
+            out = self._fast_lane(func, args, kwargs)
+            if out is not NotImplemented:
+                return out
         natural = _natural_dtypes(func, args, kwargs)
         if any(d is not None and d.is_complex for d in natural):
             raise EmulationError(f"{func}: complex results are not emulated (floatlab rounds real "
@@ -172,8 +181,31 @@ class Emulation(TorchDispatchMode):
         label = {Kind.LINALG: "linalg-result", Kind.CONVOLUTION: "conv-result"}.get(kind, "rounded")
         return self._with_mutation(func, args, kwargs, self._compute, label)
 
+    def _fast_lane(self, func, args, kwargs):
+        """The common case without the general machinery: a functional elementwise op on float32
+        tensors that :meth:`_path` sends to float32 (NotImplemented otherwise)."""
+        if _is_mutable(func) or not ((self._nearest and _is_basic(func)) or _is_transcendental(func)):
+            return NotImplemented
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                if a.dtype is not torch.float32:
+                    return NotImplemented
+            elif not (a is None or isinstance(a, (int, float, bool, str))):
+                return NotImplemented
+        if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
+            return NotImplemented
+        out = func(*args, **kwargs)
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return out
+        with _quiet():
+            done = self._verified(func, args, kwargs, out)
+        if done is None:
+            return NotImplemented
+        self._count(func, "rounded")
+        return done
+
     def _count(self, func, how: str) -> None:
-        self.counts[f"{func}/{how}"] += 1
+        self.counts[_label(func, how)] += 1
 
     # ---- the treatments -------------------------------------------------------------------
     def _with_mutation(self, func, args, kwargs, compute, label):
@@ -234,33 +266,88 @@ class Emulation(TorchDispatchMode):
             args, kwargs = self._round_args(args, kwargs)
         flat, spec = tree_flatten((args, kwargs))
         floats = [a for a in flat if isinstance(a, torch.Tensor) and a.is_floating_point()]
-        upcast = self._upcast(func, floats)
-        if upcast:
+        path = self._path(func, floats)
+        if path == "float32-verified":
+            out = func(*args, **kwargs)
+            with _quiet():
+                done = self._verified(func, args, kwargs, out)
+            if done is not None:
+                return done
+            path = "float64"                      # not an elementwise shape: redo it all
+        if path == "float64":
             natural = _natural_dtypes(func, args, kwargs)
             with _quiet():
                 flat64 = [a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                           for a in flat]
             args64, kwargs64 = tree_unflatten(flat64, spec)
             out = func(*args64, **kwargs64)
-        else:
-            natural = None
-            args64, kwargs64 = args, kwargs
-            out = func(*args, **kwargs)
+            with _quiet():
+                residual = self._residual(func, args64, kwargs64, out)
+                return self._round_outputs(out, natural, residual)
+        out = func(*args, **kwargs)
         with _quiet():
-            residual = self._residual(func, args64, kwargs64, out) if upcast else None
-            return self._round_outputs(out, natural, residual)
+            return self._round_outputs(out, None, None)
 
-    def _upcast(self, func, floats) -> bool:
+    def _path(self, func, floats) -> str:
+        """``"input"`` (the operands' dtype), ``"float32-verified"`` or ``"float64"``."""
         if not floats or all(a.dtype is torch.float64 for a in floats) or self.working == "input":
-            return False
-        if self.working == "float64":
-            return True
-        # auto: float32 is exact for +,-,*,/,sqrt (and exact ops) under round-to-nearest when
-        # 24 >= 2p + 2 and nothing underflows in float32
-        basic = base_name(func) in BASIC and not func._overloadname.endswith("_mode")
-        if basic and self._innocuous32 and all(a.dtype is torch.float32 for a in floats):
-            return False
-        return True
+            return "input"
+        if self.working == "float64" or not all(a.dtype is torch.float32 for a in floats):
+            return "float64"
+        # auto: float32 where it gives the float64 path's rounding (see _verified)
+        if self._fast32 and ((self._nearest and _is_basic(func)) or _is_transcendental(func)):
+            return "float32-verified"
+        return "float64"
+
+    def _verified(self, func, args, kwargs, out):
+        """Round a float32 result where that provably gives the float64 path's answer; redo the
+        other elements in float64. None when the op's operands are not elementwise-shaped.
+
+        * ``+ - * / sqrt`` (and the exact ops) round correctly from float32 under
+          round-to-nearest into p <= 11 bits (innocuous double rounding, 24 >= 2p + 2), except
+          where the float32 result is subnormal (below 2^-126: fewer than 24 bits) - redone.
+        * transcendental functions (:data:`~floatlab.emulation.ops.TRANSCENDENTAL`: exp, tanh,
+          silu, ...): their float32 versions are accurate to a few float32 ulps; an element is
+          kept when its float32 result and the two values 2^-19 (8 to 16 float32 ulps) below and
+          above it round alike, so the exact value rounds alike too; others (and zero, subnormal
+          or non-finite results) are redone in float64 - for 16-bit formats about 2^-8 of them.
+        """
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            return None
+        shape = out.shape
+        if any(isinstance(t, torch.Tensor) and t.dim() and t.shape != shape
+               and torch.broadcast_shapes(t.shape, shape) != shape for t in (*args, *kwargs.values())):
+            return None
+        self._check_dtype(out.dtype)
+        r = self.rounder
+        y = r(out)
+        if _is_basic(func):
+            if not self._tiny_subnormal_risk:
+                return y
+            a = out.abs()
+            redo = (a < _F32_MIN_NORMAL) & (a > 0)
+        else:
+            # rounding is monotone: lo == hi means every value between them (the exact one
+            # included) rounds to y. Zero and subnormal results may hide a tiny exact value
+            # (exp(-110) > 0); NaN results are redone too (rare); an infinite float32 result
+            # matters only to the directed modes (RTZ stops at the largest value).
+            a = out.abs()
+            redo = (r(out * (1 - 2.0 ** -19)) != r(out * (1 + 2.0 ** -19))) | ~(a >= _F32_MIN_NORMAL)
+            if not self._nearest:
+                redo |= a == float("inf")
+        if not bool(redo.any()):
+            return y
+        idx = redo.nonzero(as_tuple=True)
+        flat, spec = tree_flatten((args, kwargs))
+        sub = [torch.broadcast_to(a, out.shape)[idx].to(torch.float64)
+               if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dim()
+               else (a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a)
+               for a in flat]
+        a64, k64 = tree_unflatten(sub, spec)
+        y64 = func(*a64, **k64)                   # dispatch modes are off here (_quiet)
+        y = y.clone()
+        y[idx] = r(y64, out.dtype)
+        return y
 
     def _residual(self, func, args, kwargs, out):
         """The exact error of a float64 ``add``/``sub``/``mul`` result (directed and stochastic
@@ -298,10 +385,9 @@ class Emulation(TorchDispatchMode):
                     dtype = natural[i]
                 self._check_dtype(dtype)
                 if residual is not None and t.dtype is torch.float64:
-                    t = self.rounder.round_exact(t, residual)
+                    t = self.rounder.round_exact(t, residual).to(dtype)
                 else:
-                    t = self.rounder(t)
-                t = t.to(dtype)
+                    t = self.rounder(t, dtype)
             rounded.append(t)
         return tree_unflatten(rounded, spec)
 
@@ -423,6 +509,26 @@ def _written(func, args, kwargs):
             value = args[i] if i < len(args) else kwargs.get(arg.name)
             found += [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
     return found
+
+
+@lru_cache(maxsize=None)
+def _is_mutable(func) -> bool:
+    return func._schema.is_mutable
+
+
+@lru_cache(maxsize=None)
+def _is_basic(func) -> bool:
+    return base_name(func) in BASIC and not func._overloadname.endswith("_mode")
+
+
+@lru_cache(maxsize=None)
+def _is_transcendental(func) -> bool:
+    return base_name(func) in TRANSCENDENTAL
+
+
+@lru_cache(maxsize=None)
+def _label(func, how: str) -> str:
+    return f"{func}/{how}"
 
 
 def _floating(dtypes) -> bool:

@@ -110,11 +110,10 @@ def round_to_odd_float32(x: torch.Tensor) -> torch.Tensor:
     r = x.to(torch.float32)
     back = r.to(torch.float64)
     inexact = back != x
-    bits = r.view(torch.int32)
-    toward_zero = inexact & (back.abs() > x.abs())     # RNE went up in magnitude: step back
-    bits = bits - toward_zero.to(torch.int32)
-    bits = bits | inexact.to(torch.int32)
-    return bits.view(torch.float32)
+    # RNE went up in magnitude (|back| > |x|): step the bit pattern back toward zero
+    toward_zero = inexact & ((back > x) ^ (x < 0))
+    bits = r.view(torch.int32) - toward_zero.to(torch.int32)
+    return (bits | inexact.to(torch.int32)).view(torch.float32)
 
 
 def two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,19 +198,22 @@ class Rounder:
         sat = ", saturate=True" if self.saturate else ""
         return f"Rounder({self.spec.name!r}, {self.mode.value!r}{sat})"
 
-    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, t: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``t`` rounded into the format, as ``out_dtype`` (default ``t.dtype``; it must hold the
+        format's values, or the final cast rounds again)."""
+        out_dtype = t.dtype if out_dtype is None else out_dtype
         if not t.is_floating_point() or self.identity:
-            return t
+            return t.to(out_dtype)
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"cannot round a {t.dtype} tensor (float16, bfloat16, float32 and "
                             "float64 are supported)")
         if self.native is not None:
             if t.dtype is self.native:
-                return t
+                return t.to(out_dtype)
             if t.dtype is torch.float64 and self.native is not torch.float32:
-                return round_to_odd_float32(t).to(self.native).to(torch.float64)
-            return t.to(self.native).to(t.dtype)
-        return self._quantize(t)
+                t = round_to_odd_float32(t)
+            return t.to(self.native).to(out_dtype)
+        return self._quantize(t).to(out_dtype)
 
     def _quantize(self, t: torch.Tensor) -> torch.Tensor:
         from floatlab.ops.api import quantize

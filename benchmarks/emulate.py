@@ -1,0 +1,125 @@
+"""Cost of floatlab.emulate over plain float32: a 3-layer MLP forward and a 256x256 LU.
+
+Usage: python benchmarks/emulate.py [--quick]
+One thread, one process; each case is timed after a warm-up call (which also compiles floatlab's
+kernels), best and median of the repeats. Printed: milliseconds and the ratio to plain float32.
+
+Cases
+* elementwise: the MLP's non-matmul work (bias adds, ReLU, a softmax over the output) on
+  activations of the same shapes, with the matmuls taken out: the goal is within 10x of float32;
+* matmul: the three products alone, rounded once (accumulator=None) and through an
+  fp32:rne:16 accumulator (a K-loop of rounded chunk sums, the emulated tensor core);
+* MLP forward: the whole forward pass;
+* LU 256x256: the right-looking LU as plain torch code (the same code timed under emulate), and
+  floatlab.linalg.lu_factor (every operation rounded, without the dispatch layer).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import torch
+
+import floatlab
+from floatlab.linalg import lu_factor
+
+
+def timeit(fn, repeats: int) -> tuple[float, float]:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times), statistics.median(times)
+
+
+def right_looking_lu(a: torch.Tensor) -> torch.Tensor:
+    a = a.clone()
+    n = a.shape[0]
+    for k in range(n):
+        p = k + int(torch.argmax(a[k:, k].abs()))
+        a[[k, p]] = a[[p, k]]
+        if k < n - 1:
+            a[k + 1:, k] = a[k + 1:, k] / a[k, k]
+            a[k + 1:, k + 1:] = a[k + 1:, k + 1:] - a[k + 1:, k, None] * a[k, None, k + 1:]
+    return a
+
+
+def main(argv: list[str]) -> None:
+    torch.set_num_threads(1)
+    quick = "--quick" in argv
+    reps = 3 if quick else 7
+    g = torch.Generator().manual_seed(0)
+    batch, width = 256, 512
+    x = torch.randn(batch, width, generator=g)
+    ws = [torch.randn(width, width, generator=g) / width ** 0.5 for _ in range(2)] + \
+         [torch.randn(64, width, generator=g) / width ** 0.5]
+    bs = [torch.randn(w.shape[0], generator=g) / 10 for w in ws]
+    acts = [torch.randn(batch, w.shape[0], generator=g) for w in ws]   # stand-ins for x @ W.T
+
+    def elementwise():
+        out = None
+        for i, (a, b) in enumerate(zip(acts, bs)):
+            h = a + b
+            out = torch.relu(h) if i < 2 else torch.softmax(h, -1)
+        return out
+
+    def matmuls():
+        h = x
+        for w in ws:
+            h = h @ w.T
+        return h
+
+    def mlp():
+        h = x
+        for i, (w, b) in enumerate(zip(ws, bs)):
+            h = h @ w.T + b
+            h = torch.relu(h) if i < 2 else torch.softmax(h, -1)
+        return h
+
+    A = floatlab.linalg.randsvd(256, 1e3, generator=g).float()
+
+    settings = [("fp16", {}), ("bf16", {}), ("e4m3", {}), ("hif8", {}), ("fp16", {"rounding": "sr", "generator": "g"}),
+                ("fp16", {"accumulator": "fp32:rne:16"})]
+    cases = [("elementwise", elementwise), ("matmul", matmuls), ("MLP forward", mlp),
+             ("LU 256 (torch code)", lambda: right_looking_lu(A))]
+    print(f"torch {torch.__version__}, 1 thread; MLP {batch}x{width} -> {width} -> {width} -> 64; "
+          "ms best/median of %d; ratio = emulated median / float32 median" % reps)
+    print(f"{'case':22s} {'setting':30s} {'ms best':>9s} {'ms median':>10s} {'ratio':>7s}")
+    for name, fn in cases:
+        if quick and name.startswith("LU"):
+            reps_here = 1
+        else:
+            reps_here = reps
+        best, base = timeit(fn, reps_here)
+        print(f"{name:22s} {'float32 (plain)':30s} {best * 1e3:9.2f} {base * 1e3:10.2f} {1.0:7.2f}", flush=True)
+        for fmt, opts in settings:
+            if name.startswith("LU") and opts.get("accumulator"):
+                continue
+            kw = dict(opts)
+            if kw.get("generator") == "g":
+                kw["generator"] = torch.Generator().manual_seed(0)
+            label = fmt + "".join(f" {k}={v}" for k, v in opts.items() if k != "generator")
+
+            def run(fn=fn, fmt=fmt, kw=kw):
+                with floatlab.emulate(fmt, **kw):
+                    return fn()
+
+            b, m = timeit(run, reps_here)
+            print(f"{name:22s} {label:30s} {b * 1e3:9.2f} {m * 1e3:10.2f} {m / base:7.2f}", flush=True)
+    # LU with every operation rounded, without the dispatch layer
+    _, base = timeit(lambda: right_looking_lu(A), 1 if quick else 3)
+    for fmt in ("fp16", "bf16", "e4m3"):
+        b, m = timeit(lambda fmt=fmt: lu_factor(A, fmt), 1 if quick else 3)
+        print(f"{'LU 256 (linalg)':22s} {'lu_factor ' + fmt:30s} {b * 1e3:9.2f} {m * 1e3:10.2f} {m / base:7.2f}",
+              flush=True)
+    b, m = timeit(lambda: torch.linalg.lu_factor(A), reps)
+    print(f"{'LU 256 (LAPACK)':22s} {'torch.linalg.lu_factor fp32':30s} {b * 1e3:9.2f} {m * 1e3:10.2f} "
+          f"{m / base:7.2f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
