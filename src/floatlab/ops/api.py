@@ -183,9 +183,17 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
            **block_options) -> QTensor:
     """Quantize ``x`` into ``fmt`` and return the codes as a :class:`~floatlab.QTensor`.
 
-    ``encode(x, fmt).codes`` is an integer tensor of codes (``uint8`` for formats of 8 bits or
-    fewer); ``decode(encode(x, fmt))`` equals ``quantize(x, fmt)`` bit for bit. A NaN input to a
-    format without a NaN code raises ``ValueError`` (it has no code to go to).
+    Takes the arguments of :func:`quantize` (``axis``/``pad`` for block formats; no ``out`` or
+    ``backend``: encoding runs the plain pipeline). ``encode(x, fmt).codes`` is an integer
+    tensor of codes (``uint8`` for formats of 8 bits or fewer); the QTensor records ``x``'s
+    dtype, so ``decode(encode(x, fmt))`` equals ``quantize(x, fmt)`` bit for bit, in ``x``'s
+    dtype and shape (empty tensors included; scalar formats take 0-d tensors too).
+
+    Raises:
+        ValueError: a NaN input to a format without a NaN code (it has no code to go to); the
+            errors of :func:`quantize` (unknown format or mode, a 0-d tensor or bad axis for a
+            block format, ...).
+        TypeError: as :func:`quantize`.
     """
     _check_input(x)
     spec = get_format(fmt)
@@ -206,12 +214,30 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     return QTensor.from_codes(codes, spec, dtype=x.dtype)
 
 
-def decode(codes, fmt=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def decode(codes, fmt=None, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Values of ``codes`` in ``fmt`` as a ``dtype`` tensor.
 
-    ``codes`` is a :class:`~floatlab.QTensor` (``fmt`` optional) or an integer tensor of codes
-    (``fmt`` required).
+    Args:
+        codes: a :class:`~floatlab.QTensor` (``fmt`` optional) or an integer tensor of codes of a
+            scalar format (``fmt`` required; any integer dtype, a signed container of the
+            format's width holding the bit pattern is read as unsigned).
+        fmt: the format (name or object); for a QTensor, it must match the stored one.
+        dtype: float16, bfloat16, float32 or float64. ``None`` (default): a QTensor's stored
+            dtype, the dtype that was encoded, so ``decode(encode(x, fmt))`` equals
+            ``quantize(x, fmt)`` bit for bit in ``x``'s dtype; float32 for raw integer codes.
+
+    Returns:
+        A tensor of the QTensor's logical shape (``codes.shape`` for integer codes).
+
+    Raises:
+        TypeError: ``codes`` is neither a QTensor nor an integer tensor; ``fmt`` missing for
+            integer codes; a block format with integer codes (decode its QTensor); a ``dtype``
+            that is not a floating dtype floatlab returns.
+        ValueError: codes out of the format's range; a ``fmt`` that differs from the QTensor's.
     """
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be one of {', '.join(map(str, FLOAT_DTYPES))} (or None for "
+                        f"the encoded dtype), got {dtype}")
     if isinstance(codes, QTensor):
         if fmt is not None and get_format(fmt) != codes.format:
             raise ValueError(f"QTensor holds {codes.format.name!r}, not {get_format(fmt).name!r}")
@@ -220,15 +246,8 @@ def decode(codes, fmt=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         raise TypeError("decode(codes, fmt): fmt is required unless codes is a QTensor")
     if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
         raise TypeError("codes must be an integer torch.Tensor of format codes (or a QTensor)")
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be one of {', '.join(map(str, FLOAT_DTYPES))}, got {dtype}")
     spec = get_format(fmt)
     if isinstance(spec, BlockFormat):
         raise TypeError(f"{spec.name!r} is a block format: decode its QTensor (from encode)")
-    c = codes.to(torch.int64)
-    if codes.dtype.itemsize * 8 == spec.bits and codes.dtype.is_signed:
-        c = c & ((1 << spec.bits) - 1)  # a signed container holding the bit pattern
-    if bool(((c < 0) | (c >= 2 ** spec.bits)).any()):
-        raise ValueError(f"codes out of range for {spec.name!r}: {spec.bits}-bit codes are "
-                         f"0..{2 ** spec.bits - 1}")
-    return spec.decode(c).to(dtype)
+    c = spec.codes_from(codes)  # int64 patterns; ValueError for codes out of range
+    return spec.decode(c).to(torch.float32 if dtype is None else dtype)

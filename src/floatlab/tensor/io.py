@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from floatlab.formats.serialize import format_from_reference, format_reference
+from floatlab.tensor.packing import storage_dtype
 from floatlab.tensor.qtensor import QTensor
 
 _HEADER = "floatlab.qtensors"
@@ -15,8 +16,14 @@ _DTYPES = {str(d): d for d in (torch.float16, torch.bfloat16, torch.float32, tor
 
 
 def save(path, tensors: dict) -> None:
-    """Write ``{name: QTensor | torch.Tensor}`` to a ``.safetensors`` file."""
+    """Write ``{name: QTensor | torch.Tensor}`` to a ``.safetensors`` file.
+
+    The file is written beside ``path`` under a temporary name and renamed over it, with the mode
+    an ordinary new file gets (``0o666`` minus the umask; safetensors alone writes ``0o600``): a
+    failed write leaves the previous file, or none, never half of one."""
     from safetensors.torch import save_file
+
+    from floatlab.atomic import atomic_path
 
     if not isinstance(tensors, dict) or not tensors:
         raise TypeError("save(path, tensors): tensors must be a non-empty dict of name -> QTensor/Tensor")
@@ -34,7 +41,8 @@ def save(path, tensors: dict) -> None:
             flat[name] = t.contiguous()
         else:
             raise TypeError(f"{name!r}: expected a QTensor or torch.Tensor, got {type(t).__name__}")
-    save_file(flat, str(path), metadata={_HEADER: json.dumps(info)})
+    with atomic_path(path) as tmp:
+        save_file(flat, str(tmp), metadata={_HEADER: json.dumps(info)})
 
 
 def load(path) -> dict:
@@ -51,7 +59,13 @@ def load(path) -> dict:
     out = {}
     for name, d in info.items():
         scales = {k: raw.pop(f"{name}/scale/{k}") for k in d["scales"]}
-        out[name] = QTensor(raw.pop(f"{name}/data"), format_from_reference(d["format"]),
-                            tuple(d["shape"]), _DTYPES[d["dtype"]], scales, d["meta"])
+        fmt = format_from_reference(d["format"])
+        data = raw.pop(f"{name}/data")
+        bits = getattr(fmt, "element_bits", None) or fmt.bits
+        if data.dtype != storage_dtype(bits):
+            raise ValueError(f"{p}: {name!r} stores {bits}-bit {fmt.name} codes as {data.dtype}, not "
+                             f"{storage_dtype(bits)}; files written before floatlab stored codes "
+                             "wider than 32 bits in int64 lost their top bits: encode and save again")
+        out[name] = QTensor(data, fmt, tuple(d["shape"]), _DTYPES[d["dtype"]], scales, d["meta"])
     out.update(raw)
     return out

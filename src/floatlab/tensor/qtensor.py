@@ -1,15 +1,27 @@
-"""QTensor: packed codes plus whatever scales the format needs, with real memory savings."""
+"""QTensor: packed codes plus whatever scales the format needs, with real memory savings.
+
+A QTensor pickles to plain tensors, strings and ints rebuilt by :func:`_rebuild_qtensor`, which
+this module registers with ``torch.serialization.add_safe_globals`` (torch's documented hook for
+trusted rebuild functions): ``torch.save(q, f)`` then ``torch.load(f)`` (``weights_only=True``,
+torch's default) works in any process that has imported floatlab. The rebuild validates every
+field and runs no other code. ``floatlab.save``/``floatlab.load`` (safetensors) remain the
+portable format.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
 import torch
 
 from floatlab.formats.block import BlockFormat
+from floatlab.formats.serialize import format_from_reference, format_reference
 from floatlab.plain.block import block_decode, blocking_of
 from floatlab.tensor.packing import pack, unpack
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass
@@ -48,6 +60,12 @@ class QTensor:
     def is_block(self) -> bool:
         return isinstance(self.format, BlockFormat)
 
+    @property
+    def is_codec(self) -> bool:
+        """The format is a weight codec (:mod:`floatlab.codecs`, recognized by ``kind == "codec"``):
+        it decodes, counts its bits and lists its codes itself."""
+        return getattr(self.format, "kind", None) == "codec"
+
     def blocked_codes(self) -> torch.Tensor:
         """Element codes of a block QTensor in the blocked layout ``(nblocks, block)`` (int64)."""
         b = blocking_of(self.format, self.shape, self.meta)
@@ -59,13 +77,24 @@ class QTensor:
     @property
     def codes(self) -> torch.Tensor:
         """The element codes, unpacked, as int64 of the logical shape (block padding dropped)."""
+        if self.is_codec:
+            return self.format.codes(self)
         if self.is_block:
             return blocking_of(self.format, self.shape, self.meta).unblock(self.blocked_codes())
         return unpack(self.data, self.element_bits, self.numel).reshape(self.shape)
 
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The values, as ``dtype`` (default: the dtype that was encoded)."""
+        """The values, of the logical ``shape``, as ``dtype`` (default: the dtype that was encoded).
+
+        Raises:
+            TypeError: ``dtype`` is not float16, bfloat16, float32 or float64.
+        """
+        if dtype is not None and dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"dtype must be one of {', '.join(map(str, _FLOAT_DTYPES))} (or None "
+                            f"for the encoded dtype {self.dtype}), got {dtype}")
         out_dtype = self.dtype if dtype is None else dtype
+        if self.is_codec:
+            return self.format.decode(self).to(out_dtype)
         if self.is_block:
             values = block_decode(self.blocked_codes(), self.scales, self.format, self.shape, self.meta)
             return values.to(out_dtype)
@@ -83,10 +112,50 @@ class QTensor:
 
     @property
     def bits_per_value(self) -> float:
-        """Storage bits per element of the nominal format (codes plus amortized scales)."""
+        """Storage bits per element of the nominal format (codes plus amortized scales); a codec
+        counts every stored bit of this shape exactly."""
+        if self.is_codec:
+            return float(self.format.bits_per_weight(self.shape))
         fn = getattr(self.format, "bits_per_value", None)
         return float(fn) if fn is not None else float(self.format.bits)
 
     def __repr__(self) -> str:
         return (f"QTensor(format={self.format.name!r}, shape={self.shape}, "
                 f"nbytes={self.nbytes}, bits_per_value={self.bits_per_value:g})")
+
+    def __reduce__(self):
+        """Pickle as tensors, JSON strings and ints (loadable with ``weights_only=True``)."""
+        return (_rebuild_qtensor, (self.data, json.dumps(format_reference(self.format)),
+                                   tuple(int(n) for n in self.shape), str(self.dtype),
+                                   dict(self.scales), json.dumps(self.meta)))
+
+
+_DTYPE_NAMES = {str(d): d for d in _FLOAT_DTYPES}
+
+
+def _rebuild_qtensor(data, fmt_ref: str, shape, dtype: str, scales, meta: str) -> QTensor:
+    """Inverse of :meth:`QTensor.__reduce__`; every field is checked (the file may be untrusted).
+
+    Raises:
+        ValueError: a field of the wrong kind or value (the message names it).
+    """
+    if not isinstance(data, torch.Tensor) or data.is_floating_point():
+        raise ValueError("QTensor pickle: data must be an integer tensor")
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise ValueError(f"QTensor pickle: bad shape {shape!r}")
+    if dtype not in _DTYPE_NAMES:
+        raise ValueError(f"QTensor pickle: bad dtype {dtype!r}")
+    if not isinstance(scales, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                               for k, v in scales.items()):
+        raise ValueError("QTensor pickle: scales must map names to tensors")
+    try:
+        ref, meta_d = json.loads(fmt_ref), json.loads(meta)
+        fmt = format_from_reference(ref)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise ValueError(f"QTensor pickle: bad format or meta ({err})") from err
+    if not isinstance(meta_d, dict):
+        raise ValueError("QTensor pickle: meta must be a JSON object")
+    return QTensor(data, fmt, shape, _DTYPE_NAMES[dtype], dict(scales), meta_d)
+
+
+torch.serialization.add_safe_globals([_rebuild_qtensor])
