@@ -382,3 +382,21 @@ def test_decode_every_width_against_the_spec(fmt):
 def test_decode_refuses_codes_out_of_range(name, codes, dtype):
     with pytest.raises(ValueError, match="codes out of range"):
         floatlab.decode(torch.tensor(codes, dtype=dtype), name)
+
+
+@pytest.mark.parametrize("scale, rule", [("ue10m0fn_nozero", "floor"), ("e8m23", "amax"), ("e11m52", "amax")])
+def test_block_scales_wider_than_a_byte_are_stored_whole(scale, rule, tmp_path):
+    """Block scale codes were cut to uint8 (power-of-two rules) or int32 (amax rules): a 10-bit
+    E8M0-like scale or a 64-bit one decoded to garbage. They are stored in the scale format's own
+    code dtype, equal the fused path's values, and survive save/load."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 32, generator=g) * 1e10
+    fmt = floatlab.block_format(elem="e2m1", scale=scale, block=32, rule=rule)
+    q = floatlab.encode(x, fmt)
+    assert q.scales["scale"].dtype == fmt.scale.code_dtype
+    y = q.dequantize()
+    assert float((y - x).abs().max() / x.abs().max()) < 0.25      # e2m1 elements: within a step
+    backend = "eager" if rule == "floor" else "plain"              # the fused kernel computes its own scales
+    assert torch.equal(y, floatlab.quantize(x, fmt, backend=backend))
+    floatlab.save(tmp_path / "w.safetensors", {"w": q})
+    assert torch.equal(floatlab.load(tmp_path / "w.safetensors")["w"].dequantize(), y)

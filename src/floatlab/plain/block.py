@@ -116,7 +116,7 @@ def _encode_pow2(xb, fmt, mode, generator, sr_bits):
     p = _element_quotients(torch.where(finite, xb, torch.zeros_like(xb)), e, fmt)
     pq = _q(p, fmt.element, mode, True, generator, sr_bits)
     scale_codes = fmt.scale.encode(torch.where(bad, torch.full_like(X, float("nan")), X))
-    return fmt.element.encode(pq), {"scale": scale_codes.to(torch.uint8)}
+    return fmt.element.encode(pq), {"scale": scale_codes.to(fmt.scale.code_dtype)}
 
 
 def _decode_pow2(codes, scales, fmt, meta):
@@ -187,7 +187,7 @@ def _encode_amax(xb, fmt, mode, generator, sr_bits):
         pq = torch.where(pick4[:, None], pq4, pq)
         s_b = torch.where(pick4, s_b4, s_b)
     scale_codes = fmt.scale.encode(torch.where(bad, torch.full_like(s_b, float("nan")), s_b).double())
-    scales = {"scale": scale_codes.to(torch.uint8 if fmt.scale.bits <= 8 else torch.int32)}
+    scales = {"scale": scale_codes.to(fmt.scale.code_dtype)}
     if fmt.tensor_scale:
         scales["tensor_scale"] = s_dec.reshape(1)
     return fmt.element.encode(pq), scales

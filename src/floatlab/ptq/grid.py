@@ -60,7 +60,7 @@ class BlockGrid:
         """The scale tensors as :func:`floatlab.encode` stores them for these blocks."""
         fmt, p = self.fmt, self.params
         if fmt.rule is ScaleRule.FLOOR:
-            return {"scale": fmt.scale.encode(p["X"].double()).to(torch.uint8)}
+            return {"scale": fmt.scale.encode(p["X"].double()).to(fmt.scale.code_dtype)}
         if fmt.rule is ScaleRule.HIF4:
             msb = 2 ** torch.arange(7, -1, -1)
             byte = lambda bits: (bits.to(torch.int64) * msb).sum(-1)  # noqa: E731
@@ -68,7 +68,7 @@ class BlockGrid:
             return {"scale": torch.stack([e6m2, byte(p["e1_8"]), byte(p["e1_16"][:, :8]),
                                           byte(p["e1_16"][:, 8:])], dim=1).to(torch.uint8)}
         codes = fmt.scale.encode(p["s_b"].double())
-        out = {"scale": codes.to(torch.uint8 if fmt.scale.bits <= 8 else torch.int32)}
+        out = {"scale": codes.to(fmt.scale.code_dtype)}
         if fmt.tensor_scale:
             out["tensor_scale"] = p["s_dec"].reshape(1).to(torch.float32)
         return out
