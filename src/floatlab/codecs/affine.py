@@ -10,6 +10,7 @@ import floatlab
 from floatlab.codecs.base import (CodecError, WeightCodec, as_storage, check_group, check_scale_dtype, grouped,
                                   group_count, positive_scale, scale_bits, ungrouped)
 from floatlab.formats.integer import IntFormat
+from floatlab.ops.autograd import check_grad
 from floatlab.tensor.packing import pack, unpack
 from floatlab.tensor.qtensor import QTensor
 
@@ -85,13 +86,17 @@ class AffineInt(WeightCodec):
 
     # ---- the grid -----------------------------------------------------------------------------
     def grid(self, w: torch.Tensor, params: dict, grad: str = "ste") -> torch.Tensor:
-        """Float codes ``(out, groups, g)``: ``clamp(round(w / s) + z, 0, qmax)``. With ``grad``
-        "ste"/"clipped" both the rounding and the clamp are straight-through, except that
-        "clipped" passes no gradient where the clamp acts (OmniQuant's ``clamp(round_ste(.))``)."""
+        """Float codes ``(out, groups, g)``: ``clamp(round(w / s) + z, 0, qmax)``, the rounding
+        through :func:`floatlab.quantize` (ties to even). ``grad``: "ste" passes the gradient
+        through the rounding and the clamp; "clipped" passes none where the clamp acts
+        (OmniQuant's ``clamp(round_ste(.))``, torch.clamp's gradient); "none" detaches."""
+        check_grad(grad)
         s, z = params["scale"][..., None], params["zero"][..., None]
         r = floatlab.quantize(grouped(w, self.group_size) / s, _INT16, saturate=True,
                               grad="none" if grad == "none" else "ste")
-        return floatlab.quantize(r + z, self.uint, saturate=True, grad=grad)
+        x = r + z                                   # an exact integer (|r| <= 2^15)
+        q = x.clamp(0, self.qmax)
+        return x + (q - x).detach() if grad == "ste" else q
 
     def _values(self, q: torch.Tensor, params: dict, cols: int) -> torch.Tensor:
         return ungrouped((q - params["zero"][..., None]) * params["scale"][..., None], cols)

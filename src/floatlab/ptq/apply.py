@@ -1,5 +1,6 @@
 """Quantize a model in place: transforms (rotation, SmoothQuant, AWQ), then a rounder (RTN,
-GPTQ) for every linear layer, each replaced by a :class:`QuantLinear`."""
+GPTQ, or a block-wise reconstruction: LWC, PTQ1.61) for every linear layer, each replaced by a
+:class:`QuantLinear`."""
 
 from __future__ import annotations
 
@@ -10,20 +11,24 @@ from torch import nn
 
 from floatlab.models.loading import linear_layers
 from floatlab.ptq.calibration import CalibrationError, check_parameters, nonfinite_policy
-from floatlab.ptq.config import PTQConfig
+from floatlab.codecs import CodecError
+from floatlab.ptq.config import RECONSTRUCTING, PTQConfig
 from floatlab.ptq.modules import QuantLinear, set_module
 from floatlab.ptq.weights import QWeight, rtn_weight
 
 
 def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict] | None = None,
                    progress: Callable[[str], None] | None = None,
-                   hessians: dict[str, torch.Tensor] | None = None) -> dict[str, QWeight]:
+                   hessians: dict[str, torch.Tensor] | None = None,
+                   report: dict | None = None) -> dict[str, QWeight]:
     """Quantize ``model``'s linear layers (in place) and return their :class:`QWeight` by name.
 
     ``calib`` is a list of model input dicts (``input_ids``, ``attention_mask``), needed by GPTQ,
     SmoothQuant and AWQ. ``hessians``: GPTQ's input Hessians by layer name, precomputed with
     :func:`floatlab.ptq.gptq.collect_hessians` on this same (untransformed) model and ``calib``;
-    ``floatlab compare`` computes them once for all its formats.
+    ``floatlab compare`` computes them once for all its formats. ``report``: a dict that the
+    block-wise reconstruction (``lwc``, ``ptq161``) fills with its per-block losses
+    (``report["blocks"]``).
 
     Non-finite numbers never reach the result: a NaN/Inf parameter of ``model`` (before, or after
     a transform step) raises :class:`floatlab.ptq.calibration.CalibrationError` naming it; so
@@ -53,20 +58,31 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
                 pending.attach(transforms_done)
             layers = linear_layers(model)
             check_blocks(layers, config)
-            if rounder == "gptq":
+            generator = torch.Generator().manual_seed(config.recon.seed)      # random salient masks
+            if rounder in RECONSTRUCTING:
                 if not calib:
-                    raise ValueError("GPTQ needs calibration data (calib)")
-                from floatlab.ptq.gptq import gptq_model
-                if hessians is not None and transforms:
-                    raise ValueError("precomputed hessians describe the untransformed model; "
-                                     f"method {config.method!r} transforms it first")
-                qweights = gptq_model(model, layers, calib, config, progress=progress, hessians=hessians)
+                    raise ValueError(f"method {rounder!r} learns by block-wise reconstruction: it needs calibration "
+                                     "data (calib)")
+                from floatlab.ptq.reconstruct import reconstruct_model
+                qweights = reconstruct_model(model, layers, calib, config, transforms_done, report=report,
+                                             generator=generator)
             else:
-                qweights = {}
-                for name, lin in layers.items():
-                    spec = config.weight_spec(name)
-                    if spec is not None:
-                        qweights[name] = rtn_weight(lin.weight, spec)
+                stats = codec_statistics(model, layers, calib, config)
+                if rounder == "gptq":
+                    if not calib:
+                        raise ValueError("GPTQ needs calibration data (calib)")
+                    from floatlab.ptq.gptq import gptq_model
+                    if hessians is not None and transforms:
+                        raise ValueError("precomputed hessians describe the untransformed model; "
+                                         f"method {config.method!r} transforms it first")
+                    qweights = gptq_model(model, layers, calib, config, progress=progress, hessians=hessians,
+                                          stats=stats, generator=generator)
+                else:
+                    qweights = {}
+                    for name, lin in layers.items():
+                        spec = config.weight_spec(name)
+                        if spec is not None:
+                            qweights[name] = _named(name, rtn_weight, lin.weight, spec, stats.get(name), generator)
         finally:
             pending.attach({})
     for name, lin in layers.items():
@@ -81,6 +97,31 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
                                    "range this format's scales reach, or this is a floatlab bug: please report it")
         set_module(model, name, QuantLinear(lin, wq, w_spec, a_spec, transforms_done.get(name)))
     return qweights
+
+
+def codec_statistics(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict],
+                     config: PTQConfig) -> dict[str, dict]:
+    """The calibration statistics (``act_max``) of the layers whose weight codec needs them (a
+    salient-channel mask chosen by activation max), through the shared calibration pass; ``{}``
+    when none does. Raises ``ValueError`` when one does and ``calib`` is empty."""
+    need = {n: l for n, l in layers.items() if (s := config.weight_spec(n)) is not None and s.is_codec
+            and s.codec.needs_stats}
+    if not need:
+        return {}
+    if not calib:
+        spec = config.weight_spec(next(iter(need)))
+        raise ValueError(f"format {spec.format!r} picks salient input channels by their calibration activation max: "
+                         "it needs calibration data (calib; CLI: --calib N with N > 0)")
+    from floatlab.ptq.stats import input_absmax
+    return input_absmax(model, need, calib)
+
+
+def _named(name: str, fn, *args):
+    """``fn(*args)``, with a codec's error naming the layer."""
+    try:
+        return fn(*args)
+    except CodecError as err:
+        raise CodecError(f"layer {name!r}: {err}") from err
 
 
 class _PendingTransforms:
@@ -105,9 +146,16 @@ class _PendingTransforms:
 
 def check_blocks(layers: dict[str, nn.Linear], config: PTQConfig) -> None:
     """Refuse, before any work, a block format whose block does not divide a layer's input
-    dimension when padding is off."""
+    dimension when padding is off, and a weight codec that cannot store a layer's weight (a
+    group that does not divide it with padding off, ...)."""
     for name, lin in layers.items():
-        for role, spec in (("weight", config.weight_spec(name)), ("activation", config.act_spec(name))):
+        w_spec = config.weight_spec(name)
+        if w_spec is not None and w_spec.is_codec:
+            _named(name, w_spec.codec.check_shape, tuple(lin.weight.shape))
+        a_spec = config.act_spec(name)
+        if a_spec is not None and a_spec.is_codec:
+            raise ValueError(f"layer {name}: {a_spec.format!r} is a weight codec; activations take floatlab formats")
+        for role, spec in (("weight", w_spec), ("activation", a_spec)):
             if spec is None or not spec.is_block or spec.pad:
                 continue
             b = spec.fmt.block[-1]

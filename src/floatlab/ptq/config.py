@@ -8,9 +8,13 @@ from floatlab.ptq.calibration import NONFINITE_POLICIES
 from floatlab.ptq.quantizer import QuantSpec, as_spec
 
 #: rounding methods (how a weight is put on the grid)
-ROUNDERS = ("rtn", "gptq")
+ROUNDERS = ("rtn", "gptq", "lwc", "ptq161")
+#: rounders that learn parameters by block-wise reconstruction (floatlab.ptq.reconstruct)
+RECONSTRUCTING = ("lwc", "ptq161")
 #: transforms applied before rounding (they keep the fp32 model's function)
 TRANSFORMS = ("rotate", "smoothquant", "awq")
+#: transforms that gather statistics from calibration data
+CALIBRATING_TRANSFORMS = ("smoothquant", "awq")
 
 
 @dataclass(frozen=True)
@@ -32,20 +36,52 @@ class GPTQOptions:
 
 
 @dataclass(frozen=True)
+class ReconOptions:
+    """Block-wise reconstruction settings (``lwc``, ``ptq161``; see :mod:`floatlab.ptq.reconstruct`).
+
+    Args:
+        epochs: passes over the calibration sequences per block (both methods' papers: 20).
+        lr: learning rate of the method's parameters; ``None`` takes the method's default
+            (LWC 1e-2, OmniQuant's; PTQ1.61: 5e-4 for the binary scales and 1e-3 for the
+            per-row/per-column factors, the authors' code) and a number replaces all of them.
+        weight_decay: AdamW's (0, as both papers' code).
+        seed: seeds the order of the calibration sequences in each epoch and any random mask.
+        sequences: calibration sequences per optimizer step.
+    """
+
+    epochs: int = 20
+    lr: float | None = None
+    weight_decay: float = 0.0
+    seed: int = 0
+    sequences: int = 1
+
+    def __post_init__(self) -> None:
+        for name, v, lo in (("epochs", self.epochs, 0), ("sequences", self.sequences, 1), ("seed", self.seed, 0)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"ReconOptions.{name} must be an int >= {lo}, got {v!r}")
+        if self.lr is not None and not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
+            raise ValueError(f"ReconOptions.lr must be a positive number or None, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise ValueError(f"ReconOptions.weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+@dataclass(frozen=True)
 class PTQConfig:
     """Quantize a model's linear layers.
 
     Args:
         weight: spec of every quantized layer's weight (a format name is accepted).
         act: spec of its input activation; ``None`` is weight-only (e.g. W4A16).
-        method: a rounder (``rtn``, ``gptq``), optionally after transforms joined with ``+``:
-            ``"rotate+gptq"``, ``"smoothquant+rtn"``, ``"awq"`` (AWQ is a transform: ``awq`` alone
-            means ``awq+rtn``).
+        method: a rounder (``rtn``, ``gptq``, ``lwc``, ``ptq161``), optionally after transforms
+            joined with ``+``: ``"rotate+gptq"``, ``"smoothquant+rtn"``, ``"rotate+lwc"``, ``"awq"``
+            (AWQ is a transform: ``awq`` alone means ``awq+rtn``). ``lwc`` (OmniQuant's learnable
+            weight clipping) and ``ptq161`` learn by block-wise reconstruction (``recon``).
         overrides: ``(glob pattern, weight format or None, act format or None)`` per layer name;
             ``None`` keeps the layer in fp32 for that role. Later entries win.
         gptq: :class:`GPTQOptions`.
         smooth_alpha: SmoothQuant's migration strength.
         awq_grid: number of AWQ scale exponents searched in [0, 1].
+        recon: :class:`ReconOptions` of ``lwc`` and ``ptq161``.
         nonfinite_tokens: what the calibrating methods (GPTQ, SmoothQuant, AWQ) do with a
             calibration token whose input to a layer holds a NaN or Inf: ``"error"`` (default)
             raises :class:`floatlab.ptq.calibration.CalibrationError` naming the layer;
@@ -61,6 +97,7 @@ class PTQConfig:
     smooth_alpha: float = 0.5
     awq_grid: int = 10
     nonfinite_tokens: str = "error"
+    recon: ReconOptions = field(default_factory=ReconOptions)
 
     def __post_init__(self) -> None:
         if self.nonfinite_tokens not in NONFINITE_POLICIES:
@@ -82,10 +119,25 @@ class PTQConfig:
         rounder = parts[-1] if parts[-1] in ROUNDERS else "rtn"
         transforms = tuple(parts[:-1] if parts[-1] in ROUNDERS else parts)
         for t in transforms:
+            if t in ROUNDERS:
+                raise ValueError(f"method {self.method!r}: {t!r} rounds the weights, so it must come last, and "
+                                 "only one rounder may run (e.g. rotate+gptq, awq+lwc)")
             if t not in TRANSFORMS:
                 known = ", ".join(ROUNDERS + TRANSFORMS)
                 raise ValueError(f"unknown PTQ method part {t!r} in {self.method!r}; known: {known}")
         return transforms, rounder
+
+    def specs(self) -> list[QuantSpec]:
+        """Every weight spec the config can give a layer (the default and the overrides)."""
+        return [s for s in (self.weight, *(w for _, w, _ in self.overrides)) if s is not None]
+
+    def needs_calibration(self) -> bool:
+        """Whether quantizing with this config runs calibration data: GPTQ, LWC, PTQ1.61,
+        SmoothQuant and AWQ do, and so does a weight codec whose salient channels are chosen by
+        calibration activation max."""
+        transforms, rounder = self.steps()
+        return (rounder in ("gptq", *RECONSTRUCTING) or any(t in CALIBRATING_TRANSFORMS for t in transforms)
+                or any(s.is_codec and s.codec.needs_stats for s in self.specs()))
 
     def weight_spec(self, layer: str) -> QuantSpec | None:
         from floatlab.ptq.modules import spec_for
@@ -110,6 +162,7 @@ class PTQConfig:
             "smooth_alpha": self.smooth_alpha,
             "awq_grid": self.awq_grid,
             "nonfinite_tokens": self.nonfinite_tokens,
+            "recon": vars(self.recon).copy(),
         }
 
     @classmethod
@@ -118,4 +171,5 @@ class PTQConfig:
                    method=d.get("method", "rtn"),
                    overrides=tuple((p, QuantSpec.from_dict(w), QuantSpec.from_dict(a)) for p, w, a in d.get("overrides", [])),
                    gptq=GPTQOptions(**d.get("gptq", {})), smooth_alpha=d.get("smooth_alpha", 0.5),
-                   awq_grid=d.get("awq_grid", 10), nonfinite_tokens=d.get("nonfinite_tokens", "error"))
+                   awq_grid=d.get("awq_grid", 10), nonfinite_tokens=d.get("nonfinite_tokens", "error"),
+                   recon=ReconOptions(**d.get("recon", {})))

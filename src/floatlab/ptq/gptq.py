@@ -15,6 +15,12 @@ rounding with its scales fixed). Choices:
 * ``act_order`` (columns by decreasing Hessian diagonal) applies when there are no groups (scalar
   formats with per-row scales); with groups the columns keep their order so that every group is
   a real block of the format.
+* Weight codecs (:mod:`floatlab.codecs`): the codec's frozen grid (``codec.frozen_grid``). Per-row
+  codecs (``int3_asym``, ``binary_mean``, ``ternary``, a salient-channel mask) fit their
+  parameters on the whole weight first (a mask from the calibration activation max); grouped
+  ones (``int3_asym_g128``) fit each group's parameters from the current weights when GPTQ
+  reaches it. The codes GPTQ chose are packed with those parameters, and the packed QTensor
+  decodes exactly to GPTQ's result (checked).
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ import floatlab
 from floatlab.ptq.calibration import CalibrationError, check_finite, for_each_input
 from floatlab.ptq.config import GPTQOptions, PTQConfig
 from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, absmax_scale
-from floatlab.ptq.weights import QWeight
+from floatlab.ptq.weights import QWeight, codec_weight
 
 
 def _group_of(spec: QuantSpec, opts: GPTQOptions) -> int | None:
+    if spec.is_codec:
+        return spec.codec.group_size
     if spec.is_block:
         blk = spec.fmt.block
         if len(blk) != 1:
@@ -42,8 +50,10 @@ def _group_of(spec: QuantSpec, opts: GPTQOptions) -> int | None:
 
 
 @torch.no_grad()
-def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOptions = GPTQOptions()) -> QWeight:
-    """Quantize one weight ``(out, in)`` given its input Hessian ``(in, in)``.
+def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOptions = GPTQOptions(), *,
+                stats: dict | None = None, generator: torch.Generator | None = None) -> QWeight:
+    """Quantize one weight ``(out, in)`` given its input Hessian ``(in, in)``. ``stats`` and
+    ``generator``: for a weight codec whose parameters need them (a salient-channel mask).
 
     Raises :class:`CalibrationError` (a ``ValueError``) when ``w`` or ``H`` holds a NaN/Inf, and
     ``ValueError`` when the damped Hessian is not positive definite (raise ``opts.damp``)."""
@@ -57,7 +67,9 @@ def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOpt
     rows, cols = W.shape
     H = H.to(torch.float32).clone()
     group = _group_of(spec, opts)
-    if group is not None and not spec.is_block and cols % group:
+    if spec.is_codec:
+        spec.codec.check_shape(W.shape)
+    elif group is not None and not spec.is_block and cols % group:
         raise ValueError(f"group_size {group} does not divide in_features {cols}")
     if spec.is_block and cols % group and not spec.pad:
         raise ValueError(f"{spec.format!r}: block {group} does not divide in_features {cols} and padding is off")
@@ -79,6 +91,8 @@ def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOpt
                          f"{float(damp):.3g} added to its diagonal); raise GPTQOptions.damp (e.g. 0.1) "
                          "or calibrate on more tokens") from err
 
+    if spec.is_codec:
+        return _gptq_codec(W, Hinv, perm, spec, opts, group, stats, generator)
     tensor_amax = w.detach().abs().amax().to(torch.float32) if spec.is_block else None
     row_grid = None
     if group is None:
@@ -111,6 +125,48 @@ def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOpt
         inv = torch.argsort(perm)
         Q, values = Q[:, inv], values[:, inv]
     return _assemble(spec, w.shape, Q, values, grids, row_grid, group)
+
+
+def _gptq_codec(W, Hinv, perm, spec: QuantSpec, opts: GPTQOptions, group, stats, generator) -> QWeight:
+    """GPTQ's column loop on a weight codec's frozen grids (``W``/``Hinv`` already permuted by
+    ``perm`` when act-order applies). Returns the packed result, checked to decode to it."""
+    codec = spec.codec
+    rows, cols = W.shape
+    orig = torch.argsort(perm) if perm is not None else None
+    params, parts = None, []
+    grid = None
+    if group is None:
+        params = codec.fit(W if orig is None else W[:, orig], stats, generator)
+        grid = codec.frozen_grid(params)
+    Q = torch.zeros_like(W)
+    codes = torch.zeros(rows, cols, dtype=torch.int64)
+    bs = opts.block_size if group is None else max(group, (opts.block_size // group) * group)
+    for i1 in range(0, cols, bs):
+        i2 = min(i1 + bs, cols)
+        W1 = W[:, i1:i2].clone()
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if group is not None and col % group == 0:
+                part = codec.fit(W1[:, i:i + group], stats, generator)
+                parts.append(part)
+                grid = codec.frozen_grid(part)
+            j = col % group if group is not None else (int(perm[col]) if perm is not None else col)
+            wcol = W1[:, i]
+            codes[:, col], Q[:, col] = grid.round(wcol, j)
+            err = (wcol - Q[:, col]) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    if orig is not None:
+        Q, codes = Q[:, orig], codes[:, orig]
+    qt = codec.pack(codes, params if group is None else codec.merge_groups(parts))
+    wq = codec.decode(qt)
+    if not torch.equal(wq, Q):
+        raise RuntimeError(f"GPTQ with codec {codec.name!r}: the packed weight does not decode to GPTQ's result "
+                           f"(max |diff| {float((wq - Q).abs().max()):.3g}); this is a floatlab bug, please report it")
+    return codec_weight(spec, qt, wq)
 
 
 def _round(grid: FrozenGrid, col: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,7 +235,8 @@ def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib: list
 
 
 def gptq_model(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict], config: PTQConfig,
-               progress=None, hessians: dict[str, torch.Tensor] | None = None) -> dict[str, QWeight]:
+               progress=None, hessians: dict[str, torch.Tensor] | None = None, *, stats: dict | None = None,
+               generator: torch.Generator | None = None) -> dict[str, QWeight]:
     H = hessians if hessians is not None else collect_hessians(model, layers, calib)
     out = {}
     for name, lin in layers.items():
@@ -192,7 +249,8 @@ def gptq_model(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict]
                      "The Hessians were passed in precomputed: rebuild them with collect_hessians, which names "
                      "the cause (non-finite calibration inputs, or overflow).")
         try:
-            out[name] = gptq_weight(lin.weight, H[name], spec, config.gptq)
+            out[name] = gptq_weight(lin.weight, H[name], spec, config.gptq, stats=(stats or {}).get(name),
+                                    generator=generator)
         except ValueError as err:
             cls = CalibrationError if isinstance(err, CalibrationError) else ValueError
             raise cls(f"layer {name!r}: {err}") from err

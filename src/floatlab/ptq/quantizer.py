@@ -37,7 +37,7 @@ from functools import cached_property
 import torch
 
 import floatlab
-from floatlab.codecs import CodecError, FormatCodec, WeightCodec, get_codec
+from floatlab.codecs import FormatCodec, WeightCodec, get_codec
 from floatlab.codecs.format import SCALE_TARGETS, grouped_last as _grouped  # noqa: F401  (re-exported)
 from floatlab.plain.blocking import to_blocks
 from floatlab.ptq.grid import block_grid
