@@ -59,7 +59,9 @@ def ptq_command(
     if kind == "causal_lm":
         inputs.check_window(window, mcfg)
     cfg = PTQConfig(weight=w_spec, act=a_spec, method=method, overrides=overrides, nonfinite_tokens=policy)
-    calibrates = inputs.needs_calibration(steps)
+    calibrates = cfg.needs_calibration()        # a salient-channel mask by activation max calibrates under rtn too
+    if calibrates:
+        check_int(calib, "--calib", 1, hint=f"{method!r} with --format {format!r} calibrates on these texts/windows")
     cal_texts = inputs.text_data(calib_data, "--calib-data", text_field) if calibrates else None
     eval_texts = inputs.text_data(eval_data, "--eval-data", text_field)
     if calib_data is not None and not calibrates:

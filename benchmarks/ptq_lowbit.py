@@ -1,0 +1,90 @@
+"""Wall time and peak memory of the block-wise reconstruction methods (LWC, PTQ1.61) on SmolLM2.
+
+Usage: python benchmarks/ptq_lowbit.py [--windows 32] [--window 256] [--epochs 20] [--blocks N]
+                                       [--threads 2] [--method lwc|ptq161|both]
+
+Each method runs in its own process (so each peak is its own): it loads SmolLM2-135M
+(``floatlab models --prepare smollm2`` first), builds ``--windows`` calibration windows of
+``--window`` tokens from the documentation text, and quantizes weight-only: LWC on
+``int2_asym_g64``, PTQ1.61 on ``ptq161``. ``--blocks N`` stops after the first N transformer
+blocks (the others stay fp32) to measure quickly; the time of the whole model is then about
+``30 / N`` times the measured reconstruction time. Prints the wall time (model load,
+calibration, reconstruction), the peak resident memory (``ru_maxrss``) and the model's own size.
+Goal (issue 14): under 15 minutes per method on 2 cores with 32 windows of 256 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+FORMATS = {"lwc": "int2_asym_g64", "ptq161": "ptq161"}
+
+
+def run_one(args) -> dict:
+    import torch
+
+    from floatlab.models.loading import linear_layers, load_model
+    from floatlab.ptq.apply import quantize_model
+    from floatlab.ptq.compare import CompareOptions, calibration_batches
+    from floatlab.ptq.config import PTQConfig, ReconOptions
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    lm = load_model("smollm2", log=lambda *a: None)
+    model_mb = sum(p.numel() * p.element_size() for p in lm.model.parameters()) / 2 ** 20
+    t_load = time.perf_counter() - t0
+    opts = CompareOptions(window=args.window, windows=16, calib=args.windows)
+    calib = calibration_batches(lm, args.windows, opts)
+    fmt = FORMATS[args.method]
+    overrides = ()
+    if args.blocks:
+        n = lm.model.config.num_hidden_layers
+        overrides = tuple((f"model.layers.{i}.*", None, None) for i in range(args.blocks, n))
+    cfg = PTQConfig(weight=fmt, method=args.method, overrides=overrides, recon=ReconOptions(epochs=args.epochs))
+    report = {}
+    t1 = time.perf_counter()
+    quantize_model(lm.model, cfg, calib=calib, report=report)
+    t_rec = time.perf_counter() - t1
+    layers = len([n for n in linear_layers(lm.model)])
+    return {"method": args.method, "format": fmt, "windows": args.windows, "window": args.window,
+            "epochs": args.epochs, "blocks": len(report["blocks"]), "threads": args.threads, "layers": layers,
+            "seconds_load": t_load, "seconds_reconstruct": t_rec, "seconds_total": time.perf_counter() - t0,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "model_mb": model_mb,
+            "block_seconds": [b["seconds"] for b in report["blocks"]]}
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--windows", type=int, default=32)
+    p.add_argument("--window", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--blocks", type=int, default=0, help="reconstruct only the first N blocks (0: all)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--method", default="both", choices=["lwc", "ptq161", "both"])
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(run_one(args)))
+        return
+    for method in (["lwc", "ptq161"] if args.method == "both" else [args.method]):
+        cmd = [sys.executable, __file__, "--child", "--method", method, "--windows", str(args.windows),
+               "--window", str(args.window), "--epochs", str(args.epochs), "--blocks", str(args.blocks),
+               "--threads", str(args.threads)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        r = json.loads(out)
+        scale = 30 / r["blocks"] if args.blocks else 1
+        print(f"{method:7s} {r['format']:14s} {r['windows']}x{r['window']} tokens, {r['epochs']} epochs, "
+              f"{r['blocks']} blocks, {r['threads']} threads: reconstruction {r['seconds_reconstruct']:.0f} s"
+              + (f" (whole model ~{r['seconds_reconstruct'] * scale / 60:.1f} min)" if args.blocks else
+                 f" ({r['seconds_reconstruct'] / 60:.1f} min)")
+              + f", total {r['seconds_total']:.0f} s; peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"(model {r['model_mb']:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
