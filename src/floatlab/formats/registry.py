@@ -6,6 +6,9 @@
 * any spelled minifloat ``[u]eXmY[fn|fnuz|fnone][_bBIAS][_nosub|_nozero][_inf]`` (a
   :class:`FloatFormat`; ``_inf`` puts +-Inf on the top non-NaN code, ``top_inf=True``);
 * any ``intN`` / ``uintN`` (N = 2..16);
+* fixed point ``q<i>.<f>`` / ``uq<i>.<f>`` (TI's Q notation: ``i`` integer bits not counting the
+  sign, ``f`` fraction bits; ``q3.4`` is 8-bit signed, step 2^-4, range [-8, 8 - 2^-4]; ARM counts
+  the sign in ``i``): an :class:`IntFormat` with ``frac_bits=f``, 2..16 bits in all;
 * an IEEE P3109 binary8 format (interim report; the definitions of gfloat's
   ``format_info_p3109``): ``p3109_p<P>[s|u][e|f]``, also spelled ``p3109_k8p<P>[s|u][e|f]`` or
   ``binary8p<P>[s|u][e|f]``. ``P`` is the precision (significand bits with the implicit one):
@@ -146,6 +149,13 @@ def _parse(key: str):
     m = _SPELLED_P3109.match(key)
     if m:
         return p3109_format(int(m.group(1)), signed=m.group(2) != "u", extended=m.group(3) != "f")
+    m = re.match(r"^(u)?q(\d+)\.(\d+)$", key)          # fixed point, TI's Q notation
+    if m:
+        signed, i, f = m.group(1) is None, int(m.group(2)), int(m.group(3))
+        if not 2 <= i + f + signed <= 16:
+            raise ValueError(f"{'q' if signed else 'uq'}{i}.{f} has {i + f + signed} bits; fixed-point "
+                             "formats take 2..16 (q: sign + i + f bits, uq: i + f)")
+        return IntFormat(i + f + signed, signed=signed, frac_bits=f, name=key)
     return None
 
 
