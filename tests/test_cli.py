@@ -13,6 +13,13 @@ def test_formats_table_lists_every_format():
     assert "57344" in r.output and "2^15" in r.output
 
 
+def test_formats_shows_the_largest_float64_as_it_is_not_as_2_to_1024():
+    """math.log2 rounds (2 - 2^-52) * 2^1023 to 1024.0: the max of e11m52 printed as 2^1024."""
+    r = runner.invoke(app, ["formats", "e11m52"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "2^1024" not in r.output and "1.798e+308" in r.output and "2^-1074" in r.output
+
+
 def test_formats_values_lists_every_code():
     r = runner.invoke(app, ["formats", "hif8", "--values"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output

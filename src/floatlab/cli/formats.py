@@ -20,9 +20,9 @@ def _num(v: float) -> str:
     4 significant digits."""
     if v == 0 or not math.isfinite(v):
         return str(v)
-    e = math.log2(abs(v))
-    if e.is_integer() and abs(e) > 10:
-        return f"2^{int(e)}"
+    m, e = math.frexp(abs(v))          # exact: |v| = m * 2^e with m in [0.5, 1)
+    if m == 0.5 and abs(e - 1) > 10:     # math.log2 rounds (2 - 2^-52) * 2^1023 up to 1024
+        return f"2^{e - 1}"
     if float(v).is_integer() and abs(v) < 1e7:
         return f"{v:.0f}"
     return f"{v:.4g}"
