@@ -10,7 +10,7 @@ import torch
 import floatlab
 from floatlab.faults import bit_sensitivity, bit_table, flip_bits, flip_random, inject
 
-SCALAR = ["e4m3", "e5m2", "hif8", "e2m1", "e3m2", "int8", "int4", "bf16", "fp16", "ue5m3"]
+SCALAR = ["e4m3", "e5m2", "hif8", "e2m1", "e3m2", "int8", "int4", "bf16", "fp16", "ue5m3", "q3.4", "uq2.4"]
 BLOCK = ["mxfp4", "mxfp8_e4m3", "mxint8", "nvfp4", "nvfp4_2d", "hif4"]
 
 

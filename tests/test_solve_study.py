@@ -52,4 +52,6 @@ def test_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     assert "bf16 LU-IR" in result.output and (tmp_path / "report.md").exists()
     bad = CliRunner().invoke(app, ["--formats", "fp17"])
-    assert bad.exit_code != 0 and "fp17" in bad.output
+    assert bad.exit_code == 2 and "--formats" in bad.output and "fp17" in bad.output
+    bad = CliRunner().invoke(app, ["--working", "fp64", "--residual", "fp32"])
+    assert bad.exit_code == 2 and "--residual" in bad.output

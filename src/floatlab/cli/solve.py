@@ -6,89 +6,94 @@ on the main CLI as ``floatlab solve``.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from floatlab.cli.output import FloatlabCommand, check_int, check_out_dir, command_line, flag_errors, progress, say
 from floatlab.linalg.refine import METHODS, PRECISIONS
-from floatlab.linalg.study import DEFAULT_FORMATS, boundaries, parse_kappas, run_study, to_markdown, write_outputs
+from floatlab.linalg.study import (DEFAULT_FORMATS, boundaries, parse_kappas, run_study, to_markdown,
+                                   unit_roundoff, write_outputs)
 
-app = typer.Typer(help="LU-IR and GMRES-IR with low-precision LU factorizations.", add_completion=False)
+app = typer.Typer(help="LU-IR and GMRES-IR with low-precision LU factorizations.", add_completion=False,
+                  pretty_exceptions_enable=False)
 
 
 def _split(text: str, valid=None, what: str = "") -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise ValueError(f"no {what}s given")
-    if valid is not None:
-        for item in items:
-            if item not in valid:
-                raise ValueError(f"unknown {what} {item!r} (valid: {', '.join(valid)})")
+    for item in items:
+        if valid is not None and item not in valid:
+            raise ValueError(f"unknown {what} {item!r} (valid: {', '.join(valid)})")
     return items
 
 
-@app.command("solve")
+@app.command("solve", cls=FloatlabCommand)
 def solve(
-    n: int = typer.Option(100, help="Matrix size (the study's default is 100; 200 takes about 4x longer)."),
+    n: int = typer.Option(100, help="Matrix size (200 takes about 4x longer than 100)."),
     kappas: str = typer.Option("1e1..1e10", help="Condition numbers: 'LOW..HIGH' (powers of ten) or a comma list."),
     formats: str = typer.Option(",".join(DEFAULT_FORMATS), help="Factorization formats u_f (any scalar floatlab format)."),
-    methods: str = typer.Option(",".join(METHODS), help="lu-ir, gmres-ir."),
+    methods: str = typer.Option(",".join(METHODS), help="Refinement methods: lu-ir, gmres-ir."),
     working: str = typer.Option("fp64,fp32", help="Working precisions u (fp64, fp32)."),
-    residual: str = typer.Option("fp64", help="Residual precision u_r (fp64 or fp32, at least u)."),
+    residual: str = typer.Option("fp64", help="Residual precision u_r (fp64 or fp32, at least as precise as u)."),
     scaling: str = typer.Option("auto", help="'auto' (squeeze for formats with less range than fp32), 'squeeze' or 'none'."),
     gmres_tol: float = typer.Option(1e-6, help="GMRES relative tolerance per correction."),
     gmres_max_iter: int = typer.Option(0, help="GMRES steps per correction (0: n // 2; n steps would solve "
                                        "any system without the preconditioner)."),
-    seed: int = typer.Option(0, help="Random seed of the matrices."),
     mode: int = typer.Option(3, help="randsvd mode: 3 geometric singular values, 2 one small, 1 one large."),
-    out: Path | None = typer.Option(None, help="Directory for results.json, report.md and solve.png."),
+    seed: int = typer.Option(0, help="Random seed of the matrices."),
+    out: Path | None = typer.Option(None, help="Directory for results.json (rows, boundaries, command, "
+                                    "environment), report.md and solve.png."),
 ) -> None:
-    """Iterations of LU-IR and GMRES-IR to double-precision accuracy over kappa = 1e1..1e10."""
-    console = Console()
-    try:
-        if n < 2:
-            raise ValueError(f"--n must be at least 2, got {n}")
-        if mode not in (1, 2, 3):
-            raise ValueError(f"--mode must be 1, 2 or 3, got {mode}")
+    """Refinement steps of LU-IR and GMRES-IR to working-precision accuracy over kappa = 1e1..1e10."""
+    check_int(n, "--n", 2)
+    check_int(mode, "--mode", 1, 3)
+    check_int(gmres_max_iter, "--gmres-max-iter", 0)
+    with flag_errors("--kappas"):
         kappa_list = parse_kappas(kappas)
+    with flag_errors("--formats", TypeError):
         fmt_list = _split(formats, what="format")
-        method_list = _split(methods, METHODS, "method")
-        work_list = _split(working, tuple(PRECISIONS), "working precision")
-        _split(residual, tuple(PRECISIONS), "residual precision")
-        from floatlab.linalg.study import unit_roundoff
         for f in fmt_list:
             unit_roundoff(f)
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    with flag_errors("--methods"):
+        method_list = _split(methods, METHODS, "method")
+    with flag_errors("--working"):
+        work_list = _split(working, tuple(PRECISIONS), "working precision")
+    with flag_errors("--residual"):
+        _split(residual, tuple(PRECISIONS), "residual precision")
+        if any(PRECISIONS[residual].itemsize < PRECISIONS[w].itemsize for w in work_list):
+            raise ValueError(f"u_r = {residual} is less precise than a working precision in {working!r}")
+    with flag_errors("--scaling"):
+        if scaling not in ("auto", "squeeze", "none"):
+            raise ValueError(f"must be auto, squeeze or none, got {scaling!r}")
+    if out is not None:
+        out = check_out_dir(out)
+
+    from floatlab.progress import task
+
     total = len(kappa_list) * len(fmt_list) * len(method_list) * len(work_list)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("solve", total=total)
+    with progress(), task("solve", total, "runs") as t:
         rows = run_study(n, kappa_list, fmt_list, method_list, work_list, residual, seed=seed,
-                         scaling=scaling, gmres_tol=gmres_tol, gmres_max_iter=gmres_max_iter or None, mode=mode,
-                         on_step=lambda label: progress.update(task, advance=1, description=label))
-    print(to_markdown(rows), flush=True)
+                         scaling=scaling, gmres_tol=gmres_tol, gmres_max_iter=gmres_max_iter or None,
+                         mode=mode, on_step=lambda label: t.advance(1, label))
+    say(to_markdown(rows))
     for bnd in boundaries(rows):
         last = bnd["last_converged_kappa"]
-        console.print(f"u={bnd['u']} {bnd['u_f']} {bnd['method']}: converged up to kappa "
-                      f"{'none' if last is None else f'{last:.0e}'}", markup=False, highlight=False)
+        say(f"u={bnd['u']} {bnd['u_f']} {bnd['method']}: converged up to kappa "
+            f"{'none' if last is None else f'{last:.0e}'}")
     if out is not None:
-        config = {"command": "floatlab solve " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                  "n": n, "kappas": kappa_list, "formats": fmt_list, "methods": method_list,
-                  "working": work_list, "residual": residual, "scaling": scaling,
+        config = {"command": command_line(), "n": n, "kappas": kappa_list, "formats": fmt_list,
+                  "methods": method_list, "working": work_list, "residual": residual, "scaling": scaling,
                   "gmres_tol": gmres_tol, "gmres_max_iter": gmres_max_iter or max(1, n // 2), "seed": seed,
                   "randsvd_mode": mode}
         paths = write_outputs(rows, out, config)
-        console.print("wrote " + ", ".join(str(p) for p in paths.values()), markup=False, highlight=False)
+        say("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def register(main_app: typer.Typer) -> None:
     """Mount this command on the main CLI as ``floatlab solve``."""
-    main_app.command("solve")(solve)
+    main_app.command("solve", cls=FloatlabCommand)(solve)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ LU-preconditioned matrix is well conditioned long after the factors stop being a
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import zlib
@@ -232,6 +231,7 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
 
 def write_outputs(rows: Sequence[Row], out_dir: str | Path, config: dict | None = None) -> dict[str, Path]:
     """``results.json`` (rows, boundaries, config, ``environment``), ``report.md``, ``solve.png``."""
+    from floatlab.atomic import write_json, write_text
     from floatlab.provenance import environment
 
     out = Path(out_dir)
@@ -244,7 +244,7 @@ def write_outputs(rows: Sequence[Row], out_dir: str | Path, config: dict | None 
     clean = [{k: ([safe(x) for x in v] if isinstance(v, list) else safe(v)) for k, v in r.items()} for r in rows]
     payload = {"config": config or {}, "rows": clean, "boundaries": boundaries(rows),
                "environment": environment()}
-    paths["json"].write_text(json.dumps(payload, indent=1) + "\n")
+    write_json(paths["json"], payload, indent=1)
     lines = ["# Iterative refinement study", ""]
     if config and config.get("command"):
         lines += ["```", config["command"], "```", ""]
@@ -255,6 +255,6 @@ def write_outputs(rows: Sequence[Row], out_dir: str | Path, config: dict | None 
             f"{bnd['last_converged_kappa']:.0e} ({bnd['kappa_uf_there']:.2g})"
         first = "none" if bnd["first_failure_kappa"] is None else f"{bnd['first_failure_kappa']:.0e} ({bnd['first_failure']})"
         lines.append(f"| {bnd['u']} | {bnd['u_f']} | {bnd['method']} | {last} | {first} |")
-    paths["md"].write_text("\n".join(lines) + "\n")
+    write_text(paths["md"], "\n".join(lines) + "\n")
     plot(rows, paths["png"])
     return paths
