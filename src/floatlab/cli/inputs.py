@@ -27,10 +27,15 @@ def format_list(text: str, flag: str) -> tuple[str, ...]:
     return names
 
 
-def spec(name: str, flag: str, pad: bool = True):
-    """A :class:`QuantSpec` for ``name``, or a :class:`CliError` naming ``flag``."""
+def spec(name: str, flag: str, pad: bool = True, group_size: int | None = None):
+    """A :class:`QuantSpec` for ``name`` (``group_size``: a scalar format's scale group; refused
+    for block formats and codecs under ``--group-size``), or a :class:`CliError` naming ``flag``."""
     from floatlab.ptq.quantizer import QuantSpec
 
+    if group_size is not None:
+        check_int(group_size, "--group-size", 1)
+        with flag_errors("--group-size"):
+            return QuantSpec(name, group_size=group_size, pad=pad)
     with flag_errors(flag):
         return QuantSpec(name, pad=pad)
 

@@ -16,6 +16,7 @@ def ptq_command(
     model: str = typer.Option("minilm", "--model", "-m", help="built-in model name or local HF model folder"),
     format: str = typer.Option("hif4", "--format", "-f", help="weight format"),
     act_format: str = typer.Option(None, "--act-format", help="activation format (default: weight-only)"),
+    group_size: int = typer.Option(None, "--group-size", help="scalar weight formats (int4, int8, e4m3, ...): one scale per GROUP input columns instead of one per row"),
     method: str = typer.Option("rtn", "--method", help="rtn | gptq | awq | smoothquant | rotate, joined with '+'"),
     calib: int = typer.Option(32, "--calib", help="calibration texts / windows"),
     override: list[str] = typer.Option([], "--override", help="per-layer format: 'GLOB=WFORMAT[:AFORMAT]' ('fp32' keeps a role)"),
@@ -38,7 +39,7 @@ def ptq_command(
 
     t0 = time.time()
     # every input first: nothing is loaded or computed before they all pass
-    w_spec = inputs.spec(format, "--format", pad)
+    w_spec = inputs.spec(format, "--format", pad, group_size)
     a_spec = inputs.spec(act_format, "--act-format", pad) if act_format else None
     overrides = tuple(_parse_override(o, pad) for o in override)
     steps = inputs.method_steps(method)

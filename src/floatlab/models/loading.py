@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -99,6 +99,8 @@ class LoadedModel:
     tokenizer: object
     model_type: str
     baseline_note: str
+    #: what :func:`floatlab.models.linearize` converted on loading ({module name: original class})
+    converted: dict = field(default_factory=dict)
 
     @property
     def max_length(self) -> int:
@@ -175,14 +177,14 @@ def load_model(model: str | os.PathLike, *, log=print, device: str | torch.devic
         raise ModelError(f"transformers could not load {folder}: {err}") from err
     from floatlab.models.linearize import linearize
 
-    linearize(net)
+    converted = linearize(net)
     net.eval()
     if device is not None:
         net.to(device)
     if kind == "causal_lm" and tok.pad_token is None:
         tok.pad_token = tok.eos_token
     mtype = net.config.model_type
-    return LoadedModel(name, kind, folder, net, tok, mtype, note)
+    return LoadedModel(name, kind, folder, net, tok, mtype, note, converted)
 
 
 def block_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
