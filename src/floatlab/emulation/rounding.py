@@ -6,8 +6,8 @@ methods need:
 * **A native shortcut** where torch's own cast *is* the same function (tested equal bit for bit
   against ``floatlab.quantize`` in ``tests/test_emulate.py``): round-to-nearest-even into fp16,
   bf16, e5m2, e4m3fnuz, e5m2fnuz and fp32, and into e4m3 with ``saturate=True`` (torch's
-  float8_e4m3fn cast saturates; floatlab's default e4m3 overflow is NaN, so that case goes
-  through ``quantize``). float64 values are first rounded to float32 with round-to-odd, which
+  float8_e4m3fn cast saturates; for floatlab's default e4m3, whose overflow is NaN, every magnitude
+  above 464 is set to NaN after the cast). float64 values are first rounded to float32 with round-to-odd, which
   makes the following round-to-nearest exact (24 >= p + 2 bits); a plain float64 -> float16 cast
   would round twice.
 * **Rounding with a residual** (:meth:`Rounder.round_exact`): ``s + e`` where ``s`` is a float64
@@ -48,7 +48,11 @@ _NATIVE = {
     ("e4m3fnuz", False): torch.float8_e4m3fnuz,
     ("e5m2fnuz", False): torch.float8_e5m2fnuz,
     ("e4m3fn", True): torch.float8_e4m3fn,
+    ("e4m3fn", False): torch.float8_e4m3fn,   # torch saturates: NaN beyond 464 is set after the cast
 }
+# formats whose own overflow is NaN while torch's cast saturates: magnitudes above this round to
+# the overflow slot (464 is the midpoint of 448 and 480, and ties go to the even 448)
+_NAN_ABOVE = {("e4m3fn", False): 464.0}
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -184,9 +188,10 @@ class Rounder:
         self.sr_bits = sr_bits
         self.backend = backend
         self.identity = is_fp64(self.spec)
-        native = None
+        native, self._nan_above = None, None
         if isinstance(self.spec, FloatFormat) and self.mode is RoundingMode.RNE:
-            native = _NATIVE.get((self.spec.spelled(), self.saturate))
+            key = (self.spec.spelled(), self.saturate)
+            native, self._nan_above = _NATIVE.get(key), _NAN_ABOVE.get(key)
         self.native = native
         self.p = significand_bits(self.spec)
 
@@ -210,9 +215,13 @@ class Rounder:
         if self.native is not None:
             if t.dtype is self.native:
                 return t.to(out_dtype)
+            src = t
             if t.dtype is torch.float64 and self.native is not torch.float32:
                 t = round_to_odd_float32(t)
-            return t.to(self.native).to(out_dtype)
+            y = t.to(self.native).to(out_dtype)
+            if self._nan_above is not None:
+                y = torch.where(src.abs() > self._nan_above, torch.full_like(y, float("nan")), y)
+            return y
         return self._quantize(t).to(out_dtype)
 
     def _quantize(self, t: torch.Tensor) -> torch.Tensor:
