@@ -23,6 +23,7 @@ on every tensor torch holds.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import torch
@@ -32,8 +33,7 @@ from floatlab.formats.block import BlockFormat
 from floatlab.formats.floating import FloatFormat
 from floatlab.formats.hifloat8 import HiF8Format
 from floatlab.formats.registry import get_format
-from floatlab.kernels.compiler import CompileUnavailable
-from floatlab.kernels.dispatch import FastPathUnsupported
+from floatlab.kernels.dispatch import COMPILE_MIN_NUMEL
 from floatlab.rounding import RoundingMode, resolve_rounding
 
 FP64 = FloatFormat(11, 52, name="fp64")
@@ -53,6 +53,9 @@ _NATIVE = {
 # formats whose own overflow is NaN while torch's cast saturates: magnitudes above this round to
 # the overflow slot (464 is the midpoint of 448 and 480, and ties go to the even 448)
 _NAN_ABOVE = {("e4m3fn", False): 464.0}
+# torch's float8 e4m3 casts are scalar loops: from floatlab's compile threshold on, quantize's
+# compiled kernel is faster (measured: 2^18 values 1.8 ms native, 0.7 ms quantize)
+_NATIVE_MAX_NUMEL = {torch.float8_e4m3fn: COMPILE_MIN_NUMEL, torch.float8_e4m3fnuz: COMPILE_MIN_NUMEL}
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -212,7 +215,7 @@ class Rounder:
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"cannot round a {t.dtype} tensor (float16, bfloat16, float32 and "
                             "float64 are supported)")
-        if self.native is not None:
+        if self.native is not None and t.numel() < _NATIVE_MAX_NUMEL.get(self.native, math.inf):
             if t.dtype is self.native:
                 return t.to(out_dtype)
             src = t
