@@ -83,6 +83,7 @@ def test_pychop_overflow_bug_and_floatlab_overflow():
     f = floatlab.quantize(torch.from_numpy(x), "fp16").numpy()
     assert f.tolist() == [65504.0, np.inf, np.inf, np.inf, np.inf]          # IEEE fp16
     assert p[2] == 0.0 and p[3] == 0.0                                       # pychop: 0 in [2^16, 2^17)
+    assert p[1] == 65536.0                                                   # pychop: not an fp16 value
 
 
 # ---- small programs, op by op ---------------------------------------------------------------------
