@@ -55,19 +55,22 @@ move, source   views, indexing, ``cat``, ``where``, ``max``/``min``, ``sort``, f
 Operations without floating outputs (comparisons, ``argmax``, integer arithmetic) are not
 touched; complex results raise :class:`EmulationError`.
 
-**Working precision** (``working=``): ``"auto"`` (default) computes ``+ - * /``, ``sqrt`` and the
-exact operations (``abs``, ``neg``, ``relu``, ``clamp``, ``max``...) in float32 where that is
-provably the same (round-to-nearest into a format of p <= 11 significant bits whose values are
-float32 normals: innocuous double rounding needs 24 >= 2p + 2 bits, Figueroa 1995), and
-everything else in float64. ``"float64"`` always computes in float64. In float64, ``+ - * /``
-and ``sqrt`` of operands of at most 26 significant bits (every format up to fp32, float32
-inputs) round correctly in every mode: ``+ -`` and ``*`` carry their exact error (TwoSum,
-TwoProduct) into the directed and stochastic modes, and a quotient or square root never lands
-on a grid point it should not. Transcendental functions (``exp``, ``tanh``, ...) are float64
-libm results rounded once (not correctly rounded in the rare cases where that result lies within
-a float64 ulp of a rounding boundary). ``"input"`` computes in the tensors' own dtype (fastest;
-exact only for the ``auto`` cases). The tensors' dtype must hold every value of the format
-(float32 holds every format of floatlab up to fp32; use float64 tensors for ``"fp64"``).
+**Working precision** (``working=``): ``"float64"`` computes every operation in float64. There,
+``+ - * /`` and ``sqrt`` of operands of at most 26 significant bits (every format up to fp32,
+float32 inputs) round correctly in every mode: ``+ -`` and ``*`` carry their exact error (TwoSum,
+TwoProduct) into the directed and stochastic modes, and a quotient or square root never lands on a
+grid point it should not. Library functions (``exp``, ``tanh``, ...) are float64 libm results
+rounded once (not correctly rounded in the rare cases where that result lies within a float64 ulp
+of a rounding boundary). ``"auto"`` (default) gives the same bits faster: ``+ - * / sqrt`` and the
+exact operations run in float32 under round-to-nearest into formats of at most 11 significant bits
+(innocuous double rounding, 24 >= 2p + 2; Figueroa 1995), except where the float32 result is
+subnormal (redone in float64); the library functions of :data:`~floatlab.emulation.ops.TRANSCENDENTAL`
+run in float32 in every deterministic mode, and an element is kept only when its float32 result and
+the values 2^-19 below and above it round alike, the rest being redone in float64; everything else
+(reductions, matrix products, stochastic modes, fixed point) runs in float64. ``"input"`` computes
+in the tensors' own dtype (fastest; exact only where ``auto`` uses float32). The tensors' dtype
+must hold every value of the format (float32 holds every format of floatlab up to fp32; use float64
+tensors for ``"fp64"``).
 
 **Inputs** are not rounded at entry: tensors made outside the context, parameters and constants
 enter as they are, and the first operation on them rounds its result. ``round_inputs=True``
