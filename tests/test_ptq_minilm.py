@@ -97,7 +97,7 @@ def test_calibration_after_a_transform_sees_the_fp32_function(minilm, calib, met
             seen.append(model(**batches[0]).last_hidden_state)
         return real(model, layers, batches)
     monkeypatch.setattr(gptq, "collect_hessians", spy)
-    monkeypatch.setattr(gptq, "gptq_weight", lambda w, H, spec, opts=None: rtn_weight(w, spec))
+    monkeypatch.setattr(gptq, "gptq_weight", lambda w, H, spec, opts=None, **kw: rtn_weight(w, spec))
     model = copy.deepcopy(minilm.model)
     quantize_model(model, PTQConfig(weight="int8", method=method), calib=calib)
     assert len(seen) == 1 and torch.allclose(seen[0], ref, atol=1e-4), (seen[0] - ref).abs().max()

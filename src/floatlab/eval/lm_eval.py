@@ -4,11 +4,13 @@ lm-eval's ``HFLM`` takes a model instance, so a causal LM quantized by floatlab 
 are ``QuantLinear``: fake-quantized weights, and activations fake-quantized in every forward pass)
 is evaluated as it is, with lm-eval's own tasks, prompts and metrics: the usual task table.
 
->>> from floatlab.eval.lm_eval import evaluate                       # doctest: +SKIP
->>> from floatlab.ptq.io import load_quantized
->>> lm, cfg, saved = load_quantized("q-int4")                        # a `floatlab ptq` result
->>> res = evaluate(lm.model, lm.tokenizer, ["hellaswag", "arc_easy"])  # needs the Hub's data sets
->>> res["results"]["arc_easy"]["acc,none"]
+Example (it needs a ``floatlab ptq`` output folder, so it is not run as a doctest)::
+
+    from floatlab.eval.lm_eval import evaluate
+    from floatlab.ptq.io import load_quantized
+    lm, cfg, saved = load_quantized("q-int4")                        # a `floatlab ptq` result
+    res = evaluate(lm.model, lm.tokenizer, ["hellaswag", "arc_easy"])  # needs the Hub's data sets
+    res["results"]["arc_easy"]["acc,none"]
 
 Standard tasks download their data sets from the Hugging Face Hub (run where the network is
 available, or with the data in the ``datasets`` cache). Tasks of your own are YAML files in a

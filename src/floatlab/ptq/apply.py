@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from floatlab.models.loading import linear_layers
+from floatlab.progress import track
 from floatlab.ptq.calibration import CalibrationError, check_parameters, nonfinite_policy
 from floatlab.codecs import CodecError
 from floatlab.ptq.config import RECONSTRUCTING, PTQConfig
@@ -79,7 +80,7 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
                                           stats=stats, generator=generator)
                 else:
                     qweights = {}
-                    for name, lin in layers.items():
+                    for name, lin in track(layers.items(), "rtn", unit="layers", note=lambda kv: kv[0]):
                         spec = config.weight_spec(name)
                         if spec is not None:
                             qweights[name] = _named(name, rtn_weight, lin.weight, spec, stats.get(name), generator)

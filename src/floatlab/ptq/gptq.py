@@ -237,9 +237,11 @@ def collect_hessians(model: nn.Module, layers: dict[str, nn.Linear], calib: list
 def gptq_model(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict], config: PTQConfig,
                progress=None, hessians: dict[str, torch.Tensor] | None = None, *, stats: dict | None = None,
                generator: torch.Generator | None = None) -> dict[str, QWeight]:
+    from floatlab.progress import track
+
     H = hessians if hessians is not None else collect_hessians(model, layers, calib)
     out = {}
-    for name, lin in layers.items():
+    for name, lin in track(layers.items(), "gptq", unit="layers", note=lambda kv: kv[0]):
         spec = config.weight_spec(name)
         if spec is None:
             continue
