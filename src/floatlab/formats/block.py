@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from floatlab.formats.base import ScalarFormat
+from floatlab.formats.hifloat4 import E6M2
 from floatlab.rounding import RoundingMode
 
 
@@ -57,6 +58,14 @@ class ScaleRule(str, enum.Enum):
 POWER_OF_TWO_RULES = (ScaleRule.FLOOR, ScaleRule.CEIL, ScaleRule.EVEN, ScaleRule.RCEIL)
 
 
+def _same_numbers(a, b) -> bool:
+    """Are two scalar formats the same apart from their display names?"""
+    from dataclasses import is_dataclass, replace
+    if not (is_dataclass(a) and is_dataclass(b)) or type(a) is not type(b):
+        return False
+    return replace(a, name="") == replace(b, name="")
+
+
 @dataclass(frozen=True)
 class BlockFormat:
     """A block-scaled format.
@@ -69,7 +78,15 @@ class BlockFormat:
         tensor_scale: add NVFP4's second-level FP32 per-tensor scale (``amax / (emax * smax)``).
         element_rounding: the default rounding of elements (``rne``; HiF4's reference uses ``rna``).
         scale_bits: storage bits of the scale metadata per block (default: the scale format's).
-        name: display name.
+        name: display name; by default the spelling :func:`~floatlab.get_format` reads back,
+            ``<element>/<scale>/<block>[x<cols>]/<rule>[/ts][/<element rounding>]``
+            (``e2m1/ue5m3/32/amax``; the rounding only when it is not ``rne``). A format
+            that only a non-default ``scale_bits`` tells apart needs a name of its own.
+
+    Raises:
+        ValueError: a block that is not a positive int or a 2D tile, the HiF4 rule on a block
+            other than 64 values, ``tensor_scale`` with a rule that has no second scaling level
+            (only ``amax`` and ``four_over_six`` have one), hybrid element rounding.
     """
 
     element: ScalarFormat
@@ -91,11 +108,30 @@ class BlockFormat:
             raise ValueError(f"block must be a positive int or a (rows, cols) tile, got {self.block!r}")
         if self.rule is ScaleRule.HIF4 and self.block_numel != 64:
             raise ValueError("the HiF4 rule works on blocks of 64 elements")
+        if self.rule is ScaleRule.HIF4 and not _same_numbers(self.scale, E6M2):
+            # the HiF4 pipeline always rounds its level-1 scale to E6M2: another scale format
+            # would be ignored by the numerics and miscounted by everything reading fmt.scale
+            raise ValueError(f"the HiF4 rule's level-1 scale is E6M2 (bias 48, no zero, no subnormals; "
+                             f"spelled ue6m2 in a hif4 block name), not {self.scale.name!r}")
+        if self.tensor_scale and self.rule not in (ScaleRule.AMAX, ScaleRule.FOUR_OVER_SIX):
+            # the power-of-two and HiF4 pipelines have no second level: it would be ignored
+            raise ValueError(f"tensor_scale (NVFP4's FP32 per-tensor scale) works with the scale rules "
+                             f"amax and four_over_six, not {self.rule.value!r}: the {self.rule.value} "
+                             "rule has no second scaling level, so the tensor scale would be ignored")
+        if self.element_rounding is RoundingMode.HYBRID:
+            raise ValueError("hybrid rounding is HiFloat8's; block formats take rne, rna, rnz, rtz, rup, "
+                             "rdn, rto, sr or sr_half as element rounding")
         if self.scale_bits is None:
-            object.__setattr__(self, "scale_bits", self.scale.bits)
+            # HiF4 stores 4 bytes per block: the E6M2 byte, 8 level-2 and 16 level-3 bits
+            object.__setattr__(self, "scale_bits", 32 if self.rule is ScaleRule.HIF4 else self.scale.bits)
         if not self.name:
+            # the spelling get_format parses back:
+            # <element>/<scale>/<block>[x<cols>]/<rule>[/ts][/<element rounding, if not rne>]
             tile = "x".join(map(str, block))
-            object.__setattr__(self, "name", f"{self.element.name}/{self.scale.name}/{tile}/{self.rule.value}")
+            ts = "/ts" if self.tensor_scale else ""
+            rnd = "" if self.element_rounding is RoundingMode.RNE else f"/{self.element_rounding.value}"
+            object.__setattr__(self, "name",
+                               f"{self.element.name}/{self.scale.name}/{tile}/{self.rule.value}{ts}{rnd}")
 
     @property
     def kind(self) -> str:
@@ -138,6 +174,9 @@ def block_format(elem="e2m1", scale="e8m0", block=32, rule=None, *, tensor_scale
     """
     from floatlab.formats.registry import get_format
 
+    if (rule is not None and ScaleRule(rule) is ScaleRule.HIF4 and isinstance(scale, str)
+            and scale.strip().lower() == E6M2.name):
+        scale = E6M2        # "ue6m2" spelled alone is the IEEE-biased format; HiF4's has bias 48
     e, s = get_format(elem), get_format(scale)
     for what, f in (("element", e), ("scale", s)):
         if not isinstance(f, ScalarFormat):

@@ -18,6 +18,15 @@
   ``2^(7-P)`` signed and ``2^(8-P)`` unsigned. They are ordinary :class:`FloatFormat` s named
   ``p3109_p<P><s|u><e|f>`` (``p3109_p3`` is ``p3109_p3se`` = ``e5m2fnuz_inf``; ``p3109_p4sf`` =
   ``e4m3fnuz``; ``p3109_p4ue`` = ``ue5m3fn_b16_inf``);
+* a block format spelled ``<element>/<scale>/<block>[x<cols>][/<rule>][/ts][/<rounding>]`` (the default
+  name of a :class:`~floatlab.formats.block.BlockFormat`): element and scale are scalar format
+  names, the rule one of ``floor ceil even rceil amax four_over_six hif4`` (default: ``floor``
+  for power-of-two scales such as E8M0, ``amax`` otherwise, as :func:`block_format`), ``/ts``
+  adds NVFP4's FP32 per-tensor scale (only with ``amax`` and ``four_over_six``, the rules with a
+  second level), a last ``/<rounding>`` (``rna``, ``sr``...) sets the elements' default rounding
+  (``rne`` when left out). Blocks are 1D lengths or ``<rows>x<cols>`` tiles.
+  ``e2m1/e8m0/32/floor`` is MXFP4's numerics, ``e2m1/e4m3/16/amax/ts`` NVFP4's,
+  ``e2m1/ue5m3/64`` an E2M1 format with UE5M3 scales per 64 values;
 * a format object (returned as is).
 
 Unknown names fail with the closest valid names.
@@ -26,6 +35,7 @@ Unknown names fail with the closest valid names.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 
 from floatlab.formats.floating import FloatFormat, NanStyle
@@ -149,6 +159,8 @@ def _parse(key: str):
     m = _SPELLED_P3109.match(key)
     if m:
         return p3109_format(int(m.group(1)), signed=m.group(2) != "u", extended=m.group(3) != "f")
+    if "/" in key:
+        return _parse_block(key)
     m = re.match(r"^(u)?q(\d+)\.(\d+)$", key)          # fixed point, TI's Q notation
     if m:
         signed, i, f = m.group(1) is None, int(m.group(2)), int(m.group(3))
@@ -190,3 +202,67 @@ def list_formats(kind: str | None = None) -> list[str]:
 
 
 _builtin()
+
+
+_SPELLED_BLOCK = re.compile(r"^([^/]+)/([^/]+)/(\d+)(?:x(\d+))?((?:/[^/]+)*)$")
+_BLOCK_SPELLING = ("a block format is spelled <element>/<scale>/<block>[x<cols>][/<rule>][/ts]"
+                   "[/<element rounding>], e.g. e2m1/ue5m3/32, e2m1/e4m3/16/amax/ts or e2m1/e8m0/32/rceil")
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_block(key: str):
+    """``<element>/<scale>/<block>[x<cols>][/<rule>][/ts][/<rounding>]`` as a BlockFormat
+    (ValueError naming the part at fault)."""
+    from floatlab.formats.block import ScaleRule, block_format
+    from floatlab.rounding import RoundingMode
+
+    m = _SPELLED_BLOCK.match(key)
+    if not m:
+        raise ValueError(_BLOCK_SPELLING)
+    elem, scale, rows, cols, tail = m.groups()
+    rules = [r.value for r in ScaleRule]
+    roundings = [r.value for r in RoundingMode if r is not RoundingMode.HYBRID]
+    rule = rounding = None
+    ts = False
+    order = ("rule", "ts", "rounding")      # the tail's parts, each at most once, in this order
+    last = -1
+    for part in tail.split("/")[1:]:
+        if part in rules:
+            what = "rule"
+        elif part == "ts":
+            what = "ts"
+        elif part in roundings:
+            what = "rounding"
+        else:
+            raise ValueError(f"{part!r} is neither a scale rule ({', '.join(rules)}), 'ts' (a tensor "
+                             f"scale) nor an element rounding ({', '.join(roundings)}); {_BLOCK_SPELLING}")
+        if order.index(what) <= last:
+            raise ValueError(f"{part!r} is out of place or repeated: {_BLOCK_SPELLING}")
+        last = order.index(what)
+        if what == "rule":
+            rule = part
+        elif what == "ts":
+            ts = True
+        else:
+            rounding = part
+    block = int(rows) if cols is None else (int(rows), int(cols))
+    if (int(rows) < 1) or (cols is not None and int(cols) < 1):
+        raise ValueError(f"the block size must be at least 1, got {rows if cols is None else f'{rows}x{cols}'}")
+    parts = []
+    for what, name in (("element", elem), ("scale", scale)):
+        if what == "scale" and rule == "hif4" and name == "ue6m2":
+            from floatlab.formats.hifloat4 import E6M2   # HiF4's E6M2 carries that display name
+            parts.append(E6M2)
+            continue
+        try:
+            f = get_format(name)
+        except ValueError as err:
+            raise ValueError(f"the {what} format: {err}") from None
+        if getattr(f, "kind", "scalar") != "scalar":
+            raise ValueError(f"the {what} format must be a scalar format, not the block format {name!r}")
+        parts.append(f)
+    try:
+        return block_format(elem=parts[0], scale=parts[1], block=block, rule=rule, tensor_scale=ts,
+                            element_rounding=rounding or "rne")
+    except (TypeError, ValueError) as err:
+        raise ValueError(str(err)) from None
