@@ -49,8 +49,15 @@ def formats_command(
     n: int = typer.Option(2 ** 18, "--n", help="Samples per distribution for --quality (rows of 1024; at least 1024)."),
     out: Path = typer.Option(None, "--out", "-o", help="With --quality: also write results.json (with the environment) and "
                              "quality.md into this folder."),
+    cost: bool = typer.Option(False, "--cost", help="The hardware cost model: bits moved per value and MAC energy/area "
+                              "relative to an int8 MAC (floatlab.hw; fitted to Horowitz ISSCC 2014, 45 nm)."),
 ) -> None:
     """Print every format's facts (bits, range, precision, specials), or one format's codes."""
+    if cost:
+        if values or quality or plot is not None or out is not None:
+            raise CliError("--cost prints the cost table alone; drop --values/--quality/--plot/--out", "--cost")
+        _print_cost(name)
+        return
     fmt = _get(name) if name is not None else None
     if out is not None and not quality:
         raise CliError("writes the --quality results; add --quality", "--out")
@@ -113,6 +120,20 @@ def _print_blocks(names: list[str]) -> None:
         rows.append([n, f.element.name, f.scale.name, "x".join(map(str, f.block)), f.rule.value,
                      "fp32" if f.tensor_scale else "-", f"{f.bits_per_value:g}"])
     show_table("block formats", _BLOCK_COLUMNS, rows, right=("bits/value",))
+
+
+def _print_cost(name: str | None) -> None:
+    from floatlab.hw import cost_table
+
+    try:
+        rows = cost_table(None if name is None else [name])
+    except ValueError as err:
+        raise CliError(str(err), "NAME") from None
+    columns = ("format", "bits moved/value", "MAC energy", "MAC area", "datapath")
+    cells = [[r.format, f"{r.bits_moved:g}", f"{r.energy:.3f}", f"{r.area:.3f}", r.datapath] for r in rows]
+    show_table("hardware cost model: MAC energy and area relative to an int8 MAC (relative numbers only; "
+               "first-principles parts fitted to Horowitz ISSCC 2014, 45 nm; see floatlab.hw.cost)",
+               columns, cells, right=columns[1:4])
 
 
 def _print_quality(names: list[str], n: int, out: Path | None) -> None:
