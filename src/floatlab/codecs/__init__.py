@@ -16,6 +16,7 @@ True
 from floatlab.codecs.affine import AffineInt
 from floatlab.codecs.base import SCALE_DTYPES, CodecError, ColumnGrid, WeightCodec
 from floatlab.codecs.binary import Binary, Ternary
+from floatlab.codecs.cluster import ClusterCodec, fineq
 from floatlab.codecs.format import FormatCodec
 from floatlab.codecs.masked import SELECT_RULES, Masked
 from floatlab.codecs.names import ALIASES, EXAMPLES, codec_from_dict, get_codec, is_codec_name
@@ -24,4 +25,5 @@ from floatlab.formats.serialize import register_codec_loader
 register_codec_loader(codec_from_dict)
 
 __all__ = ["WeightCodec", "ColumnGrid", "CodecError", "AffineInt", "Binary", "Ternary", "Masked", "FormatCodec",
+           "ClusterCodec", "fineq",
            "get_codec", "codec_from_dict", "is_codec_name", "SCALE_DTYPES", "SELECT_RULES", "ALIASES", "EXAMPLES"]

@@ -12,6 +12,9 @@ name                                       codec
                                            at random) in ``wide`` (default ``int4_asym``), the
                                            rest in ``low``
 ``ptq161``                                 ``binary_mean_cf_salient20``: PTQ1.61's layout
+``fineq``, ``fineq_g{G}``                  :class:`ClusterCodec`: FineQ's clusters of 3 (2-bit index)
+``cluster_{L1}-{L2}-..[_g{G}]``            :class:`ClusterCodec` with the layouts spelled as digits
+                                           (``cluster_222-330``: clusters of 3, widths 2,2,2 or 3,3,0)
 ========================================== =========================================================
 
 Every floatlab format name is a codec too (:class:`FormatCodec`), but names it directly; the
@@ -25,6 +28,7 @@ import re
 from floatlab.codecs.affine import AffineInt
 from floatlab.codecs.base import CodecError, WeightCodec
 from floatlab.codecs.binary import Binary, Ternary
+from floatlab.codecs.cluster import ClusterCodec, fineq
 from floatlab.codecs.format import FormatCodec
 from floatlab.codecs.masked import Masked
 
@@ -32,6 +36,8 @@ ALIASES = {"ptq161": "binary_mean_cf_salient20"}
 _AFFINE = re.compile(r"^int(\d+)_asym(?:_g(\d+))?$")
 _BINARY = re.compile(r"^binary(_mean)?(_cf)?(?:_g(\d+))?$")
 _TERNARY = re.compile(r"^ternary(?:_g(\d+))?$")
+_FINEQ = re.compile(r"^fineq(?:_g(\d+))?$")
+_CLUSTER = re.compile(r"^cluster_(\d+(?:-\d+)*)(?:_g(\d+))?$")
 _MASKED = re.compile(r"^(?P<low>.+?)_salient(?P<pct>\d+(?:\.\d+)?)(?P<rule>wmag|rand)?(?:_(?P<wide>.+))?$")
 _RULES = {None: "act_max", "wmag": "weight", "rand": "random"}
 EXAMPLES = ("int3_asym_g128", "int2_asym", "binary", "binary_mean", "ternary", "binary_mean_salient20", "ptq161")
@@ -51,6 +57,16 @@ def _simple(key: str, pad: bool) -> WeightCodec | None:
     m = _TERNARY.match(key)
     if m:
         return Ternary(_int(m.group(1)), pad)
+    m = _FINEQ.match(key)
+    if m:
+        return fineq(_int(m.group(1)), pad)
+    m = _CLUSTER.match(key)
+    if m:
+        layouts = tuple(tuple(int(ch) for ch in part) for part in m.group(1).split("-"))
+        if len({len(l) for l in layouts}) != 1:
+            raise CodecError(f"{key!r}: every layout must spell one width per position of the cluster (all the same "
+                             f"length), e.g. cluster_222-330")
+        return ClusterCodec(len(layouts[0]), layouts, None, _int(m.group(2)), pad)
     return None
 
 
@@ -96,6 +112,12 @@ def is_codec_name(name) -> bool:
 _TYPES = {"affine": AffineInt, "binary": Binary, "ternary": Ternary}
 
 
+def _cluster(d: dict) -> WeightCodec:
+    d = dict(d)
+    d["layouts"] = tuple(tuple(l) for l in d["layouts"])
+    return ClusterCodec(**d)
+
+
 def codec_from_dict(d: dict) -> WeightCodec:
     """Inverse of ``codec.to_dict()``. Raises ``ValueError`` for an unknown or malformed dict
     (the file may be untrusted: only known fields of known codecs are accepted)."""
@@ -108,6 +130,8 @@ def codec_from_dict(d: dict) -> WeightCodec:
             return Masked(codec_from_dict(d["low"]), codec_from_dict(d["wide"]), d["fraction"], d["select"])
         if kind == "format":
             return FormatCodec.from_reference(d)
+        if kind == "cluster":
+            return _cluster(d)
         if kind in _TYPES:
             return _TYPES[kind](**d)
     except (TypeError, KeyError) as err:
