@@ -34,7 +34,8 @@ def resolve_recipes(recipes) -> list[Recipe]:
 
 
 def plan_runs(recipes: list[Recipe], seeds, preset: Preset, out: Path, corpus: Corpus,
-              master: str | None = None, fresh: bool = False) -> dict[tuple[str, int], str]:
+              master: str | None = None, fresh: bool = False,
+              options=None) -> dict[tuple[str, int], str]:
     """What each (recipe, seed) run will do, checked before any training: ``"new"``,
     ``"reused"`` (finished with the same settings), ``"resumed at step k"`` or ``"extended from
     step k"`` (a finished run continued to more steps, see :func:`check_resumable`).
@@ -53,7 +54,8 @@ def plan_runs(recipes: list[Recipe], seeds, preset: Preset, out: Path, corpus: C
             if ckpt is None:
                 plan[recipe.name, seed] = "new"
                 continue
-            step = check_resumable(ckpt, run_config(recipe, seed, preset, master, corpus), preset, run_dir)
+            step = check_resumable(ckpt, run_config(recipe, seed, preset, master, corpus, options),
+                                   preset, run_dir)
             if step == preset.steps:
                 plan[recipe.name, seed] = "reused"
             elif ckpt["result"]["done"]:
@@ -65,7 +67,7 @@ def plan_runs(recipes: list[Recipe], seeds, preset: Preset, out: Path, corpus: C
 
 def run_experiment(recipes: list, seeds: list[int], preset: Preset, out: Path,
                    corpus: str | Corpus = "pydoc", master: str | None = None, progress=None,
-                   device: str = "cpu", fresh: bool = False) -> dict:
+                   device: str = "cpu", fresh: bool = False, options=None) -> dict:
     """Train every (recipe, seed) under ``out/runs/<recipe>/seed<k>/``, then write the summary,
     the curves and the plot. bf16 is always included, as the baseline.
 
@@ -74,24 +76,31 @@ def run_experiment(recipes: list, seeds: list[int], preset: Preset, out: Path,
     interrupted ones resumed; a checkpoint made with other settings stops the experiment before
     any training with :class:`~floatlab.train.checkpoint.ConfigMismatch`, unless ``fresh=True``
     (every run starts from step 0, replacing its checkpoint). ``progress(name, seed, total)``
-    may return a per-step callback ``(step, loss)``.
+    may return a per-step callback ``(step, loss)``. ``options``
+    (:class:`~floatlab.train.options.TrainOptions`) apply to every run, the bf16 baseline included.
 
     Returns the summary (also written to ``out/summary.json``, with the environment).
     """
     out = Path(out)
     resolved = resolve_recipes(recipes)
     data = corpus if isinstance(corpus, Corpus) else Corpus.load(corpus)
-    plan_runs(resolved, seeds, preset, out, data, master, fresh)
+    plan_runs(resolved, seeds, preset, out, data, master, fresh, options)
     results: dict[str, list[RunResult]] = {}
     for recipe in resolved:
         for seed in seeds:
             cb = progress(recipe.name, seed, preset.steps) if progress else None
             res = train_run(recipe, seed, preset, out / "runs" / recipe.name / f"seed{seed}", data,
-                            master=master, progress=cb, device=device, fresh=fresh)
+                            master=master, progress=cb, device=device, fresh=fresh, options=options)
             results.setdefault(recipe.name, []).append(res)
     rank, world = dist_info()
     summary = summarize(results, preset, seeds, world, recipes={r.name: r for r in resolved})
     summary["master_weights"] = canonical_master(master)
+    from floatlab.train.options import options_from
+    summary["options"] = options_from(options).to_dict()
+    for name, runs in results.items():
+        if any(r.loss_scale for r in runs):
+            summary["recipes"][name]["skipped_steps"] = [len(r.skipped) for r in runs]
+            summary["recipes"][name]["final_loss_scale"] = [r.loss_scale[-1] for r in runs if r.loss_scale]
     summary["corpus"] = {"source": data.source, "sha256": data.digest}
     from floatlab.provenance import environment
     summary["environment"] = environment()

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from floatlab.nn.amp import MasterWeights
 from floatlab.nn.modules import QLinear
 from floatlab.nn.optim import LowPrecisionOptimizer
 from floatlab.nn.patch import quantize_model
@@ -22,6 +23,7 @@ from floatlab.train.checkpoint import (FILENAME, ConfigMismatch, differences, lo
                                        save_checkpoint)
 from floatlab.train.data import Corpus
 from floatlab.train.model import GPT
+from floatlab.train.options import TrainOptions, options_from
 from floatlab.train.presets import Preset
 
 
@@ -33,6 +35,8 @@ class RunResult:
     val_loss: dict[int, float] = field(default_factory=dict)  # step -> validation loss
     step_time: list[float] = field(default_factory=list)    # seconds per step (this process)
     done: bool = False
+    loss_scale: list[float] = field(default_factory=list)   # dynamic loss scale after each step
+    skipped: list[int] = field(default_factory=list)        # steps skipped on an Inf/NaN gradient
 
     @property
     def final_loss(self) -> float:
@@ -98,12 +102,15 @@ def canonical_master(master: str | None) -> str | None:
     return str(master).strip().lower()
 
 
-def run_config(recipe: Recipe, seed: int, preset: Preset, master: str | None, corpus: Corpus) -> dict:
+def run_config(recipe: Recipe, seed: int, preset: Preset, master: str | None, corpus: Corpus,
+               options: TrainOptions | None = None) -> dict:
     """Everything that decides a run's losses, as plain JSON-able data (stored in its checkpoint).
 
     Recipe (without its free-text description), seed, preset (model shape, batch, learning rate,
-    warmup, evaluation schedule), ``steps``, master-weight format, and the corpus (the SHA-256 of
-    its tokens, and where it came from). Not included, because they do not change what is
+    warmup, evaluation schedule), ``steps``, master-weight format, the corpus (the SHA-256 of
+    its tokens, and where it came from) and, under ``"options"``, the training options that
+    differ from the defaults (:class:`~floatlab.train.options.TrainOptions`; absent when none
+    does, so older checkpoints still match). Not included, because they do not change what is
     trained: the checkpoint interval, the device, the number of processes and threads (DDP
     equals one process up to float32 summation order; see tests/test_train.py).
     """
@@ -112,8 +119,12 @@ def run_config(recipe: Recipe, seed: int, preset: Preset, master: str | None, co
     p = asdict(preset)
     for k in ("steps", "ckpt_every"):
         p.pop(k)
-    return {"recipe": r, "seed": int(seed), "preset": p, "steps": preset.steps,
-            "master_weights": master, "corpus": {"sha256": corpus.digest, "source": corpus.source}}
+    config = {"recipe": r, "seed": int(seed), "preset": p, "steps": preset.steps,
+              "master_weights": master, "corpus": {"sha256": corpus.digest, "source": corpus.source}}
+    opts = options_from(options).to_dict()
+    if opts:
+        config["options"] = opts
+    return config
 
 
 def check_resumable(ckpt: dict, config: dict, preset: Preset, run_dir: Path) -> int:
@@ -152,7 +163,16 @@ def check_resumable(ckpt: dict, config: dict, preset: Preset, run_dir: Path) -> 
     return done
 
 
-def build(recipe: Recipe, seed: int, preset: Preset, master: str | None, device):
+def build(recipe: Recipe, seed: int, preset: Preset, master: str | None, device,
+          options: TrainOptions | None = None):
+    """The GPT with ``recipe`` applied and its optimizer (AdamW). ``options.dtype`` fp16/bf16
+    casts the model; with ``options.master_weights`` the optimizer is a
+    :class:`~floatlab.nn.amp.MasterWeights` over float32 copies. ``master`` (a format for
+    :class:`~floatlab.nn.optim.LowPrecisionOptimizer`) needs a float32 model (``ValueError``)."""
+    options = options_from(options)
+    if master and options.dtype != "fp32":
+        raise ValueError(f"master weights in a format ({master!r}, rounded with SR) need a float32 model; "
+                         f"with dtype {options.dtype} use the fp32 master weights of the training options")
     torch.manual_seed(seed)
     model = GPT(preset.model).to(device)
     with warnings.catch_warnings():
@@ -160,14 +180,46 @@ def build(recipe: Recipe, seed: int, preset: Preset, master: str | None, device)
         warnings.simplefilter("ignore", UserWarning)
         quantize_model(model, recipe.replace(seed=seed))
     model.set_attention_spec(recipe.attention)
+    if options.dtype != "fp32":
+        model.to(options.torch_dtype)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     other = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
-                             {"params": other, "weight_decay": 0.0}],
-                            lr=preset.lr, betas=(0.9, 0.95))
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}]
+
+    def adamw(g):
+        return torch.optim.AdamW(g, lr=preset.lr, betas=(0.9, 0.95))
+
+    if options.uses_masters:
+        return model, MasterWeights(adamw, groups)
+    opt = adamw(groups)
     if master:
         opt = LowPrecisionOptimizer(opt, weight=(master, "sr"), seed=seed)
     return model, opt
+
+
+def set_warmup(model, warm: bool) -> None:
+    """Run every quantized layer with the ``bf16`` recipe's spec (``warm``) or its own."""
+    from floatlab.nn.recipes import BF16
+    for m in model.modules():
+        if isinstance(m, QLinear):
+            m.qstate.spec = BF16 if warm else m.spec
+
+
+def optimizer_step(model, opt, scaler, clip: float = 1.0) -> bool:
+    """Unscale (dynamic loss scaling), clip and step, after ``backward``. Returns ``True`` when
+    the step was skipped (an Inf/NaN gradient under loss scaling); the scaler is updated."""
+    if isinstance(opt, MasterWeights):
+        opt.copy_grads()
+        params = opt.params()
+    else:
+        params = [p for p in model.parameters()]
+    overflow = scaler.unscale_(params) if scaler is not None else False
+    if not overflow:
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+    if scaler is not None:
+        scaler.update(overflow)
+    return overflow
 
 
 def describe(recipe: Recipe, preset: Preset):
@@ -207,8 +259,13 @@ def _evaluated_at(step: int, preset: Preset) -> bool:
 
 def train_run(recipe, seed: int, preset: Preset, run_dir: Path, corpus: Corpus | None = None,
               master: str | None = None, progress: Callable[[int, float], None] | None = None,
-              stop_after: int | None = None, device: str = "cpu", fresh: bool = False) -> RunResult:
+              stop_after: int | None = None, device: str = "cpu", fresh: bool = False,
+              options: TrainOptions | dict | None = None) -> RunResult:
     """Train one GPT with ``recipe`` for ``preset.steps`` steps, resuming from ``run_dir``.
+
+    ``options`` (:class:`~floatlab.train.options.TrainOptions`): model dtype, fp32 master
+    weights, dynamic loss scaling, bf16 warm-up; the loss scale after every step and the
+    skipped steps are in the result (``loss_scale``, ``skipped``) and the checkpoint.
 
     A checkpoint in ``run_dir`` is continued (or, when finished, reused) only if it was made
     with the same configuration (:func:`check_resumable`); ``fresh=True`` deletes it and starts
@@ -228,13 +285,14 @@ def train_run(recipe, seed: int, preset: Preset, run_dir: Path, corpus: Corpus |
     recipe = get_recipe(recipe)
     corpus = corpus or Corpus.load()
     master = canonical_master(master)
+    options = options_from(options)
     rank, world = dist_info()
     if preset.batch_size % world:
         raise ValueError(f"global batch {preset.batch_size} is not divisible by {world} processes")
     corpus.check(preset.model.block_size)
     run_dir = Path(run_dir)
     ckpt_path = run_dir / FILENAME
-    config = run_config(recipe, seed, preset, master, corpus)
+    config = run_config(recipe, seed, preset, master, corpus, options)
     ckpt = None
     if fresh:
         if rank == 0 and ckpt_path.exists():
@@ -243,12 +301,15 @@ def train_run(recipe, seed: int, preset: Preset, run_dir: Path, corpus: Corpus |
         ckpt = load_checkpoint(ckpt_path)
         if ckpt is not None:
             check_resumable(ckpt, config, preset, run_dir)
-    model, opt = build(recipe, seed, preset, master, device)
+    model, opt = build(recipe, seed, preset, master, device, options)
+    scaler = options.scaler()
     result = RunResult(recipe.name, seed)
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if scaler is not None:
+            scaler.load_state_dict(ckpt["scaler"])
         start = ckpt["step"]
         result = RunResult(**ckpt["result"])
         result.val_loss = {int(k): v for k, v in result.val_loss.items() if _evaluated_at(int(k), preset)}
@@ -266,9 +327,11 @@ def train_run(recipe, seed: int, preset: Preset, run_dir: Path, corpus: Corpus |
 
     def checkpoint(step: int) -> None:
         if rank == 0:
-            save_checkpoint(ckpt_path, {"step": step, "model": model.state_dict(),
-                                        "optimizer": opt.state_dict(), "result": asdict(result),
-                                        "config": config, "environment": _environment()})
+            state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "result": asdict(result), "config": config, "environment": _environment()}
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            save_checkpoint(ckpt_path, state)
 
     with task:
         for step in range(start, preset.steps):
@@ -277,12 +340,16 @@ def train_run(recipe, seed: int, preset: Preset, run_dir: Path, corpus: Corpus |
             t0 = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, preset)
+            if options.warmup_bf16:
+                set_warmup(model, step < options.warmup_bf16)
             x, y = corpus.batch("train", step, preset.batch_size, preset.model.block_size, seed, rank, world)
             loss = net(x.to(device), y.to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            (scaler.scale_loss(loss) if scaler is not None else loss).backward()
+            if optimizer_step(model, opt, scaler):
+                result.skipped.append(step + 1)
+            if scaler is not None:
+                result.loss_scale.append(scaler.scale)
             value = loss.detach().clone()
             if world > 1:
                 dist.all_reduce(value)
