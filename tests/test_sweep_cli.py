@@ -1,6 +1,7 @@
 """`floatlab sweep` end to end on a CI-sized MiniLM slice (round to nearest only), and its input checks."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -13,17 +14,28 @@ from floatlab.cli import app  # noqa: E402
 runner = CliRunner()
 
 
-def test_sweep_small(tmp_path):
+def test_sweep_small(tmp_path, monkeypatch):
     import torch
 
+    from floatlab import atomic
     from floatlab.models import linear_layers, load_model
     from floatlab.ptq.config import PTQConfig
     from floatlab.ptq.sweep import model_bits
 
+    written = []                 # results.json is rewritten after the baseline and after every point
+    real_write = atomic.write_json
+
+    def spy(path, obj, **kw):
+        if Path(path).name == "results.json":
+            written.append((len(obj["rows"]), obj.get("complete")))
+        return real_write(path, obj, **kw)
+    monkeypatch.setattr(atomic, "write_json", spy)
     r = runner.invoke(app, ["sweep", "--model", "minilm", "--methods", "rtn", "--bits", "2,4", "--group", "64",
                             "--add", "rtn:binary_mean", "--pairs", "4", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "results.json").read_text())
+    assert written == [(0, False), (1, False), (2, False), (3, False), (3, True)]
+    assert res["complete"] is True
     assert [(row["method"], row["format"], row["grid"]) for row in res["rows"]] == [
         ("rtn", "int2_asym_g64", True), ("rtn", "int4_asym_g64", True), ("rtn", "binary_mean", False)]
     layers = linear_layers(load_model("minilm", log=lambda *a: None).model)

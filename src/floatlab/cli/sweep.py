@@ -81,8 +81,15 @@ def sweep_command(
         inputs.check_layers(layers, c, "--template/--group/--add")
     say(f"{lm.name} loaded; {len(configs)} points: " + ", ".join(f"{c.method}:{c.weight.format}" for c in configs))
     compile_note()
+    from floatlab.atomic import write_json
+
+    def partial(res: dict) -> None:             # an interrupted sweep keeps the points it measured
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "results.json", {**res, "command": command_line(), "complete": False})
+
     with progress():
-        results = run_sweep(lm, opts)
+        results = run_sweep(lm, opts, on_row=partial)
+    results["complete"] = True
     results["seconds_wall"] = time.time() - t0
     results["command"] = command_line()
     table = sweep_table(results)

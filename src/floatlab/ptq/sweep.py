@@ -88,13 +88,15 @@ class SweepOptions:
                 for m, f in self.points()]
 
 
-def run_sweep(lm, opts: SweepOptions) -> dict:
+def run_sweep(lm, opts: SweepOptions, on_row=None) -> dict:
     """Quantize ``lm`` (a :class:`~floatlab.models.loading.LoadedModel`) at every point of
     ``opts`` and measure; returns the results dict (``rows``: one per point with ``method``,
     ``format``, ``bits_per_weight``, the metric, ``seconds``, and for reconstruction methods the
     per-block losses; ``fp32``: the unquantized model's metric; ``environment``:
-    :func:`floatlab.provenance.environment`). Raises ``ValueError`` for a bad method or format
-    before any work."""
+    :func:`floatlab.provenance.environment`). ``on_row(results)``, if given, is called after the
+    fp32 baseline and after every point with the results so far (``floatlab sweep`` writes them,
+    so an interrupted sweep keeps what it measured). Raises ``ValueError`` for a bad method or
+    format before any work."""
     from floatlab.models.loading import linear_layers
     from floatlab.provenance import environment
     from floatlab.ptq.apply import check_blocks, quantize_model
@@ -118,6 +120,8 @@ def run_sweep(lm, opts: SweepOptions) -> dict:
     with _progress.scope("fp32"):
         results["fp32"] = {**measure_single(lm, lm.model, copts, ref_model=lm.model if encoder else None),
                            "bits_per_weight": 32.0, "seconds": time.time() - t0}
+    if on_row is not None:
+        on_row(results)
     calib = calibration_batches(lm, opts.calib, copts) if any(c.needs_calibration() for c in configs) else []
     hessians = None
     grid = set((m, opts.grid_format(b)) for m in opts.methods for b in opts.bits)
@@ -143,6 +147,8 @@ def run_sweep(lm, opts: SweepOptions) -> dict:
         if report.get("blocks"):
             row["blocks"] = report["blocks"]
         results["rows"].append(row)
+        if on_row is not None:
+            on_row(results)
     results["seconds_total"] = time.time() - t_all
     return results
 
