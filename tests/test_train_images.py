@@ -1,5 +1,6 @@
 """Image tasks of floatlab train: the idx reader, missing data, resumable runs with identical
-losses, the CLI's outputs and refusals, and binary stochastic learning's rule in expectation."""
+losses (binary stochastic learning's rules too; the rule itself: test_nn_bsl.py), the CLI's
+outputs and refusals."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import torch
 from typer.testing import CliRunner
 
 import floatlab.train.images as images
-from floatlab.nn import bsl
 from floatlab.train.image_run import get_image_preset, load_data, train_image_run
 
 pytest.importorskip("sklearn")
@@ -63,7 +63,8 @@ def test_fashion_mnist_files_from_a_folder_and_missing_files_say_how(tmp_path, m
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("recipe,rule,model", [("sr_grads", "backprop", "cnn"), ("fp32", "bsl", "mlp")])
+@pytest.mark.parametrize("recipe,rule,model", [("sr_grads", "backprop", "cnn"), ("fp32", "bsl", "mlp"),
+                                                  ("fp32", "sign", "mlp")])
 def test_resume_gives_identical_losses(tmp_path, digits, monkeypatch, recipe, rule, model):
     monkeypatch.setenv("FLOATLAB_FAST", "0")          # the plain path: no kernel compilation in a test
     from floatlab.nn import GemmSpec, LinearSpec, Recipe, TensorSpec
@@ -103,46 +104,3 @@ def test_cli_writes_summary_curves_plot_and_refuses_bad_input(tmp_path):
         r = runner.invoke(app, ["train", "--task", "digits", "--out", str(tmp_path / "x"), *args])
         assert r.exit_code == 2 and f"error: {flag}:" in r.output and words in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "x" / "runs").exists()
-
-
-def test_bernoulli_activation_and_derivative_in_expectation():
-    """E[h_b] = sigmoid(z) and E[f'_b] = 4 sigmoid(z)(1 - sigmoid(z)): means of 40,000 draws per
-    value within 5 standard errors; the error is the sign of g * f'_b."""
-    z = torch.tensor([-3.0, -0.5, 0.0, 0.7, 2.5]).repeat(40_000, 1).requires_grad_()
-    gen = torch.Generator().manual_seed(0)
-    h = bsl.bernoulli_sigmoid(z, gen, stochastic=True, sign_errors=True)
-    assert set(h.unique().tolist()) <= {0.0, 1.0}
-    g = torch.full_like(h, -0.3)
-    h.backward(g)
-    s = torch.sigmoid(z[0].detach())
-    for drawn, p in ((h.detach(), s), (-z.grad, 4 * s * (1 - s))):   # grad = sign(-0.3 * f'_b) = -f'_b
-        se = (p * (1 - p) / z.shape[0]).sqrt()
-        assert bool(((drawn.mean(0) - p).abs() <= 5 * se + 1e-7).all()), (drawn.mean(0), p)
-    assert set(z.grad.unique().tolist()) <= {-1.0, 0.0}
-
-
-def test_output_error_is_the_sign_outside_the_dead_zone():
-    z = torch.tensor([[0.0, 1.0, -1.0], [2.0, 0.0, 0.0]], requires_grad=True)
-    torch.nn.functional.cross_entropy(bsl.sign_error(z), torch.tensor([1, 0])).backward()
-    p = torch.softmax(z.detach(), 1)
-    e = p - torch.eye(3)[[1, 0]]
-    assert torch.equal(z.grad, torch.sign(e) * (e.abs() > bsl.DEAD_ZONE))
-
-
-def test_fixed_step_pulses_in_expectation_and_device_grid():
-    grid = bsl.DeviceGrid((1.0,), levels=5)                       # levels -1, -0.5, 0, 0.5, 1
-    assert torch.equal(grid.snap(torch.tensor([-3.0, -0.3, 0.2, 0.3, 0.74, 9.0]), 0),
-                       torch.tensor([-1.0, -0.5, 0.0, 0.5, 0.5, 1.0]))
-    w = torch.nn.Parameter(torch.zeros(200_000))
-    opt = bsl.FixedStepUpdate([w], grid, stochastic=True, seed=3)
-    w.grad = torch.full_like(w, 12.0)                             # 12 of a batch of 32 ask for -1 level
-    opt.batch = 32
-    opt.step()
-    moved = (w.detach() / -grid.step(0))
-    assert set(moved.unique().tolist()) <= {0.0, 1.0}
-    p = 12 / 32
-    assert abs(float(moved.mean()) - p) <= 5 * (p * (1 - p) / w.numel()) ** 0.5
-    sign_only = bsl.FixedStepUpdate([w], grid, stochastic=False)
-    w.grad = torch.full_like(w, -0.01)
-    sign_only.step()                                              # one level up, every weight
-    assert bool(((w.detach() - moved * -grid.step(0)) == grid.step(0)).all())

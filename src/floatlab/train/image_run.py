@@ -7,7 +7,7 @@ when the settings asked for now would have produced it; otherwise
 
 Training rules: ``"backprop"`` (Adam on the recipe's quantized network, the default), and for
 the sigmoid MLP of binary stochastic learning (:mod:`floatlab.nn.bsl`) ``"sgd"`` (float32 SGD),
-``"sign"`` (deterministic sign-only fixed-step updates on the device grid) and ``"bsl"``.
+``"sign"`` (the Manhattan rule: one device level against the sign of the exact gradient) and ``"bsl"``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from floatlab.train.loop import lr_at
 from floatlab.train.vision import ImageModelConfig, build_model
 
 RULES = ("backprop", "sgd", "sign", "bsl")
+SGD_LR_FACTOR = 50      # rule "sgd": SGD (momentum 0.9) at 50x the preset's Adam learning rate (0.1 on small)
 
 
 @dataclass(frozen=True)
@@ -171,15 +172,8 @@ def build(recipe: Recipe, seed: int, preset: ImagePreset, cfg: ImageModelConfig,
     """Model and optimizer of one run (seeded)."""
     torch.manual_seed(seed)
     if rule != "backprop":
-        from floatlab.nn.bsl import BSLNet, DeviceGrid, FixedStepUpdate
-        model = BSLNet(cfg.in_shape, cfg.width, cfg.classes, stochastic=rule == "bsl", seed=seed,
-                       sign_errors=rule != "sgd")
-        if rule == "sgd":
-            opt = torch.optim.SGD(model.parameters(), lr=preset.lr * 50, momentum=0.9)
-        else:
-            opt = FixedStepUpdate(model.parameters(), DeviceGrid.for_model(model), stochastic=rule == "bsl",
-                                  seed=seed)
-        return model, opt
+        from floatlab.nn.bsl import build_rule
+        return build_rule(rule, cfg.in_shape, cfg.width, cfg.classes, seed=seed, lr=preset.lr * SGD_LR_FACTOR)
     model = build_model(cfg)
     if quantizes(recipe):
         _quiet_quantize(model, recipe.replace(seed=seed))
@@ -265,11 +259,13 @@ def train_image_run(recipe, seed: int, preset: ImagePreset, model: str, run_dir:
             lr = lr_at(step, preset)
             if rule == "backprop" or rule == "sgd":
                 for g in opt.param_groups:
-                    g["lr"] = lr if rule == "backprop" else lr * 50
-            loss = F.cross_entropy(net(data.normalize(x) if rule == "backprop" else x), y)
+                    g["lr"] = lr if rule == "backprop" else lr * SGD_LR_FACTOR
+            if rule == "backprop":
+                loss = F.cross_entropy(net(data.normalize(x)), y)
+            else:   # the BSL network reads pixels in [0, 1]; its loss's backward leaves the rule's update
+                loss = net.training_loss(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.batch = len(y)
             opt.step()
             result.train_loss.append(float(loss.detach()))
             result.step_time.append(time.perf_counter() - t0)
