@@ -12,6 +12,27 @@ rules with ``get_recipe("nvfp4").replace(keep_last=0, keep=())``.
 Every recipe runs attention products (``qmatmul``) in bf16, as NVIDIA's NVFP4 recipe does
 (``fp32`` excepted: nothing is quantized).
 
+Recipes as papers run them (``*_paper``; see docs/training.md for what each paper says and
+what is our reading):
+
+* ``hif8_paper``, HiFloat8 (Luo et al. 2024, arXiv:2409.16626): rounding **per role** -- the
+  tensors cast in the forward pass (inputs and weights, in every GEMM that reads them) round
+  ties-away (``rna``, HiF8's TA), the gradients cast in the backward pass (the output-gradient
+  operand of dgrad and wgrad) use hybrid rounding (``hybrid``, HR: TA where ``|E| < 4``, Huawei's
+  self-stochastic rounding elsewhere; FORMATS.md section 1.3, from amct's golden model). Every
+  operand has per-tensor **delayed** power-of-two scaling from the max of the last
+  ``amax_history`` (16) amaxes, mapping it to 2^7 (HiF8 keeps 3 mantissa bits for ``|E| <= 3``).
+  Gradients do not saturate: an overflow becomes Inf, so the dynamic loss scaler that the paper
+  trains with (``floatlab train --loss-scale dynamic``) sees it and skips the step; a bf16 warm-up
+  is ``--bf16-warmup N``.
+* ``mxfp4_paper``: MXFP4 (E2M1, E8M0 scales, blocks of 32) with the stabilizers of the HiFloat4
+  pre-training paper -- stochastic rounding of the gradients, a 16-point RHT on wgrad -- and a
+  **truncation-free** scale: NVIDIA's RCEIL (``amax / 6`` rounded up to a power of two), so a
+  block's max is never clipped, where OCP's floor rule clips maxima above ``6 * 2^floor``
+  (``e2m1/e8m0/32/rceil``). ``mxfp4_rht_sr`` is the same with the OCP floor rule. The HiF4
+  counterpart is ``hif4`` (SR + RHT); its scale is Huawei's reference rule, which can clip a
+  block's max (S1 rounds to nearest in E6M2): a truncation-free HiF4 rule is not implemented.
+
 Extremely-low-bit recipes (quantization-aware training with latent float32 weights, see
 :mod:`floatlab.nn.lowbit`): ``binary`` and ``ternary`` quantize every layer's weights to
 ``{-a, +a}`` / ``{-a, 0, +a}`` (``a`` per output channel) and its inputs to int4 (current
@@ -75,6 +96,10 @@ def _builtin() -> dict[str, Recipe]:
     hif8 = LinearSpec(GemmSpec(_t("hif8"), _t("hif8")),
                       GemmSpec(_t("hif8", None, C, 2.0 ** 7), _t("hif8")),
                       GemmSpec(_t("hif8", None, C, 2.0 ** 7), _t("hif8")))
+    # HiFloat8 as its paper trains: TA forward, HR backward, delayed per-tensor scaling to 2^7
+    h8_fwd = TensorSpec("hif8", "rna", True, "contraction", D, 2.0 ** 7)
+    h8_grad = TensorSpec("hif8", "hybrid", False, "contraction", D, 2.0 ** 7)
+    hif8_paper = LinearSpec(GemmSpec(h8_fwd, h8_fwd), GemmSpec(h8_grad, h8_fwd), GemmSpec(h8_grad, h8_fwd))
     recipes = [
         _r("bf16", BF16, "every linear GEMM operand in bf16 (RNE); the baseline"),
         _r("fp8", fp8, "e4m3 forward, e5m2 gradients, delayed per-tensor power-of-two scaling "
@@ -97,6 +122,12 @@ def _builtin() -> dict[str, Recipe]:
            "HiFloat4 for every operand with SR on gradients and a 16-point RHT on wgrad"),
         _r("hif4_plain", _fp4("hif4", "hif4", sr=False, rht=0),
            "HiFloat4 without stabilizers (reference ties-away rounding, no RHT)"),
+        _r("hif8_paper", hif8_paper, "HiFloat8 as its paper trains: ties-away for forward tensors, "
+           "hybrid rounding for gradients (non-saturating, so overflow reaches the loss scaler), "
+           "delayed per-tensor scaling (amax history 16) to 2^7; train with --loss-scale dynamic"),
+        _r("mxfp4_paper", _fp4("e2m1/e8m0/32/rceil", "e2m1/e8m0/32/rceil", sr=True, rht=16),
+           "MXFP4 with a truncation-free scale (RCEIL: the block max is never clipped), SR on "
+           "gradients and a 16-point RHT on wgrad (the HiFloat4 pre-training paper's stabilizers)"),
         Recipe("fp32", LinearSpec(), description="nothing quantized: the float32 reference"),
         _r("int8", int8, "int8 for every operand with current per-tensor power-of-two scaling "
            "(amax to <= 127); RNE forward, stochastic rounding of the gradients"),
