@@ -221,11 +221,13 @@ def cosine(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch
 
 
 @torch.no_grad()
-def _block_loss(block, method, seqs, q_in, fp_out, fpq_out, keep) -> tuple[float, float]:
-    """(method loss, output MSE against the fp targets), means over the kept sequences."""
+def _block_loss(block, method, seqs, q_in, fp_out, fpq_out, keep, outs=None) -> tuple[float, float]:
+    """(method loss, output MSE against the fp targets), means over the kept sequences; ``outs``:
+    the block's outputs on ``q_in`` when already computed (the frozen block's, which also feed
+    the next block: computed once)."""
     tot, mse = 0.0, 0.0
     for k in keep:
-        out = _run(block, q_in[k], seqs[k])
+        out = _run(block, q_in[k], seqs[k]) if outs is None else outs[k]
         tot += float(method.loss(out, fp_out[k], fpq_out[k] if fpq_out else None, seqs[k].mask))
         mse += float(mse_loss(out, fp_out[k], seqs[k].mask))
     return tot / len(keep), mse / len(keep)
@@ -382,9 +384,9 @@ def _one_block(model, bname, names, b, seqs, fp_in, q_in, config, method, transf
         for n, lin in linears.items():
             set_module(block, rel[n], QuantLinear(lin, qweights[n].dequantize(), config.weight_spec(n),
                                                   config.act_spec(n), transforms.get(n)))
-        loss1, mse1 = _block_loss(block, method, seqs, q_in, fp_out, fpq_out, keep)
         with torch.no_grad():
             q_next = [_run(block, q_in[k], seqs[k]) for k in range(len(seqs))]
+        loss1, mse1 = _block_loss(block, method, seqs, q_in, fp_out, fpq_out, keep, outs=q_next)
     finally:
         for n, lin in linears.items():
             set_module(block, rel[n], lin)
