@@ -30,6 +30,13 @@ def train_command(
     task: str = typer.Option("lm", "--task", help="lm (byte-level language modelling, the GPT) | fashion-mnist | digits (scikit-learn's 8x8 digits, CI-sized)."),
     model: str = typer.Option(None, "--model", help="gpt (task lm) | cnn | mlp (image tasks; default cnn)."),
     rule: str = typer.Option("backprop", "--rule", help="Image tasks, MLP: backprop (the recipes) | sgd | sign | bsl (binary stochastic learning; see floatlab.nn.bsl)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16: the dtype the whole model lives in (parameters, activations, gradients; optimizer states too with --no-fp32-master). The recipe's GEMM emulation applies on top."),
+    fp32_master: bool = typer.Option(True, "--fp32-master/--no-fp32-master", help="With --dtype fp16/bf16: keep fp32 master weights and optimizer states (default), or update the fp16/bf16 parameters directly."),
+    loss_scale: str = typer.Option("none", "--loss-scale", help="none | dynamic: skip the step and halve the scale on an Inf/NaN gradient, double it after --loss-scale-window clean steps."),
+    loss_scale_init: float = typer.Option(2.0 ** 16, "--loss-scale-init", help="First dynamic loss scale."),
+    loss_scale_window: int = typer.Option(200, "--loss-scale-window", help="Clean steps before the dynamic loss scale doubles."),
+    bf16_warmup: int = typer.Option(0, "--bf16-warmup", help="Run the first N steps of every recipe in bf16, then the recipe."),
+    sweep: Path = typer.Option(None, "--sweep", help="A sweep file (.yaml/.json): a grid over element format, scale format, block size, SR/RHT roles, tensor scaling and seeds; see docs/training.md. Writes sweep.csv, sweep.md and sweep.png into --out; resumable."),
 ) -> None:
     """Train a small GPT once per recipe and seed; report the final loss relative to bf16.
 
@@ -52,7 +59,23 @@ def train_command(
 
     # every input first: nothing is built or trained before they all pass
     task_name = parse_choice(task, ("lm", "fashion-mnist", "digits"), "--task")
+    from floatlab.train.options import TrainOptions
+    try:
+        options = TrainOptions(dtype=dtype, master_weights=fp32_master, loss_scale=loss_scale,
+                               init_scale=loss_scale_init, growth_interval=loss_scale_window,
+                               warmup_bf16=bf16_warmup)
+    except ValueError as err:
+        flags = {"dtype": "--dtype", "loss_scale": "--loss-scale", "init_scale": "--loss-scale-init",
+                 "growth_interval": "--loss-scale-window", "warmup_bf16": "--bf16-warmup"}
+        raise CliError(str(err), flags.get(str(err).split()[0], "--dtype")) from None
+    if sweep is not None:
+        if recipe or task_name != "lm" or seeds != 1 or steps is not None or preset != "smoke" or master:
+            raise CliError("--sweep takes the recipes, seeds, steps and preset from the sweep file; leave "
+                           "--recipe, --seeds, --steps, --preset, --master-weights and --task out", "--sweep")
+        return _sweep_command(sweep, out, threads, fresh, options, device, corpus)
     if task_name != "lm":
+        if options.to_dict():
+            raise CliError("--dtype, --loss-scale and --bf16-warmup are options of the lm task", "--task")
         return _image_command(recipe, seeds, steps, preset, out, task_name, model, rule, threads, fresh)
     if model is not None and model.strip().lower() != "gpt":
         raise CliError(f"the lm task trains the GPT; --model {model!r} is for the image tasks "
@@ -80,8 +103,11 @@ def train_command(
         raise CliError(f"the global batch of the {p.name} preset ({p.batch_size} sequences) is not divisible "
                        f"by {world} processes", "--nproc_per_node")
     out = check_out_dir(out)
+    if master and options.dtype != "fp32":
+        raise CliError(f"--master-weights {master} rounds float32 master weights to a format; with --dtype "
+                       f"{options.dtype} the master weights are fp32 (--fp32-master, the default)", "--master-weights")
     try:
-        plan = plan_runs(recipes, list(range(seeds)), p, out, data, master, fresh)
+        plan = plan_runs(recipes, list(range(seeds)), p, out, data, master, fresh, options)
     except ConfigMismatch as err:
         raise CliError(f"{err}. Pass --fresh to discard the runs in {out} and train from step 0, "
                        "or choose another --out", "--out") from None
@@ -94,7 +120,8 @@ def train_command(
     m = p.model
     talk(f"floatlab train: {p.name} preset (GPT {m.n_layer} layer(s), d={m.d_model}, context {m.block_size}; "
          f"{p.steps} steps, batch {p.batch_size}), {seeds} seed(s), {world} process(es) on {dev}, "
-         f"corpus {data.source}" + (f", master weights {master} (SR)" if master else ""))
+         f"corpus {data.source}" + (f", master weights {master} (SR)" if master else "")
+         + (f"; {options.describe()}" if options.to_dict() else ""))
     for r in recipes:
         talk(f"  {r.name}: {_quantized(describe(r, p))}")
     counts: dict[str, int] = {}
@@ -107,7 +134,7 @@ def train_command(
 
     with progress() if rank == 0 else contextlib.nullcontext():
         summary = run_experiment(recipes, list(range(seeds)), p, out, corpus=data, master=master,
-                                 device=str(dev) if world == 1 else dev.type, fresh=fresh)
+                                 device=str(dev) if world == 1 else dev.type, fresh=fresh, options=options)
     if rank != 0:
         return
     spread = 100 * summary["bf16_seed_spread"]["relative"]
@@ -175,6 +202,58 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
     show_table(f"{task} test accuracy after {p.steps} steps ({kind}, {p.name} preset, {seeds} seed(s))",
                columns, rows, right=columns[1:])
     say(f"wrote {out}/summary.json, {out}/curves.csv, {out}/accuracy.png")
+
+
+def _sweep_command(path: Path, out: Path, threads: int, fresh: bool, options, device, corpus) -> None:
+    """``floatlab train --sweep FILE``: the file checked, every run folder checked, then the grid."""
+    import torch
+
+    from floatlab.cli.output import CliError, check_int, check_out_dir, flag_errors, progress, say
+    from floatlab.train.checkpoint import ConfigMismatch
+    from floatlab.train.data import Corpus
+    from floatlab.train.experiment import plan_runs
+    from floatlab.train.loop import resolve_device
+    from floatlab.train.options import options_from
+    from floatlab.train.presets import get_preset
+    from floatlab.train.sweep import SweepError, load_sweep, run_sweep
+
+    check_int(threads, "--threads", 0, hint="0 keeps torch's default")
+    with flag_errors("--sweep", (SweepError, OSError)):
+        sw = load_sweep(path)
+    if options.to_dict():
+        if sw.options:
+            raise CliError("the sweep file sets options; give --dtype/--loss-scale/--bf16-warmup there or "
+                           "on the command line, not both", "--sweep")
+        sw.options = options.to_dict()
+    with flag_errors("--device"):
+        dev = resolve_device(device)
+    with flag_errors("--corpus"):
+        data = Corpus.load(corpus)
+    with flag_errors("--sweep"):
+        p = get_preset(sw.preset).with_steps(sw.steps)
+        data.check(p.model.block_size)
+    out = check_out_dir(out)
+    cells = sw.cells()
+    from floatlab.nn.recipes import get_recipe
+    recipes = [get_recipe("bf16"), *(c.recipe for c in cells), *(get_recipe(r) for r in sw.recipes)]
+    try:
+        plan = plan_runs(list({r.name: r for r in recipes}.values()), sw.seeds, p, out, data, None, fresh,
+                         options_from(sw.options))
+    except ConfigMismatch as err:
+        raise CliError(f"{err}. Pass --fresh to discard the runs in {out} and train from step 0, "
+                       "or choose another --out", "--out") from None
+    if threads > 0:
+        torch.set_num_threads(threads)
+    counts: dict[str, int] = {}
+    for what in plan.values():
+        counts[what.split()[0]] = counts.get(what.split()[0], 0) + 1
+    say(f"floatlab train --sweep {path}: {len(cells)} cells + {len(sw.recipes)} recipe(s) + bf16, seeds "
+        f"{sw.seeds}, {p.name} preset ({p.steps} steps) on {dev}; runs: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    with progress():
+        doc = run_sweep(sw, out, data, device=str(dev), fresh=fresh)
+    say((out / "sweep.md").read_text(encoding="utf-8"))
+    say(f"wrote {out}/sweep.json, {out}/sweep.csv, {out}/sweep.md, {out}/sweep.png ({len(doc['rows'])} rows)")
 
 
 def data_command(
