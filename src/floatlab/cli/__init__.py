@@ -41,7 +41,7 @@ def _main_callback(
 # Subcommands live in their own modules (floatlab/cli/<name>.py), each with
 # ``register(app: typer.Typer) -> None``. A module that is absent or whose optional
 # dependencies are missing is skipped, so the core CLI always works.
-SUBCOMMANDS = ("gemm", "solve", "compare", "sweep", "ptq", "eval", "export", "lmeval", "models", "train", "bench")
+SUBCOMMANDS = ("gemm", "solve", "compare", "sweep", "advise", "ptq", "eval", "export", "lmeval", "models", "train", "bench")
 
 
 def _register_optional() -> None:
