@@ -34,14 +34,15 @@ def _brute_force(p):
 
 
 def test_milp_finds_the_known_optimum_where_greedy_does_not():
-    """Knapsack trap: the best loss per cost saved (downgrade A) is not the best set of downgrades.
-    A: 6 bits or 0 (loss 0 / 7), B and C: 3 bits or 0 (loss 0 / 4); budget 6. Optimum: keep A
-    (cost 6, loss 8), not B and C (cost 6, loss 7)... by hand: keep A -> B, C downgraded: loss 8;
-    keep B and C -> A downgraded: loss 7. The optimum is (0, 1, 1) with loss 7."""
-    p = Problem([[0, 6], [0, 3], [0, 3]], [[7, 0], [4, 0], [4, 0]], budget=6)
-    assert _brute_force(p) == (0, 1, 1)
+    """Knapsack trap. A: cost 6 or 0 (loss 0 / 6), B: cost 3 or 0 (loss 0 / 4); budget 6, so 3
+    must be saved. Greedy downgrades the best loss per cost saved first: A (1 per unit, against
+    B's 4/3), saving 6 for a loss of 6, and cannot take A back. The optimum downgrades B: loss 4."""
+    p = Problem([[0, 6], [0, 3]], [[6, 0], [4, 0]], budget=6)
+    assert _brute_force(p) == (1, 0)
     sol = solve_milp(p)
-    assert sol.choice == (0, 1, 1) and sol.loss == 7 and sol.cost == 6
+    assert sol.choice == (1, 0) and sol.loss == 4 and sol.cost == 6
+    g = solve_greedy(p)
+    assert g.choice == (0, 1) and g.loss == 6
 
 
 def test_milp_equals_brute_force_on_random_instances():
