@@ -116,7 +116,8 @@ CASES = [("int4", None, True, None), ("int4", 32, False, None), ("int8", None, F
          ("e2m1", None, False, "rnz"), ("e3m2", 32, False, None), ("e4m3fnuz", None, True, None),
          ("hif8", 32, False, None), ("hif8", None, True, "rne"), ("e4m3", 32, False, "rtz"),
          ("mxfp4", None, False, None), ("nvfp4", None, False, None), ("hif4", None, False, None),
-         ("bf16", None, True, None)]
+         ("mxfp8_e4m3", None, False, None), ("mxfp6_e2m3", None, False, "rna"), ("nvfp4_46", None, False, None),
+         ("mxint8", None, False, None), ("hif4", None, False, "rne"), ("bf16", None, True, None)]
 
 
 @pytest.mark.parametrize("fmt,group,act_order,rounding", CASES)
@@ -132,7 +133,7 @@ def test_gptq_bit_for_bit_with_plain_column_loop(fmt, group, act_order, rounding
 
 def test_gptq_table_rounder_used_for_common_formats():
     """The fast rounder covers the formats GPTQ is run on (else the speed-up silently goes)."""
-    for fmt in ("int2", "int4", "int8", "e4m3", "e5m2", "e2m1", "e3m2", "e2m3", "hif8", "e4m3fnuz"):
+    for fmt in ("int2", "int4", "int8", "e4m3", "e5m2", "e2m1", "e3m2", "e2m3", "hif8", "e4m3fnuz", "e1m2"):
         for mode in ("rne", "rna", "rnz"):
             assert _TableRounder.build(fmt, mode) is not None, (fmt, mode)
     assert _TableRounder.build("e4m3", "sr") is None         # stochastic modes call quantize

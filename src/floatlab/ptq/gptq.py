@@ -8,9 +8,10 @@ rounding with its scales fixed). Choices:
   dampening ``damp * mean(diag H)``; dead inputs (zero diagonal) get weight 0.
 * Lazy batch updates over ``block_size`` columns; the inverse Hessian through its Cholesky factor.
 * Speed (the results are bit for bit those of the plain column loop, tested against it): a
-  scaled scalar format of 8 bits or fewer rounds each column through a table of its values
-  (:class:`_TableRounder`, checked against :func:`floatlab.quantize` when built) instead of a
-  full ``quantize`` call; the damped Hessian's inverse Cholesky factor is computed once per
+  scaled scalar format of 8 bits or fewer, and a block format's elements, round each column
+  through a table of the (element) format's values (:class:`_TableRounder`, checked against
+  :func:`floatlab.quantize` when built; nearest modes) instead of a full ``quantize`` call; each
+  block of columns is held transposed, so a column is contiguous; the damped Hessian's inverse Cholesky factor is computed once per
   Hessian tensor and reused while that tensor lives (q/k/v and gate/up share one; ``floatlab
   compare`` reuses the Hessians for every format), up to :data:`FACTOR_CACHE_BYTES`.
 * Groups: block formats use their own block as the group: when GPTQ reaches a block of columns
@@ -41,6 +42,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 import floatlab
 
+from floatlab.formats.block import ScaleRule
 from floatlab.ptq.calibration import CalibrationError, check_finite, for_each_input
 from floatlab.ptq.config import GPTQOptions, PTQConfig
 from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, absmax_scale
@@ -107,6 +109,14 @@ def _factor(H: torch.Tensor, damp_frac: float, act_order: bool) -> _Factor:
     if held + Hinv.nbytes <= FACTOR_CACHE_BYTES:
         _factors[H] = (key, f)
     return f
+
+
+def _registered(fmt) -> bool:
+    """``fmt`` is the registered format of its name (a block format's element format may not be)."""
+    try:
+        return floatlab.get_format(fmt.name) == fmt
+    except ValueError:
+        return False
 
 
 class _TableRounder:
@@ -205,6 +215,10 @@ def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOpt
         row_grid = FrozenGrid(W, spec, row_scale=absmax_scale(W, QuantSpec(spec.format, None, spec.scale_target), "weight")
                               if spec.scaled else None)
     table = _TableRounder.build(spec.format, spec.rounding) if spec.scaled else None
+    etable = None                  # block formats: the element format's table, in the block's mode
+    if spec.is_block and _registered(spec.fmt.element):
+        etable = _TableRounder.build(spec.fmt.element.name, resolve_rounding(spec.fmt, spec.rounding, None).value)
+    hif4 = spec.is_block and spec.fmt.rule is ScaleRule.HIF4
     Q = torch.zeros_like(W)
     values = torch.zeros_like(W)
     grids: list[FrozenGrid] = []
@@ -228,6 +242,15 @@ def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOpt
             wcol, q, err = W1[i], Q1[i], Err1[i]
             if table is not None:        # = _round(grid, wcol, j) for a scaled format, bit for bit
                 torch.mul(table(wcol / s, out=V1[i]), s, out=q)
+            elif etable is not None:     # = _round(grid, wcol, j): BlockGrid.elements, then decode
+                bg, j = grid.grid, col % group
+                mul = bg.encode_mul[:, j]
+                if hif4:
+                    c = etable(((wcol.abs() * mul[:, 0]) * mul[:, 1]).to(torch.bfloat16).to(torch.float32))
+                    c = torch.where(wcol < 0, -c, c)
+                else:
+                    c = etable(wcol * mul)
+                V1[i], q[:] = c, bg.decode(c[:, None], slice(j, j + 1))[:, 0]
             else:
                 V1[i], q[:] = _round(grid, wcol, col % group if group is not None else col)
             torch.sub(wcol, q, out=err).div_(d[i])
