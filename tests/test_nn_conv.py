@@ -82,7 +82,7 @@ def _run(layer, x, gy):
 
 
 CASES = ([(name, GEOMETRIES[1]) for name in RECIPE_NAMES]
-         + [(name, g) for name in ("mxfp4_rht_sr", "fp8", "nvfp4") for g in GEOMETRIES if g is not GEOMETRIES[1]])
+         + [(name, g) for name in ("mxfp4_rht_sr", "fp8", "nvfp4", "int8", "ternary") for g in GEOMETRIES if g is not GEOMETRIES[1]])
 
 
 @pytest.mark.parametrize("name,geometry", CASES,

@@ -337,9 +337,12 @@ class _QConvFunction(torch.autograd.Function):
         ctx.state, ctx.geom, ctx.size, ctx.has_bias = state, geom, size, bias is not None
         ctx.wq = bq.transpose(1, 2).contiguous() if (bq is not None and _reusable(spec)) else None
         wb = spec.wgrad.b
-        # wgrad's input operand may reuse fprop's quantized input when the values are the same
-        ctx.xq = xq if (xq is not None and wb == fa and wb.scaling is Scaling.NONE
-                        and not spec.wgrad.hadamard) else None
+        # wgrad's input operand reuses fprop's quantized, unfolded input when the values are the
+        # same: the same spec with no scaling or current scaling (the scale depends on x alone;
+        # delayed scaling has pushed a new amax since), a deterministic scalar format (xq is only
+        # made for those), no RHT; this saves the backward's quantize, unfold and row copy
+        ctx.xrows = a if (xq is not None and wb == fa and wb.scaling in (Scaling.NONE, Scaling.CURRENT)
+                          and not spec.wgrad.hadamard) else None
         ctx.save_for_backward(x, weight)
         return out
 
@@ -366,9 +369,11 @@ class _QConvFunction(torch.autograd.Function):
             wgs = spec.wgrad
             dt = d.transpose(1, 2).contiguous()                           # (G, Og, N*L)
             covered = wgs.b.scaling is Scaling.NONE or geom.covers(ctx.size)
-            if ctx.xq is not None or (wgs.quantized and _elementwise(wgs.b, wgs) and covered):
+            if ctx.xrows is not None:
+                gwg = _mm(quantize_operand(dt, wgs.a, 0, state, Gemm.WGRAD), ctx.xrows)
+            elif wgs.quantized and _elementwise(wgs.b, wgs) and covered:
                 aq = quantize_operand(dt, wgs.a, 0, state, Gemm.WGRAD)
-                xq = ctx.xq if ctx.xq is not None else quantize_operand(x, wgs.b, 1, state, Gemm.WGRAD)
+                xq = quantize_operand(x, wgs.b, 1, state, Gemm.WGRAD)
                 gwg = _mm(aq, _rows(unfold(xq), G))
             else:
                 gwg = _qmm(dt, _rows(unfold(x), G), wgs, state, Gemm.WGRAD)
@@ -377,7 +382,7 @@ class _QConvFunction(torch.autograd.Function):
                 gw = gw * clip_mask(weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))
-        ctx.wq = ctx.xq = None
+        ctx.wq = ctx.xrows = None
         return gx, gw, gb, None, None
 
 
@@ -418,6 +423,8 @@ def qconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stat
     block formats: an input value lies in up to ``kh*kw`` windows, each blocked on its own.
     For scalar formats with a deterministic rounding the input is quantized before unfolding
     (the same values, ``kh*kw`` times fewer roundings); stochastic rounding draws once per
-    element of the unfolded matrix, as it would for a GEMM that reads it.
+    element of the unfolded matrix, as it would for a GEMM that reads it. When wgrad's input
+    operand has fprop's spec with no or current scaling, wgrad reuses fprop's quantized unfolded
+    input (the same values: the scale depends on the input alone) instead of redoing it.
     """
     return _QConvFunction.apply(x, weight, bias, state, geom)
