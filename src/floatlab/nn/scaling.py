@@ -35,9 +35,17 @@ def pow2_scale(amax: torch.Tensor, target: float) -> torch.Tensor:
 
 def amax(x: torch.Tensor) -> torch.Tensor:
     """Largest finite magnitude of ``x`` (0 for an empty or all-non-finite tensor)."""
+    if not x.numel():
+        return torch.zeros((), dtype=x.dtype, device=x.device)
+    if x.device.type == "cpu":
+        # one pass when every value is finite (the usual case; a NaN or an inf makes the plain
+        # amax non-finite, and then the masked one below is taken): the same value, 3x cheaper
+        m = x.detach().abs().amax()
+        if bool(torch.isfinite(m)):
+            return m
     a = x.detach().abs()
     a = torch.where(torch.isfinite(a), a, torch.zeros_like(a))
-    return a.amax() if a.numel() else torch.zeros((), dtype=x.dtype, device=x.device)
+    return a.amax()
 
 
 def delayed_amax(history: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
