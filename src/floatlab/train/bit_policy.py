@@ -1,5 +1,5 @@
 """Per-layer weight bit-width policies for the image CNN, searched under a compression budget
-(issue 15 item 4, after MetaQuantNet: Wang et al. 2020, "Towards automatic low-bit hybrid
+(issue 15 item 4, after MetaQuantNet: Wang, Wang, Xu and Xue 2020, "Automatic low-bit hybrid
 quantization of neural networks through meta learning", arXiv 2004.11506).
 
 The pipeline, and how it differs from the paper:
@@ -17,8 +17,8 @@ The pipeline, and how it differs from the paper:
    (running statistics re-estimated on ``calib_batches`` training batches), as in the paper.
 3. **Real training** of the winner and of the uniform policy of the same budget, each from scratch
    with the same preset and seeds (:func:`policy_recipe` gives the recipe; ``floatlab train
-   --recipe FILE`` trains a saved one), evaluated on the test set. The paper fine-tunes the winner
-   from the meta weights; training both from scratch compares the policies, not the starts.
+   --recipe FILE`` trains a saved one), evaluated on the test set (the paper retrains or
+   fine-tunes the winner; retraining both from scratch compares the policies, not the starts).
 
 Bit widths and quantizers (weights only; inputs, gradients and batch norms stay float32, so the
 compression is the weights' storage): 1 bit ``binary`` ``{-a, +a}`` and 2 bits ``ternary``
