@@ -20,6 +20,10 @@ lazy batches of 128 columns, act-order off, one scale per ``--group`` columns:
   each group's scale when GPTQ reaches the group, from the updated weights; so the peer is given
   floatlab's final scales, and the two algorithms agree: same scales, same damping and order.
 
+Then the same (group ``--block-group``) for every linear layer of ``--layer``'s transformer block (q, k, v, o, gate, up,
+down) with the Hessians shared where the input is (q/k/v, gate/up, as ``floatlab compare``
+shares them): floatlab factors each distinct Hessian once, the peer each layer's.
+
 Prints the best and median wall time of ``--repeats`` runs each (the cases taking turns within
 each repeat, so that a shared machine's load falls on all alike) and the ratio floatlab / peer
 (below 1: floatlab faster), then whether the quantized weights agree: bit for bit, or how many
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layer", default="model.layers.0.mlp.down_proj")
     p.add_argument("--format", default="int4", help="a floatlab integer format (the peer's int grid)")
     p.add_argument("--group", type=int, default=128)
+    p.add_argument("--block-group", type=int, default=64,
+                   help="group size of the whole-block comparison (SmolLM2's 576 inputs take 64, not 128)")
     p.add_argument("--windows", type=int, default=8)
     p.add_argument("--window", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
@@ -87,13 +93,23 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     lm = load_model("smollm2", log=lambda *a: None)
-    lin = linear_layers(lm.model)[args.layer]
+    layers = linear_layers(lm.model)
+    lin = layers[args.layer]
+    prefix = ".".join(args.layer.split(".")[:3]) + "."          # model.layers.N.
+    block = {n: l for n, l in layers.items() if n.startswith(prefix)}
     calib = calibration_batches(lm, args.windows, CompareOptions(window=args.window, windows=2, calib=args.windows))
     t0 = time.perf_counter()
-    H = gptq.collect_hessians(lm.model, {args.layer: lin}, calib)[args.layer]
+    hs = gptq.collect_hessians(lm.model, block, calib)
     t_hess = time.perf_counter() - t0
+    shared: list = []               # one tensor per distinct input (q/k/v, gate/up), as compare shares them
+    for n, h in hs.items():
+        hs[n] = next((u for u in shared if u.shape == h.shape and torch.equal(u, h)), h)
+        if hs[n] is h:
+            shared.append(h)
+    H = hs[args.layer]
     w = lin.weight.detach().to(torch.float32).clone()
-    del lm, calib
+    bw = {n: l.weight.detach().to(torch.float32).clone() for n, l in block.items()}
+    del lm, calib, layers, block
     rows, cols = w.shape
     spec = QuantSpec(args.format, group_size=args.group)
     opts = GPTQOptions(damp=0.01, block_size=128, act_order=False)
@@ -166,6 +182,42 @@ def main(argv: list[str] | None = None) -> None:
         n2, mx2 = _steps(pq_same, wq, scale, args.group)
         print("llm-compressor given floatlab's factor vs floatlab: "
               + ("bit for bit" if n2 == 0 and torch.equal(pq_same, wq) else f"{n2} weights differ, max {mx2:.0f} grid step(s)"))
+    # the whole transformer block: floatlab factors each distinct Hessian once (cache emptied
+    # before each run), the peer factors every layer's
+    bspec = QuantSpec(args.format, group_size=args.block_group)
+    sb = {n: gptq.gptq_weight(x, hs[n], bspec, opts).row_scale for n, x in bw.items()}
+
+    def fl_block():
+        return {n: gptq.gptq_weight(x, hs[n], bspec, opts) for n, x in bw.items()}
+    bcases = [("floatlab block (cold)", fl_block, gptq._factors.clear)]
+    if peer:
+        def peer_block():
+            out = {}
+            for n, x in bw.items():
+                r, c = x.shape
+                sc = sb[n].reshape(r, c // args.block_group).unsqueeze(0).contiguous()
+                out[n] = peer_mod.quantize_weight(x.unsqueeze(0).clone(), hs[n].unsqueeze(0).clone(), sc,
+                                                  torch.zeros_like(sc, dtype=torch.int8), None, bqargs,
+                                                  blocksize=128, percdamp=0.01)[0][0]
+            return out
+        bqargs = QuantizationArgs(num_bits=bits, type="int", symmetric=True, strategy="group",
+                                  group_size=args.block_group, actorder=None)
+        bcases.append(("llm-compressor block", peer_block, None))
+    bres = _interleaved(bcases, args.repeats)
+    print(f"\ntransformer block {prefix[:-1]}: {len(bw)} layers ({', '.join(n[len(prefix):] for n in bw)}), "
+          f"{len(shared)} distinct Hessians, {args.format} group {args.block_group}")
+    print(f"{'':34s} {'best s':>8s} {'median s':>9s} {'best / peer':>12s}")
+    for name, (b, m, _) in bres.items():
+        ratio = f"{b / bres['llm-compressor block'][0]:12.2f}" if peer else f"{'-':>12s}"
+        print(f"{name:34s} {b:8.3f} {m:9.3f} {ratio}")
+    if peer:
+        ours_b, theirs_b = bres["floatlab block (cold)"][2], bres["llm-compressor block"][2]
+        tot, n_diff, mx = 0, 0, 0.0
+        for n in bw:
+            k, m = _steps(theirs_b[n], ours_b[n].dequantize(), sb[n], args.block_group)
+            tot, n_diff, mx = tot + bw[n].numel(), n_diff + k, max(mx, m)
+        print(f"llm-compressor (own float32 Cholesky) vs floatlab over the block: {n_diff} of {tot} weights differ "
+              f"({100 * n_diff / tot:.3f}%), max {mx:.0f} grid step(s)")
     if args.profile:
         import cProfile
         import pstats

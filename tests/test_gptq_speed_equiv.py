@@ -185,13 +185,15 @@ def test_gptq_factor_cache_reuse_invalidation_and_limit(monkeypatch):
     assert gptq._factor(H, 0.01, False) is f1                  # same tensor, same options: reused
     assert gptq._factor(H.clone(), 0.01, False) is not f1       # another tensor: its own factor
     assert gptq._factor(H, 0.1, False) is not f1                # other damping
+    fa = gptq._factor(H, 0.01, True)                            # act-order: permuted, kept beside
+    assert fa.perm is not None and gptq._factor(H, 0.01, False) is f1 and gptq._factor(H, 0.01, True) is fa
     f2 = gptq._factor(H, 0.01, False)
     H.mul_(2)                                                  # changed in place: factored again
     f3 = gptq._factor(H, 0.01, False)
     assert f3 is not f2 and not torch.equal(f3.damp, f2.damp)
     _assert_same(gptq_weight(w, H, spec, opts), reference_gptq(w, H, spec, opts))
     n = len(gptq._factors)
-    del H, f1, f2, f3
+    del H, f1, f2, f3, fa
     gc.collect()
     assert len(gptq._factors) < n                              # dropped with its Hessian
     monkeypatch.setattr(gptq, "FACTOR_CACHE_BYTES", 0)

@@ -79,13 +79,15 @@ class _Factor(NamedTuple):
 
 def _factor(H: torch.Tensor, damp_frac: float, act_order: bool) -> _Factor:
     """The damped Hessian's inverse Cholesky factor (float64 arithmetic, float32 result), from
-    the cache when ``H`` (the same tensor, unmodified) was factored with these options before.
+    the cache when ``H`` (the same tensor, unmodified) was factored with these options before
+    (one entry per tensor, holding a factor per damping and order).
 
     Raises ``ValueError`` when the damped Hessian is not positive definite."""
-    key = (H._version, H.dtype, H.device, tuple(H.shape), float(damp_frac), bool(act_order))
+    version = (H._version, H.dtype, H.device, tuple(H.shape))
+    key = (float(damp_frac), bool(act_order))
     entry = _factors.get(H)
-    if entry is not None and entry[0] == key:
-        return entry[1]
+    if entry is not None and entry[0] == version and key in entry[1]:
+        return entry[1][key]
     cols = H.shape[0]
     Hf = H.to(torch.float32).clone()
     dead = torch.diag(Hf) == 0
@@ -105,9 +107,13 @@ def _factor(H: torch.Tensor, damp_frac: float, act_order: bool) -> _Factor:
                          f"{float(damp):.3g} added to its diagonal); raise GPTQOptions.damp (e.g. 0.1) "
                          "or calibrate on more tokens") from err
     f = _Factor(Hinv, perm, dead, damp)
-    held = sum(e[1].hinv.nbytes for k, e in _factors.items() if k is not H)
+    if entry is None or entry[0] != version:        # a new tensor, or changed in place since
+        entry = (version, {})
+    held = sum(g.hinv.nbytes for h, e in _factors.items() if h is not H for g in e[1].values())
+    held += sum(g.hinv.nbytes for g in entry[1].values())
     if held + Hinv.nbytes <= FACTOR_CACHE_BYTES:
-        _factors[H] = (key, f)
+        entry[1][key] = f                            # both orders (act-order on/off) may be kept
+        _factors[H] = entry
     return f
 
 
