@@ -87,3 +87,25 @@ def test_shared_weights_and_proxy_score(digits_cnn):
     assert torch.equal(bn.running_mean, before)                     # restored
     assert a == bp.score_policy(shared, (2, 2, 2, 2), data, val, calib_batches=2, batch=32)
     assert 0.0 <= a <= 1.0 and 0.0 <= b <= 1.0
+
+
+def test_the_command_end_to_end_on_digits(tmp_path, monkeypatch):
+    """The documented script on the 8x8 digits: search, recipes written, both policies trained."""
+    monkeypatch.setenv("FLOATLAB_FAST", "0")
+    pytest.importorskip("sklearn")
+    import json
+
+    from floatlab.nn.recipe import Recipe
+    r = bp.main(["--task", "digits", "--preset", "smoke", "--budget-bits", "3", "--shared-steps", "8",
+                 "--val-start", "1000", "--val", "200", "--population", "4", "--generations", "1",
+                 "--seeds", "1", "--out", str(tmp_path)])
+    s = r["search"]
+    assert s["cost_bits"] <= s["budget_bits"] == bp.policy_cost(s["layers"], (3,) * len(s["layers"]))
+    saved = json.loads((tmp_path / "policy_search.json").read_text())
+    assert saved["search"]["policy"] == s["policy"] and set(saved["trained"]) <= {"searched", "uniform"}
+    assert "uniform" in saved["trained"] and len(saved["trained"]["uniform"]["test_accuracy_per_seed"]) == 1
+    found = Recipe.load(tmp_path / "searched.json")
+    assert found == bp.policy_recipe(s["layers"], s["policy"], found.name)
+    with pytest.raises(SystemExit):
+        bp.main(["--task", "digits", "--budget-bits", "7", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()

@@ -32,6 +32,10 @@ policy.
 Run (the numbers in docs/images.md)::
 
     OMP_NUM_THREADS=1 python -m floatlab.train.bit_policy --budget-bits 2 --out runs/policy_b2
+
+Held-out images are training images ``--val-start`` (50,000) to ``--val-start + --val`` (2,000);
+training uses the preset's first images, never past ``--val-start``. ``--task digits --preset
+smoke`` runs the whole pipeline on scikit-learn's 8x8 digits in seconds (the CI test).
 """
 
 from __future__ import annotations
@@ -230,7 +234,7 @@ def search_policy(score, sizes: dict[str, int], budget_bits: int, *, population:
 
 def main(argv=None) -> dict:
     from floatlab.train.image_run import get_image_preset, train_image_run
-    from floatlab.train.images import load_fashion_mnist
+    from floatlab.train.images import load_digits, load_fashion_mnist
 
     ap = argparse.ArgumentParser(prog="python -m floatlab.train.bit_policy",
                                  description="Search a per-layer weight bit policy for the Fashion-MNIST CNN under "
@@ -238,23 +242,30 @@ def main(argv=None) -> dict:
     ap.add_argument("--budget-bits", type=int, default=2, help=f"one of {BIT_OPTIONS}")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--shared-steps", type=int, default=800, help="steps of the shared-weight training")
-    ap.add_argument("--val", type=int, default=2000, help="held-out training images (from index 50,000) for scoring")
+    ap.add_argument("--task", default="fashion-mnist", choices=("fashion-mnist", "digits"),
+                    help="digits: scikit-learn's 8x8 digits (a CI-sized run)")
+    ap.add_argument("--val-start", type=int, default=50000,
+                    help="held-out images: training images from this index on (training uses those before it)")
+    ap.add_argument("--val", type=int, default=2000, help="how many held-out training images score a policy")
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--generations", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the real training of both policies (0: none)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    if a.budget_bits not in BIT_OPTIONS:
+        ap.error(f"--budget-bits must be one of {BIT_OPTIONS}, got {a.budget_bits}")
     torch.set_num_threads(1)
+    preset = get_image_preset(a.preset)
+    full = load_fashion_mnist() if a.task == "fashion-mnist" else load_digits()
+    n = len(full.train_y)
+    if not 0 < a.val_start < n or a.val < 1 or a.val_start + a.val > n:
+        ap.error(f"--val-start {a.val_start} and --val {a.val} must pick held-out images inside the {n} training images")
+    limit = min(preset.train_limit or a.val_start, a.val_start)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    preset = get_image_preset(a.preset)
-    full = load_fashion_mnist()
-    limit = preset.train_limit or 50000
-    if limit > 50000:
-        raise SystemExit("the held-out images are training images 50,000+: use a preset that trains on fewer")
     data = ImageData(full.train_x[:limit], full.train_y[:limit], full.test_x, full.test_y, full.source,
                      full.mean, full.std)
-    val = (full.train_x[50000:50000 + a.val], full.train_y[50000:50000 + a.val])
+    val = (full.train_x[a.val_start:a.val_start + a.val], full.train_y[a.val_start:a.val_start + a.val])
     cfg = preset.model_config("cnn", data)
     t0 = time.perf_counter()
     shared = SharedWeights(cfg, seed=0)
