@@ -286,3 +286,54 @@ def test_cli_registers_on_a_main_app():
     result = CliRunner().invoke(main, ["gemm", "--sizes", "16", "--dists", "normal", "--methods", "fp32,bf16x6"])
     assert result.exit_code == 0, result.output
     assert "bf16x6" in result.output and "0 of 2 runs flagged broken" in result.output
+
+
+# --- found as a new user (issue 13): bad parameters fail before any work, in one line ----------
+
+
+@pytest.mark.parametrize("spec, what", [("ozaki:0", "slices"), ("ozaki:-2", "slices"), ("ozaki:x", "slices"),
+                                        ("sgemm_cube:41", "s"), ("sgemm_cube:-1", "s")])
+def test_cli_method_parameter_out_of_range_is_one_error_line(spec, what):
+    """`floatlab gemm --methods ozaki:0` ran the analysis and died in matmul with a traceback."""
+    from typer.testing import CliRunner
+
+    from floatlab.cli import app
+
+    r = CliRunner().invoke(app, ["gemm", "--sizes", "8", "--dists", "normal", "--methods", spec])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert len(lines) == 1 and lines[0].startswith("error: --methods"), r.output
+    assert f"{what} must be an integer" in lines[0] and "gemm:" not in r.output  # no run started
+
+
+def test_method_spec_parameters_at_the_ends_of_their_ranges():
+    from floatlab.gemm.analysis import parse_method_spec
+
+    assert parse_method_spec("ozaki:1") == ("ozaki", {"slices": 1})
+    assert parse_method_spec("sgemm_cube:0") == ("sgemm_cube", {"s": 0})
+    assert parse_method_spec("sgemm_cube:40") == ("sgemm_cube", {"s": 40})
+    with pytest.raises(ValueError, match="take a parameter"):
+        parse_method_spec("fp32:3")
+    a, b = torch.randn(4, 8), torch.randn(8, 3)   # the accepted ends run in matmul too
+    matmul(a, b, "ozaki", slices=1)
+    matmul(a, b, "sgemm_cube", s=40)
+
+
+def test_accumulator_format_is_checked_when_the_accumulator_is_made():
+    """Accumulator("fp9") was accepted until its first rounding; Accumulator("nvfp4") ran and
+    rounded each running sum block by block (a meaningless accumulator) without a word."""
+    with pytest.raises(ValueError, match="Did you mean"):
+        Accumulator("fp9")
+    for name in ("nvfp4", "mxfp4", "hif4"):
+        with pytest.raises(ValueError, match="is a block format"):
+            Accumulator(name)
+        with pytest.raises(ValueError, match="is a block format"):
+            Accumulator.parse(f"{name}:rtz:16")
+    assert Accumulator("E4M3").fmt == "E4M3"          # format names stay case-insensitive
+    from typer.testing import CliRunner
+
+    from floatlab.cli import app
+
+    r = CliRunner().invoke(app, ["gemm", "--sizes", "8", "--dists", "normal", "--methods", "fp32",
+                                 "--accumulator", "nvfp4"])
+    assert r.exit_code == 2 and r.output.startswith("error: --accumulator") and "block format" in r.output

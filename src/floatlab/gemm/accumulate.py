@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from floatlab.formats import BlockFormat, get_format
+
 ROUNDINGS = ("rne", "rna", "rnz", "rtz", "rup", "rdn", "rto", "sr", "sr_half")
 DEFAULT_CHUNK = 16  # inner dimension of an FP16 tensor-core MMA (m16n8k16)
 
@@ -57,6 +59,12 @@ class Accumulator:
     def __post_init__(self) -> None:
         if not isinstance(self.fmt, str) or not self.fmt:
             raise ValueError(f"accumulator format must be a non-empty string, got {self.fmt!r}")
+        # checked here, not at the first rounding: an unknown name gets its did-you-mean now,
+        # and a block format (which would round the running sum block by block) is refused
+        if isinstance(get_format(self.fmt), BlockFormat):
+            raise ValueError(f"accumulator format {self.fmt!r} is a block format: an accumulator rounds "
+                             "each running sum on its own, so it takes a scalar format (fp32, tf32, "
+                             "bf16, fp16, e4m3, ...)")
         if self.rounding not in ROUNDINGS:
             raise ValueError(f"unknown rounding {self.rounding!r}; expected one of {ROUNDINGS}")
         if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 1:

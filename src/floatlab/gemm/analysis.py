@@ -115,9 +115,15 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, int]]:
     check_method(name)
     if not param:
         return name, {}
-    if name not in ("ozaki", "sgemm_cube") or not param.lstrip("-").isdigit():
+    if name not in ("ozaki", "sgemm_cube"):
         raise ValueError(f"method spec {spec!r}: only 'ozaki:<slices>' and 'sgemm_cube:<s>' take a parameter")
-    return name, {"slices" if name == "ozaki" else "s": int(param)}
+    # the same ranges matmul enforces, checked here so a bad spec fails before any run starts
+    low, high, what = (1, None, "slices") if name == "ozaki" else (0, 40, "s")
+    value = int(param) if param.strip().lstrip("-").isdigit() else None
+    if value is None or value < low or (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ValueError(f"method spec {spec!r}: {name}'s {what} must be {allowed}, got {param!r}")
+    return name, {what: value}
 
 
 def parse_list(text: str, valid: Iterable[str], what: str) -> list[str]:
