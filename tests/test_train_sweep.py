@@ -118,3 +118,30 @@ def test_killed_sweep_resumes_without_repeating_finished_cells(tmp_path):
         assert (tmp_path / "out" / f).stat().st_size > 0
     rows = json.loads((tmp_path / "out" / "sweep.json").read_text())["rows"]
     assert all(r["time_ratio"] > 0 and r["final_loss"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("args, flag, words", [
+    (["--sweep", "{f}", "-r", "hif4"], "--sweep", "from the sweep file"),
+    (["--sweep", "{f}", "--seeds", "2"], "--sweep", "from the sweep file"),
+    (["--sweep", "{bad}"], "--sweep", "sr must be one of"),
+    (["--sweep", "{missing}"], "--sweep", "does not exist"),
+    (["--dtype", "fp8"], "--dtype", "dtype must be one of fp32, fp16, bf16"),
+    (["--loss-scale", "static"], "--loss-scale", "loss_scale must be one of"),
+    (["--loss-scale", "dynamic", "--loss-scale-window", "0"], "--loss-scale-window", "growth_interval"),
+    (["--bf16-warmup", "-2"], "--bf16-warmup", "warmup_bf16"),
+    (["--dtype", "fp16", "--master-weights", "bf16"], "--master-weights", "fp32"),
+    (["--task", "digits", "--dtype", "fp16"], "--task", "options of the lm task"),
+])
+def test_cli_refuses_in_one_line_before_any_work(tmp_path, args, flag, words):
+    from typer.testing import CliRunner
+
+    from floatlab.cli import app
+    f, bad = tmp_path / "s.yaml", tmp_path / "bad.yaml"
+    f.write_text("preset: smoke\nsteps: 2\n")
+    bad.write_text("grid: {sr: [x]}\n")
+    args = [a.format(f=f, bad=bad, missing=tmp_path / "missing.yaml") for a in args]
+    res = CliRunner().invoke(app, ["train", *args, "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2, res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and flag in errors[0] and words in errors[0], res.output
+    assert not (tmp_path / "d" / "runs").exists()

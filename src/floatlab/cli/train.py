@@ -218,7 +218,7 @@ def _sweep_command(path: Path, out: Path, threads: int, fresh: bool, options, de
     from floatlab.train.sweep import SweepError, load_sweep, run_sweep
 
     check_int(threads, "--threads", 0, hint="0 keeps torch's default")
-    with flag_errors("--sweep", (SweepError, OSError)):
+    with flag_errors("--sweep", SweepError, OSError):
         sw = load_sweep(path)
     if options.to_dict():
         if sw.options:
