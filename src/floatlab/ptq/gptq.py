@@ -42,6 +42,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 import floatlab
 
+from floatlab.codecs.affine import AffineInt
+from floatlab.codecs.base import ColumnGrid, WeightCodec
 from floatlab.formats.block import ScaleRule
 from floatlab.ptq.calibration import CalibrationError, check_finite, for_each_input
 from floatlab.ptq.config import GPTQOptions, PTQConfig
@@ -300,10 +302,14 @@ def _gptq_codec(W, Hinv, perm, spec: QuantSpec, opts: GPTQOptions, group, stats,
                 grid = codec.frozen_grid(part)
             j = col % group if group is not None else (int(perm[col]) if perm is not None else col)
             wcol = W1[:, i]
-            codes[:, col], Q[:, col] = grid.round(wcol, j)
+            fast = _affine_column(codec, grid)
+            codes[:, col], Q[:, col] = fast(wcol) if fast is not None else grid.round(wcol, j)
             err = (wcol - Q[:, col]) / Hinv1[i, i]
             W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err
+        if not bool(torch.isfinite(Err1).all()):
+            raise ValueError("GPTQ: the updated weights overflowed float32 (non-finite rounding errors); the "
+                             "weight or its Hessian is out of range: check the layer and its calibration data")
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     if orig is not None:
         Q, codes = Q[:, orig], codes[:, orig]
@@ -313,6 +319,30 @@ def _gptq_codec(W, Hinv, perm, spec: QuantSpec, opts: GPTQOptions, group, stats,
         raise RuntimeError(f"GPTQ with codec {codec.name!r}: the packed weight does not decode to GPTQ's result "
                            f"(max |diff| {float((wq - Q).abs().max()):.3g}); this is a floatlab bug, please report it")
     return codec_weight(spec, qt, wq)
+
+
+def _affine_column(codec, grid):
+    """For an asymmetric integer codec (:class:`floatlab.codecs.affine.AffineInt`) whose frozen
+    grid has one scale and zero point per row, ``col -> (codes, values)`` with the bits of
+    ``grid.round(col, j)`` (``clamp(round(w / s) + z, 0, qmax)``, ties to even, then
+    ``(q - z) * s``) in five tensor operations instead of its general path; else ``None``.
+    Cached on the grid."""
+    fast = getattr(grid, "_gptq_fast", False)
+    if fast is not False:
+        return fast
+    fast = None
+    p = getattr(grid, "params", None)
+    if (isinstance(codec, AffineInt) and type(grid) is ColumnGrid and type(codec).column_params is WeightCodec.column_params
+            and p is not None and set(p) == {"scale", "zero"} and p["scale"].dim() == 2 and p["scale"].shape[1] == 1):
+        s, z, qmax = p["scale"][:, 0].to(torch.float32), p["zero"][:, 0].to(torch.float32), float(codec.qmax)
+
+        def fast(col):
+            # floatlab.quantize(x, int16, saturate=True) is round-half-even and a clamp; its
+            # -0 becomes +0 in ``+ z`` (z >= 0), as the reference's does
+            q = (torch.round(col / s).clamp_(-32768.0, 32767.0) + z).clamp_(0.0, qmax)
+            return q.to(torch.int64), (q - z) * s
+    grid._gptq_fast = fast
+    return fast
 
 
 def _round(grid: FrozenGrid, col: torch.Tensor, j: int) -> tuple[torch.Tensor, torch.Tensor]:
