@@ -50,10 +50,11 @@ def test_compare_small(tmp_path):
 
 
 def test_compare_gptq_collects_hessians_once(tmp_path, monkeypatch):
-    from floatlab.ptq import gptq
+    from floatlab.ptq import gptq, hessians
     calls = []
-    real = gptq.collect_hessians
-    monkeypatch.setattr(gptq, "collect_hessians", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = hessians.shared_hessians
+    monkeypatch.setattr(hessians, "shared_hessians", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(gptq, "collect_hessians", lambda *a, **k: (_ for _ in ()).throw(AssertionError("unshared")))
     # the wiring is under test, not GPTQ itself (tested in test_ptq_minilm): round to nearest
     from floatlab.ptq.weights import rtn_weight
     monkeypatch.setattr(gptq, "gptq_weight", lambda w, H, spec, opts=None, **kw: rtn_weight(w, spec))

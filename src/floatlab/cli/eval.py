@@ -13,7 +13,7 @@ from floatlab.cli.output import CliError, error_line, progress, say, show_table
 
 def check_ptq_folder(folder: Path, flag: str = "FOLDER") -> dict:
     """The saved ``config.json`` of a ``floatlab ptq`` output folder, checked before any loading."""
-    from floatlab.ptq.io import CONFIG, FORMAT_VERSION, WEIGHTS
+    from floatlab.ptq.io import CONFIG, FORMAT_VERSION
 
     folder = Path(folder).expanduser()
     if not folder.exists():
@@ -31,8 +31,11 @@ def check_ptq_folder(folder: Path, flag: str = "FOLDER") -> dict:
         raise CliError(f"{cfg} is not a floatlab ptq config (version "
                        f"{saved.get('floatlab_ptq') if isinstance(saved, dict) else None!r}, "
                        f"expected {FORMAT_VERSION})", flag)
-    if not (folder / WEIGHTS).is_file():
-        raise CliError(f"{folder} has {CONFIG} but no {WEIGHTS}; run `floatlab ptq` again", flag)
+    from floatlab.ptq.io import weight_files
+
+    missing = [f for f in weight_files(saved) if not (folder / f).is_file()]
+    if missing:
+        raise CliError(f"{folder} has {CONFIG} but no {missing[0]}; run `floatlab ptq` again", flag)
     return saved
 
 

@@ -29,6 +29,7 @@ def ptq_command(
     text_field: str = typer.Option(None, "--text-field", help="the field holding the text in .jsonl/.parquet/datasets data (default: text)"),
     nonfinite_tokens: str = typer.Option("error", "--nonfinite-tokens", help="a NaN/Inf in a calibration token's input: error | exclude (leave the token out)"),
     device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N"),
+    blockwise: bool = typer.Option(False, "--blockwise", help="causal LMs larger than memory: read the checkpoint and quantize one transformer block at a time (rtn/gptq, with smoothquant/awq; the same result as without it)"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
 ) -> None:
@@ -50,9 +51,13 @@ def ptq_command(
     check_int(window, "--window", 2)
     policy = inputs.nonfinite(nonfinite_tokens)
     dev = inputs.device(device)
+    if blockwise and dev.type != "cpu":
+        raise CliError("--blockwise runs on the CPU (one block in memory at a time); drop --device or --blockwise",
+                       "--device")
     out = Path(out).expanduser()
     if out.is_dir():
-        earlier = [p for p in (CONFIG, WEIGHTS) if (out / p).exists()]
+        earlier = [p for p in (CONFIG, WEIGHTS) if (out / p).exists()] + sorted(
+            p.name for p in out.glob("quantized-*.safetensors"))
         if earlier:
             confirm_overwrite(f"{out} holds an earlier result ({', '.join(earlier)})", overwrite)
     out = check_out_dir(out)
@@ -61,6 +66,12 @@ def ptq_command(
         inputs.check_window(window, mcfg)
     cfg = PTQConfig(weight=w_spec, act=a_spec, method=method, overrides=overrides, nonfinite_tokens=policy)
     calibrates = cfg.needs_calibration()        # a salient-channel mask by activation max calibrates under rtn too
+    if blockwise:
+        from floatlab.ptq.blockwise import BlockwiseError, check_blockwise
+        try:
+            check_blockwise(cfg, kind)
+        except BlockwiseError as err:
+            raise CliError(str(err), "--blockwise") from None
     if calibrates:
         check_int(calib, "--calib", 1, hint=f"{method!r} with --format {format!r} calibrates on these texts/windows")
     cal_texts = inputs.text_data(calib_data, "--calib-data", text_field) if calibrates else None
@@ -74,6 +85,10 @@ def ptq_command(
     from floatlab.ptq.compare import CompareOptions, calibration_batches, data_record, measure_single
     from floatlab.ptq.io import save_quantized
 
+    if blockwise:
+        return _ptq_blockwise(model, cfg, out, t0, pairs=pairs, windows=windows, window=window, calib=calib,
+                              calibrates=calibrates, cal_texts=cal_texts, eval_texts=eval_texts, policy=policy,
+                              overrides=overrides)
     lm = inputs.load(model, device=dev)
     inputs.check_data(lm, pairs=pairs, windows=windows, window=window, calib=calib, calibrates=calibrates,
                       calib_data=cal_texts, eval_data=eval_texts)
@@ -94,6 +109,40 @@ def ptq_command(
     save_quantized(out, lm, lm.model, cfg, qweights, metric, command=command_line(),
                    data=data_record(opts, calibrates))
     say(f"wrote {out / CONFIG} and {out / WEIGHTS} in {time.time() - t0:.1f}s")
+
+
+def _ptq_blockwise(model, cfg, out, t0, *, pairs, windows, window, calib, calibrates, cal_texts, eval_texts,
+                   policy, overrides) -> None:
+    """``floatlab ptq --blockwise``: the model built without weights, quantized and written one
+    transformer block at a time (:func:`floatlab.ptq.blockwise.quantize_blockwise`)."""
+    from floatlab.cli import inputs
+    from floatlab.cli.output import flag_errors
+    from floatlab.eval.metrics import adds_bos
+    from floatlab.models.lazy import load_lazy
+    from floatlab.models.loading import linear_layers
+    from floatlab.ptq.compare import CompareOptions, calibration_batches, data_record, evaluation_windows
+    from floatlab.ptq.blockwise import quantize_blockwise
+    from floatlab.ptq.io import CONFIG
+
+    with flag_errors("--model"):
+        lm = load_lazy(model, log=inputs._log)
+    inputs.check_data(lm, pairs=pairs, windows=windows, window=window, calib=calib, calibrates=calibrates,
+                      calib_data=cal_texts, eval_data=eval_texts)
+    layers = linear_layers(lm.model)
+    inputs.check_overrides(overrides, list(layers))
+    inputs.check_layers(layers, cfg, "--format/--pad")
+    opts = CompareOptions(pairs=pairs, windows=windows, window=window, calib=calib, calib_data=cal_texts,
+                          eval_data=eval_texts, nonfinite_tokens=policy)
+    compile_note()
+    bos = adds_bos(lm.tokenizer)
+    with progress():
+        batches = calibration_batches(lm, calib, opts) if calibrates else []
+        wins = evaluation_windows(lm, opts, bos)
+        metric = quantize_blockwise(lm, cfg, batches, wins, out, bos=bos, command=command_line(),
+                                    data=data_record(opts, calibrates))
+    show_table(f"{cfg.label()} on {lm.name} (block by block)", ("metric", "value"),
+               [[k, str(v)] for k, v in metric.items()], right=("value",))
+    say(f"wrote {out / CONFIG} and one tensor file per block in {time.time() - t0:.1f}s")
 
 
 def _parse_override(text: str, pad: bool = True):

@@ -386,7 +386,7 @@ def export_folder(folder, out, *, model=None, overwrite: bool = False, log=print
     ``FileNotFoundError``/``ValueError`` for a folder that is not a ptq output."""
     import floatlab
     from floatlab.ptq.config import PTQConfig
-    from floatlab.ptq.io import CONFIG, WEIGHTS, load_quantized
+    from floatlab.ptq.io import CONFIG, load_quantized, weight_files
     from floatlab.ptq.weights import QWeight
 
     folder = Path(folder)
@@ -397,7 +397,9 @@ def export_folder(folder, out, *, model=None, overwrite: bool = False, log=print
     config = PTQConfig.from_dict(saved["ptq"])
     if saved.get("input_transforms"):
         check_exportable(config, {}, list(saved["input_transforms"]))
-    tensors = floatlab.load(folder / WEIGHTS)
+    tensors = {}
+    for f in weight_files(saved):
+        tensors.update(floatlab.load(folder / f))
     shapes = {n: tuple(tensors[f"{n}.qweight"].shape) for n in saved["layers"]}
     check_exportable(config, {n: s[1] for n, s in shapes.items()})
     lm, config, saved = load_quantized(folder, log=log, model=model)

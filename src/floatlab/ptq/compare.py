@@ -267,11 +267,11 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
                         nonfinite_tokens=opts.nonfinite_tokens)
         shared = None
         if cfg.steps() == ((), "gptq"):                 # the same for every format
-            if hessians is None:
-                from floatlab.ptq.gptq import collect_hessians
+            if hessians is None:      # one tensor per distinct input (q/k/v, gate/up share), kept for every format
+                from floatlab.ptq import hessians as _hessians
                 from floatlab.ptq.calibration import nonfinite_policy
                 with _progress.scope("gptq hessians (shared by every format)"), nonfinite_policy(opts.nonfinite_tokens):
-                    hessians = collect_hessians(lm.model, linear_layers(lm.model), calib)
+                    hessians = _hessians.shared_hessians(lm.model, linear_layers(lm.model), calib)
             shared = hessians
         label = fmt if len(opts.methods) == 1 else f"{method} {fmt}"
         row = {"format": fmt, "method": method, "bits_per_value": spec.bits_per_value, "config": cfg.label()}

@@ -128,7 +128,9 @@ def load_quantized(folder: Path, *, log=print, model=None, device=None) -> tuple
         raise ValueError(f"{cfg_path}: not a floatlab ptq config (version {saved.get('floatlab_ptq')!r})")
     config = PTQConfig.from_dict(saved["ptq"])
     lm = load_model(source_model(saved, model, str(cfg_path)), log=log)
-    tensors = floatlab.load(folder / WEIGHTS)
+    tensors = {}
+    for f in weight_files(saved):
+        tensors.update(floatlab.load(folder / f))
     transforms = {}
     if saved.get("input_transforms"):
         transforms = _transforms_for(lm.model, saved["input_transforms"], tensors)
@@ -139,6 +141,7 @@ def load_quantized(folder: Path, *, log=print, model=None, device=None) -> tuple
     plain = {k: v for k, v in tensors.items() if isinstance(v, torch.Tensor)
              and not k.endswith(".wscale")}
     rebuild_quantized(lm.model, config, qweights, transforms)
+    _drop_stored_rotations(lm.model, plain, folder)
     missing, unexpected = lm.model.load_state_dict(plain, strict=False)
     bad = [k for k in unexpected]
     if bad:
@@ -147,6 +150,30 @@ def load_quantized(folder: Path, *, log=print, model=None, device=None) -> tuple
     if device is not None:
         lm.model.to(device)
     return lm, config, saved
+
+
+def weight_files(saved: dict) -> list[str]:
+    """The tensor files of a saved result: ``quantized.safetensors``, or the per-block shards
+    that block-by-block PTQ writes (``saved["weight_files"]``)."""
+    return list(saved.get("weight_files") or [WEIGHTS])
+
+
+def _drop_stored_rotations(model: nn.Module, plain: dict, folder: Path) -> None:
+    """Results saved before rotations were rebuilt from their size stored every online Hadamard
+    matrix (``...input_transform.matrix``): take them out of ``plain`` after checking that each
+    equals the rebuilt one."""
+    from floatlab.ptq.rotation import OnlineRotation
+
+    for key in [k for k in plain if k.endswith(".matrix")]:
+        owner = key.rsplit(".", 1)[0]
+        try:
+            mod = model.get_submodule(owner)
+        except AttributeError:
+            continue
+        if isinstance(mod, OnlineRotation):
+            if not torch.equal(plain[key], mod.matrix):
+                raise ValueError(f"{folder}: the stored rotation {key} differs from the Hadamard matrix of its size")
+            del plain[key]
 
 
 def _describe(t: nn.Module) -> list[str]:

@@ -25,6 +25,7 @@ block-diagonal matrix of Sylvester Hadamards of the largest power-of-two block d
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from torch import nn
@@ -45,15 +46,38 @@ def hadamard(n: int, seed: int = 0) -> torch.Tensor:
     return signs[:, None] * q          # diag(signs) @ q: still orthonormal
 
 
+_SHARED: "weakref.WeakValueDictionary[tuple[int, int], torch.Tensor]" = weakref.WeakValueDictionary()
+
+
+def shared_hadamard(n: int, seed: int = 0) -> torch.Tensor:
+    """``hadamard(n, seed)`` in float32, one tensor per ``(n, seed)`` shared by every
+    :class:`OnlineRotation` that uses it (freed when none does)."""
+    key = (n, seed)
+    t = _SHARED.get(key)
+    if t is None:
+        t = hadamard(n, seed).to(torch.float32)
+        _SHARED[key] = t
+    return t
+
+
 class OnlineRotation(nn.Module):
-    """``x -> x Q`` on the last axis (``Q`` orthonormal), computed in float32."""
+    """``x -> x Q`` on the last axis (``Q`` orthonormal), computed in float32.
+
+    ``Q`` is :func:`hadamard` of the size and seed, rebuilt from them (deterministic): every
+    rotation of one size shares one tensor in memory (:func:`shared_hadamard`; before, each
+    ``down_proj`` held its own dense copy) and it is not part of the state dict, so a saved
+    model stores only the size and seed (the input transform's description)."""
 
     def __init__(self, n: int, seed: int = 0):
         super().__init__()
-        self.register_buffer("matrix", hadamard(n, seed).to(torch.float32))
+        self.n, self.seed = n, seed
+        self.register_buffer("matrix", shared_hadamard(n, seed), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x.to(torch.float32) @ self.matrix).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}, seed={self.seed}"
 
 
 #: model_type -> the RMSNorm of the architectures whose residual stream ``rotate`` rotates (norms
