@@ -99,3 +99,22 @@ def test_only_contiguous_float32_cpu_blocks_qualify():
     assert native.hif4_scales(xb.t().contiguous().t()) is None
     assert native.hif4_scales(xb[:, :32]) is None
     assert native.hif4_scales(xb) is not None
+
+
+@pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler")
+def test_built_library_gets_the_umask_mode(monkeypatch, tmp_path):
+    """The cached .so is readable and executable by everyone the umask allows (0755 under 022),
+    as a compiler's own output: not mkstemp's 0600 owner-only mode."""
+    import os
+
+    monkeypatch.setenv("FLOATLAB_NATIVE", "1")
+    monkeypatch.setenv("FLOATLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_state", {})
+    old = os.umask(0o022)
+    try:
+        assert native.library() is not None
+    finally:
+        os.umask(old)
+    built = list(tmp_path.rglob("*.so"))
+    assert len(built) == 1 and oct(built[0].stat().st_mode & 0o777) == oct(0o755)
+    assert [p.name for p in built[0].parent.iterdir()] == [built[0].name]     # no temporary left

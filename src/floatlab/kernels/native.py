@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from floatlab.atomic import umask
 from floatlab.cache import cache_dir
 from floatlab.kernels import memory
 
@@ -75,7 +76,8 @@ def library_path(cxx: str) -> Path:
 
 
 def _build(cxx: str, path: Path) -> None:
-    """Compile ``SOURCE`` to ``path`` (atomically: a concurrent build of the same key is harmless)."""
+    """Compile ``SOURCE`` to ``path`` (atomically: a concurrent build of the same key is harmless),
+    with the mode a compiler gives its output (``0o777`` minus the umask: 0755 by default)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
@@ -83,6 +85,7 @@ def _build(cxx: str, path: Path) -> None:
         res = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"{Path(cxx).name} failed: {(res.stderr or res.stdout).strip()[:500]}")
+        os.chmod(tmp, 0o777 & ~umask())      # as a compiler's own output (mkstemp made it 0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
