@@ -55,3 +55,43 @@ def test_command_line(tmp_path):
     assert bad.exit_code == 2 and "--formats" in bad.output and "fp17" in bad.output
     bad = CliRunner().invoke(app, ["--working", "fp64", "--residual", "fp32"])
     assert bad.exit_code == 2 and "--residual" in bad.output
+
+
+def test_outputs_are_written_whole_with_the_umask_mode_and_a_bad_out_is_refused_first(tmp_path, monkeypatch):
+    """``floatlab solve --out`` writes results.json, report.md and solve.png through the shared
+    atomic writer (umask's mode, no temporary left, a failed plot keeps the previous PNG), and
+    refuses a file given as --out before any solve."""
+    import os
+
+    import matplotlib.figure
+
+    from floatlab.cli import app as main_app
+
+    args = ["solve", "--n", "8", "--kappas", "10", "--formats", "bf16", "--working", "fp64",
+            "--methods", "lu-ir", "--out", str(tmp_path)]
+    old = os.umask(0o027)
+    try:
+        r = CliRunner().invoke(main_app, args)
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.output
+    names = ["report.md", "results.json", "solve.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+    assert {n: oct((tmp_path / n).stat().st_mode & 0o777) for n in names} == {n: oct(0o640) for n in names}
+
+    before = (tmp_path / "solve.png").read_bytes()
+
+    def half_then_fail(self, fname, **kw):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_then_fail)
+    r = CliRunner().invoke(main_app, args)
+    assert r.exit_code != 0
+    assert (tmp_path / "solve.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+    r = CliRunner().invoke(main_app, ["solve", "--n", "8", "--out", str(tmp_path / "report.md")])
+    assert r.exit_code == 2 and "--out" in r.output and "is a file" in r.output
+    assert "Traceback" not in r.output

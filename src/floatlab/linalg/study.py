@@ -224,8 +224,12 @@ def plot(rows: Sequence[Row], path: str | Path) -> Path:
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from floatlab.atomic import atomic_path
+    try:
+        with atomic_path(path) as tmp:        # whole or not at all, the umask's mode
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
