@@ -241,3 +241,31 @@ def test_advise_mistakes_are_one_line_before_any_work(tiny, tmp_path, args, flag
     r = CliRunner().invoke(app, base + args)
     assert r.exit_code == 2, r.output
     assert flag in r.output and text in r.output and "Traceback" not in r.output
+
+
+def test_proxy_check_layers_and_rank_agreement():
+    from floatlab.advise.sensitivity import check_layers, rank_agreement
+    names = [f"l{i}" for i in range(10)]
+    assert check_layers(names, 4) == ["l0", "l3", "l6", "l9"]
+    assert check_layers(names, 20) == names and check_layers(names, 1) == ["l5"]
+    measured = {n: {"a": 3.0 * (i + 1), "b": 1.0 * (i + 1) + 0.5, "c": 0.1 * i} for i, n in enumerate(names[:5])}
+    same = rank_agreement(measured, measured, ["a", "b", "c"])
+    assert same["spearman_all"] == pytest.approx(1) and same["spearman_downgrade"] == pytest.approx(1)
+    assert same["spearman_per_format"]["a"] == pytest.approx(1) and same["sum_ratio_proxy_to_measured"] == 1
+    flipped = {n: {f: -v for f, v in row.items()} for n, row in measured.items()}
+    assert rank_agreement(flipped, measured, ["a", "b", "c"])["spearman_all"] == pytest.approx(-1)
+
+
+def test_advise_check_measures_a_subset_against_the_proxy(tiny, tmp_path):
+    from floatlab.cli import app
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["advise", "--model", str(tiny[0]), "--formats", "int4,int8", "--budget", "6",
+                                 "--window", "16", "--windows", "1", "--calib", "1", "--no-uniform", "--no-verify",
+                                 "--sensitivity", "fisher", "--check", "3", "--no-cache", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    pc = json.loads((out / "results.json").read_text())["proxy_check"]
+    assert len(pc["layers"]) == 3 and set(pc["measured"]) == set(pc["layers"]) and pc["pairs"] == 6
+    assert pc["downgrade_from"] == "int8" and "proxy check on 3 measured layers" in r.output
+    r = CliRunner().invoke(app, ["advise", "--model", str(tiny[0]), "--formats", "int4,int8", "--budget", "6",
+                                 "--window", "16", "--sensitivity", "measured", "--check", "3", "--out", str(out)])
+    assert r.exit_code == 2 and "--check" in r.output

@@ -58,6 +58,8 @@ class AdviseOptions:
         verify: quantize with the chosen recipe and measure it.
         calib: calibration windows of the Fisher proxy.
         seed: random controls and the genetic search.
+        check: with a proxy sensitivity, also measure this many layers (spread over the model)
+            and report the proxy's rank correlation with the measured values (0: no check).
     """
 
     formats: tuple[str, ...]
@@ -71,6 +73,7 @@ class AdviseOptions:
     verify: bool = True
     calib: int = 8
     seed: int = 0
+    check: int = 0
 
     def __post_init__(self) -> None:
         self.formats = tuple(self.formats)
@@ -86,6 +89,8 @@ class AdviseOptions:
             raise ValueError(f"unknown solver {bad[0] if bad else '(none)'!r}; solvers: {', '.join(SOLVERS)}")
         if self.sensitivity not in ("auto", "measured", "fisher", "fisher-trace"):
             raise ValueError(f"sensitivity must be auto, measured, fisher or fisher-trace, got {self.sensitivity!r}")
+        if self.check < 0:
+            raise ValueError(f"check must be 0 or a number of layers, got {self.check!r}")
         if self.kind == "energy":
             for f in self.formats:
                 hw_name(f)
@@ -293,6 +298,15 @@ def run_advise(lm, opts: AdviseOptions, copts, *, cache=None, log=print) -> dict
                "layers": {n: list(layers[n].weight.shape) for n in names}, "sensitivity": sens,
                "seconds_sensitivity": t_sens, "threads": torch.get_num_threads(), "rows": [],
                "environment": environment()}
+    if opts.check and how != "measured":
+        from floatlab.advise import sensitivity as S
+        t1 = time.time()
+        subset = S.check_layers(names, opts.check)
+        measured, _ = S.measured_sensitivity(lm, opts.formats, loss_fn, layers=subset, cache=cache)
+        # cheapest first, so the costliest (the widest) is what downgrades are measured from
+        order = sorted(opts.formats, key=lambda f: sum(row[opts.formats.index(f)] for row in cost))
+        results["proxy_check"] = {**S.rank_agreement(sens, measured, order), "measured": measured,
+                                  "seconds": time.time() - t1}
 
     def row(kind, label, assign, budget=None, solution: Solution | None = None, predicted=None):
         r = {"kind": kind, "label": label, "budget": budget, "bits_per_weight": _bits_of(assign, layers),

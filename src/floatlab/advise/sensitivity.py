@@ -202,3 +202,41 @@ def fisher_sensitivity(lm: LoadedModel, formats, opts: CompareOptions, *, mode: 
             save()
     extra = {"mode": mode, "calib": calib, "window": opts.window}
     return cached(lm, f"fisher-{mode}", formats, extra, compute, cache=cache)
+
+
+def check_layers(names: list[str], count: int) -> list[str]:
+    """``count`` layers spread evenly over ``names`` (first and last included), in model order."""
+    if count >= len(names):
+        return list(names)
+    if count == 1:
+        return [names[len(names) // 2]]
+    idx = sorted({round(i * (len(names) - 1) / (count - 1)) for i in range(count)})
+    return [names[i] for i in idx]
+
+
+def rank_agreement(proxy: dict, measured: dict, formats) -> dict:
+    """How well a proxy ranks what was measured, on the layers of ``measured``: Spearman's rank
+    correlation over every (layer, format) pair, across layers within each format (what decides
+    which layers get the wide format), and over the cost-relevant *differences* (each format's
+    sensitivity minus the layer's widest candidate's, i.e. what a downgrade costs); plus the
+    ratio of the proxy's sum to the measured sum (the proxy's scale)."""
+    from scipy.stats import spearmanr
+
+    names = list(measured)
+    fm = list(formats)
+
+    def rho(a, b) -> float | None:
+        if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
+            return None
+        r = spearmanr(a, b).statistic
+        return None if r != r else float(r)
+
+    pa = [proxy[n][f] for n in names for f in fm]
+    ma = [measured[n][f] for n in names for f in fm]
+    per = {f: rho([proxy[n][f] for n in names], [measured[n][f] for n in names]) for f in fm}
+    wide = fm[-1]
+    pd = [proxy[n][f] - proxy[n][wide] for n in names for f in fm[:-1]]
+    md = [measured[n][f] - measured[n][wide] for n in names for f in fm[:-1]]
+    return {"layers": names, "pairs": len(pa), "spearman_all": rho(pa, ma), "spearman_per_format": per,
+            "spearman_downgrade": rho(pd, md), "downgrade_from": wide,
+            "sum_ratio_proxy_to_measured": (sum(pa) / sum(ma)) if sum(ma) else None}

@@ -28,6 +28,7 @@ def advise_command(
     windows: int = typer.Option(4, "--windows", help="causal LMs: perplexity windows"),
     window: int = typer.Option(256, "--window", help="causal LMs: tokens per window"),
     seed: int = typer.Option(0, "--seed", help="random controls and the genetic search"),
+    check: int = typer.Option(0, "--check", help="with a Fisher proxy: also measure this many layers (spread over the model) and report the proxy's rank correlation with them"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="keep sensitivities in the cache folder (resumable)"),
     out: Path = typer.Option(Path("results/advise"), "--out", "-o", help="folder for results.json, recipe.json, overrides.txt, report.md, pareto.png"),
 ) -> None:
@@ -52,16 +53,21 @@ def advise_command(
     check_int(random, "--random", 0)
     check_int(calib, "--calib", 1)
     check_int(seed, "--seed", 0)
+    check_int(check, "--check", 0)
     inputs.check_pairs(pairs)
     check_int(windows, "--windows", 1)
     check_int(window, "--window", 2)
     with flag_errors("--formats/--budget/--kind"):
         opts = AdviseOptions(formats=fmts, budgets=budgets, kind=kind, solvers=solvers, sensitivity=sensitivity,
-                             tie=tie, random=random, uniform=uniform, verify=verify, calib=calib, seed=seed)
+                             tie=tie, random=random, uniform=uniform, verify=verify, calib=calib, seed=seed,
+                             check=check)
     out = check_out_dir(out)
     name, folder, mkind, _, mcfg = inputs.resolve(model)
     if mkind == "causal_lm":
         inputs.check_window(window, mcfg)
+    if check and (opts.sensitivity == "measured" or (opts.sensitivity == "auto" and mkind != "causal_lm")):
+        raise CliError("--check compares a proxy with measured sensitivities; these are measured already: "
+                       "drop --check or use --sensitivity fisher", "--check")
     if opts.sensitivity.startswith("fisher") and mkind != "causal_lm":
         raise CliError(f"the Fisher proxy needs a next-token loss; {name} is an {mkind}: use --sensitivity measured",
                        "--sensitivity")
@@ -93,6 +99,12 @@ def advise_command(
     table = advise_table(results)
     show_table(f"floatlab advise: {results['model']} (measured end to end, weight-only RTN)", table[0], table[1:],
                right=table[0][1:6])
+    pc = results.get("proxy_check")
+    if pc:
+        f = lambda v: "-" if v is None else f"{v:.3f}"
+        say(f"proxy check on {len(pc['layers'])} measured layers: Spearman {f(pc['spearman_all'])} over all "
+            f"{pc['pairs']} (layer, format) pairs, {f(pc['spearman_downgrade'])} on the downgrade costs from "
+            f"{pc['downgrade_from']}; per format " + ", ".join(f"{k} {f(v)}" for k, v in pc["spearman_per_format"].items()))
     render_advise(results, out)
     say(f"wrote {out}/results.json, recipe.json, overrides.txt (floatlab ptq --override rules), report.md, "
         f"pareto.png in {results['seconds_wall']:.0f}s")
