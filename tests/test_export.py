@@ -178,3 +178,19 @@ def test_cli_export_refuses_a_non_empty_folder_and_leaves_nothing_half_written(l
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
     r = runner.invoke(app, ["export", str(q), "--to", "gguf", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--to: unknown value 'gguf'" in r.output
+
+
+def test_cli_refuses_a_format_it_cannot_hold_before_the_model_loads(llama_dir, tmp_path, monkeypatch):
+    from floatlab.cli import app
+    from floatlab.ptq import io
+
+    q = tmp_path / "q"
+    r = runner.invoke(app, ["ptq", "--model", str(llama_dir), "--format", "hif8", "--window", "16", "--windows", "2",
+                            "--out", str(q)])
+    assert r.exit_code == 0, r.output
+    monkeypatch.setattr(io, "load_quantized", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    out = tmp_path / "ct"
+    r = runner.invoke(app, ["export", str(q), "--out", str(out)])
+    assert r.exit_code == 2 and r.output.count("error:") == 1 and "Traceback" not in r.output, r.output
+    assert "'hif8' has no compressed-tensors scheme" in r.output and "nearby exportable: e4m3" in r.output, r.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["q"]
