@@ -269,3 +269,28 @@ def test_advise_check_measures_a_subset_against_the_proxy(tiny, tmp_path):
     r = CliRunner().invoke(app, ["advise", "--model", str(tiny[0]), "--formats", "int4,int8", "--budget", "6",
                                  "--window", "16", "--sensitivity", "measured", "--check", "3", "--out", str(out)])
     assert r.exit_code == 2 and "--check" in r.output
+
+
+def test_codec_study_counts_bits_and_weight_sqnr(tiny, tmp_path):
+    from floatlab.advise.codec_study import main, weight_sqnr
+    from floatlab.codecs import get_codec
+    w = torch.tensor([3.0, 4.0])
+    assert weight_sqnr(w, w) == math.inf
+    assert weight_sqnr(w, torch.tensor([3.0, 3.0])) == pytest.approx(10 * math.log10(25.0))
+    out = tmp_path / "s.json"
+    main(["--model", str(tiny[0]), "--points", "rtn:fineq,gptq:fineq,rtn:int3_asym", "--windows", "1",
+          "--window", "16", "--calib", "2", "--out", str(out)])
+    res = json.loads(out.read_text())
+    assert res["complete"] and [(r["method"], r["format"]) for r in res["rows"]] == \
+        [("rtn", "fineq"), ("gptq", "fineq"), ("rtn", "int3_asym")]
+    from floatlab.models.loading import linear_layers
+    shapes = [tuple(lin.weight.shape) for lin in linear_layers(tiny[1].model).values()]
+    n = sum(a * b for a, b in shapes)
+    assert res["rows"][0]["bits_per_weight"] == pytest.approx(sum(get_codec("fineq").bits(s) for s in shapes) / n)
+    rtn, gptq = res["rows"][0], res["rows"][1]
+    assert set(rtn["weight_sqnr_db"]) == set(gptq["weight_sqnr_db"]) and len(rtn["weight_sqnr_db"]) == len(shapes)
+    # same scales, and RTN takes the nearest grid point (the least-error layout) per weight: GPTQ's
+    # error-compensated weights can only be farther from W
+    assert rtn["weight_sqnr_mean_db"] >= gptq["weight_sqnr_mean_db"]
+    with pytest.raises(SystemExit):
+        main(["--model", str(tiny[0]), "--points", "rtn:fineq5", "--out", str(out)])
