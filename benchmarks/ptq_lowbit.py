@@ -34,7 +34,7 @@ def run_one(args) -> dict:
     from floatlab.ptq.config import PTQConfig, ReconOptions
 
     torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     lm = load_model("smollm2", log=lambda *a: None)
     model_mb = sum(p.numel() * p.element_size() for p in lm.model.parameters()) / 2 ** 20
     t_load = time.perf_counter() - t0
@@ -47,13 +47,14 @@ def run_one(args) -> dict:
         overrides = tuple((f"model.layers.{i}.*", None, None) for i in range(args.blocks, n))
     cfg = PTQConfig(weight=fmt, method=args.method, overrides=overrides, recon=ReconOptions(epochs=args.epochs))
     report = {}
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     quantize_model(lm.model, cfg, calib=calib, report=report)
-    t_rec = time.perf_counter() - t1
+    t_rec, c_rec = time.perf_counter() - t1, time.process_time() - c1
     layers = len([n for n in linear_layers(lm.model)])
     return {"method": args.method, "format": fmt, "windows": args.windows, "window": args.window,
             "epochs": args.epochs, "blocks": len(report["blocks"]), "threads": args.threads, "layers": layers,
             "seconds_load": t_load, "seconds_reconstruct": t_rec, "seconds_total": time.perf_counter() - t0,
+            "cpu_seconds_reconstruct": c_rec, "cpu_seconds_total": time.process_time() - c0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "model_mb": model_mb,
             "block_seconds": [b["seconds"] for b in report["blocks"]]}
 

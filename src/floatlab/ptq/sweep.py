@@ -116,10 +116,11 @@ def run_sweep(lm, opts: SweepOptions, on_row=None) -> dict:
                            "recon": vars(opts.recon).copy(), "pairs": opts.pairs, "windows": opts.windows,
                            "window": opts.window, "nonfinite_tokens": opts.nonfinite_tokens},
                "threads": torch.get_num_threads(), "environment": environment(), "rows": []}
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     with _progress.scope("fp32"):
         results["fp32"] = {**measure_single(lm, lm.model, copts, ref_model=lm.model if encoder else None),
-                           "bits_per_weight": 32.0, "seconds": time.time() - t0}
+                           "bits_per_weight": 32.0, "seconds": time.time() - t0,
+                           "cpu_seconds": time.process_time() - c0}
     if on_row is not None:
         on_row(results)
     calib = calibration_batches(lm, opts.calib, copts) if any(c.needs_calibration() for c in configs) else []
@@ -127,7 +128,7 @@ def run_sweep(lm, opts: SweepOptions, on_row=None) -> dict:
     grid = set((m, opts.grid_format(b)) for m in opts.methods for b in opts.bits)
     for cfg in configs:
         label = f"{cfg.method}:{cfg.weight}"
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         if cfg.steps() == ((), "gptq") and hessians is None:
             from floatlab.ptq.gptq import collect_hessians
             with _progress.scope("gptq hessians (shared)"):
@@ -143,7 +144,8 @@ def run_sweep(lm, opts: SweepOptions, on_row=None) -> dict:
         bits, n = model_bits(layers, cfg)
         row = {"method": cfg.method, "format": cfg.weight.format, "grid": (cfg.method, cfg.weight.format) in grid,
                "bits_per_weight": bits / n, "bits": bits,
-               "weights": n, **metric, "seconds_quantize": t_q, "seconds": time.time() - t0}
+               "weights": n, **metric, "seconds_quantize": t_q, "seconds": time.time() - t0,
+               "cpu_seconds": time.process_time() - c0}
         if report.get("blocks"):
             row["blocks"] = report["blocks"]
         results["rows"].append(row)
@@ -157,17 +159,23 @@ def _quality(row: dict, metric: str) -> float:
     return float(row.get(metric, float("nan")))
 
 
+def _cpu(row: dict) -> str:
+    return f"{row['cpu_seconds']:.0f}" if "cpu_seconds" in row else "-"
+
+
 def sweep_table(results: dict) -> list[list[str]]:
     """Header plus one row per point: method, format, bits per weight, the metric (and, for
-    encoders, the worst text's cosine), seconds."""
+    encoders, the worst text's cosine), wall seconds and CPU seconds of the process (the readable
+    cost on a shared machine; ``-`` in results written before it was recorded)."""
     metric = results["metric"]
-    head = ["method", "format", "bits/weight", metric] + (["cos_min"] if metric == "cos_mean" else []) + ["seconds"]
+    head = (["method", "format", "bits/weight", metric] + (["cos_min"] if metric == "cos_mean" else [])
+            + ["seconds", "cpu s"])
     fp = results["fp32"]
     rows = [head, ["fp32", "-", "32", f"{_quality(fp, metric):.4f}"] + (["1.0000"] if metric == "cos_mean" else [])
-            + [f"{fp['seconds']:.0f}"]]
+            + [f"{fp['seconds']:.0f}", _cpu(fp)]]
     for r in results["rows"]:
         rows.append([r["method"], r["format"], f"{r['bits_per_weight']:.3f}", f"{_quality(r, metric):.4f}"]
-                    + ([f"{r['cos_min']:.4f}"] if metric == "cos_mean" else []) + [f"{r['seconds']:.0f}"])
+                    + ([f"{r['cos_min']:.4f}"] if metric == "cos_mean" else []) + [f"{r['seconds']:.0f}", _cpu(r)])
     return rows
 
 
