@@ -210,6 +210,15 @@ def test_advise_command_end_to_end(tiny, tmp_path):
         assert math.isfinite(row["metric"])
     assert sorted(row["label"] for row in res["rows"] if row["kind"] == "uniform") == \
         ["int2_asym_g32", "int4_asym_g32", "int8"]
+    # an assignment found twice is measured once: the repeat names the first and has its loss
+    first = {}
+    for row in res["rows"]:
+        key = tuple(sorted(row["assignment"].items())) if "assignment" in row else None
+        if key is not None and key in first:
+            assert row["same_as"] == first[key][0] and row["loss"] == first[key][1]
+        elif key is not None:
+            assert "same_as" not in row
+            first[key] = (f"{row['label']} @ {row['budget']}", row["loss"])
     assert (out / "pareto.png").stat().st_size > 0 and "| searched (milp) |" in (out / "report.md").read_text()
     # the recipe is the assignment; floatlab ptq takes its --override rules
     cfg = PTQConfig.from_dict(json.loads((out / "recipe.json").read_text()))

@@ -308,6 +308,8 @@ def run_advise(lm, opts: AdviseOptions, copts, *, cache=None, log=print) -> dict
         results["proxy_check"] = {**S.rank_agreement(sens, measured, order), "measured": measured,
                                   "seconds": time.time() - t1}
 
+    seen: dict = {}                             # assignment -> (loss, first label): each measured once
+
     def row(kind, label, assign, budget=None, solution: Solution | None = None, predicted=None):
         r = {"kind": kind, "label": label, "budget": budget, "bits_per_weight": _bits_of(assign, layers),
              "energy": _energy_of(assign, layers), "predicted": predicted,
@@ -315,7 +317,12 @@ def run_advise(lm, opts: AdviseOptions, copts, *, cache=None, log=print) -> dict
         if solution is not None:
             r.update({"solver": solution.solver, "seconds_solve": solution.seconds, "solver_extra": solution.extra})
         if opts.verify or kind != "searched":
-            loss = measure_assignment(lm, assign, loss_fn, layers)
+            key = tuple(sorted(assign.items()))
+            if key in seen:                     # another solver (or control) found the same assignment
+                r["same_as"] = seen[key][1]
+            else:
+                seen[key] = (measure_assignment(lm, assign, loss_fn, layers), f"{label} @ {budget}")
+            loss = seen[key][0]
             r.update({"loss": loss, "metric": loss_fn.metric(loss)})
         results["rows"].append(r)
         return r
