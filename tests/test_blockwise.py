@@ -89,7 +89,7 @@ def test_eval_reproduces_a_blockwise_result_also_after_the_model_moved(root, tmp
     out = tmp_path / "q"
     saved = _ptq(root, out, src, "--format", "nvfp4", "--act-format", "nvfp4", "--method", "gptq",
                  "--blockwise")
-    assert saved["model"] == str(src)
+    assert saved["model"] == str(src.resolve())
     r = runner.invoke(app, ["eval", str(out), "--eval-data", str(root / "text.txt")])
     assert r.exit_code == 0, r.output
     assert "reproduced exactly" in r.output
@@ -104,6 +104,23 @@ def test_eval_reproduces_a_blockwise_result_also_after_the_model_moved(root, tmp
     (out / saved["weight_files"][1]).unlink()
     r = runner.invoke(app, ["eval", str(out), "--model", str(moved)])
     assert r.exit_code != 0 and saved["weight_files"][1] in r.output
+
+
+@pytest.mark.parametrize("mode", [[], ["--blockwise"]], ids=["whole", "blockwise"])
+def test_a_relative_model_path_is_recorded_absolute(root, tmp_path, monkeypatch, mode):
+    """`floatlab ptq --model ./mine` records where the model is, not the relative name: `eval`
+    from another folder finds it (it said "needs its source model mine ... does not exist")."""
+    shutil.copytree(root / "llama", tmp_path / "mine")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["ptq", "--model", "./mine", *SMALL, "--eval-data", str(root / "text.txt"),
+                            "--format", "int8", *mode, "--out", "q"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "q" / "config.json").read_text())
+    assert saved["model"] == str((tmp_path / "mine").resolve())
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    r = runner.invoke(app, ["eval", str(tmp_path / "q")])
+    assert r.exit_code == 0 and "reproduced exactly" in r.output, r.output
 
 
 def test_ptq_refuses_to_mix_a_blockwise_result_without_overwrite(root, tmp_path):

@@ -242,7 +242,7 @@ def quantize_blockwise(lm, config, calib: list[dict], windows: torch.Tensor, out
             if not k.startswith(prefix + ".")}
     floatlab.save(out / "quantized-rest.safetensors", rest)
     files.append("quantized-rest.safetensors")
-    cfg = {"floatlab_ptq": FORMAT_VERSION, "model": lm.name if lm.name in ("minilm", "smollm2") else str(lm.folder),
+    cfg = {"floatlab_ptq": FORMAT_VERSION, "model": lm.name if lm.name in ("minilm", "smollm2") else str(Path(lm.folder).resolve()),
            "model_type": lm.model_type, "kind": lm.kind, "baseline_note": lm.baseline_note,
            "ptq": config.to_dict(), "layers": sorted(layers), "input_transforms": transforms,
            "untied_lm_head": False, "weight_files": files, "blockwise": True,

@@ -81,7 +81,7 @@ def save_quantized(out: Path, lm: LoadedModel, model: nn.Module, config: PTQConf
         seen.add(ptr)
     (out / CONFIG).unlink(missing_ok=True)
     floatlab.save(out / WEIGHTS, tensors)
-    cfg = {"floatlab_ptq": FORMAT_VERSION, "model": lm.name if lm.name in ("minilm", "smollm2") else str(lm.folder),
+    cfg = {"floatlab_ptq": FORMAT_VERSION, "model": lm.name if lm.name in ("minilm", "smollm2") else str(Path(lm.folder).resolve()),
            "model_type": lm.model_type, "kind": lm.kind, "baseline_note": lm.baseline_note,
            "ptq": config.to_dict(), "layers": sorted(quant_names), "input_transforms": transforms,
            "untied_lm_head": bool(hasattr(model, "lm_head") and hasattr(model, "model")
