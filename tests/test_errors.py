@@ -75,3 +75,27 @@ def test_invalid_spelled_formats():
 def test_scalar_format_rejects_block_options():
     with pytest.raises(TypeError, match="scalar format"):
         floatlab.quantize(torch.ones(4), "e4m3", axis=0)
+
+
+@pytest.mark.parametrize("bad", ["no", "False", 0.0, [], "yes"])
+def test_boolean_options_refuse_non_booleans(bad):
+    """A string is truthy: saturate="no" used to saturate silently (and pad="no" pad). Found in
+    the new-user trial of issue 13."""
+    x = torch.tensor([1000.0, 1.0])
+    for call in (lambda: floatlab.quantize(x, "e4m3", saturate=bad),
+                 lambda: floatlab.encode(x, "e4m3", saturate=bad),
+                 lambda: floatlab.quantize(torch.randn(4, 40), "mxfp4", pad=bad),
+                 lambda: floatlab.encode(torch.randn(4, 40), "mxfp4", pad=bad),
+                 lambda: floatlab.emulate("fp16", saturate=bad).__enter__()):
+        with pytest.raises(TypeError, match=r"(saturate|pad) must be True or False"):
+            call()
+
+
+def test_boolean_options_accept_bools_and_numpy_bools():
+    import numpy as np
+
+    x = torch.tensor([1000.0, 1.0])
+    assert floatlab.quantize(x, "e4m3", saturate=np.bool_(True))[0] == 448
+    assert torch.isnan(floatlab.quantize(x, "e4m3", saturate=False)[0])
+    assert floatlab.quantize(x, "e4m3", saturate=None).isnan()[0]
+    assert floatlab.quantize(torch.randn(4, 40), "mxfp4", pad=True).shape == (4, 40)

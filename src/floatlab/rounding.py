@@ -91,6 +91,18 @@ def parse_rounding(mode: "str | RoundingMode") -> RoundingMode:
             f"unknown rounding mode {mode!r}.{hint} Valid modes: {', '.join(valid)}") from None
 
 
+def check_flag(value, name: str, optional: bool = False) -> bool | None:
+    """``value`` as a bool: ``True``/``False`` (numpy's bool too; ``None`` where ``optional``),
+    else a ``TypeError`` naming ``name``. A string such as ``"no"`` is truthy in Python, so
+    ``saturate="no"`` would silently saturate: it is refused instead."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False{' (or None)' if optional else ''}, "
+                    f"got {type(value).__name__} {value!r}")
+
+
 MAX_SR_BITS = 52
 
 

@@ -34,7 +34,7 @@ from floatlab.formats.floating import FloatFormat
 from floatlab.formats.hifloat8 import HiF8Format
 from floatlab.formats.registry import get_format
 from floatlab.kernels.dispatch import COMPILE_MIN_NUMEL
-from floatlab.rounding import RoundingMode, resolve_rounding
+from floatlab.rounding import RoundingMode, check_flag, resolve_rounding
 
 FP64 = FloatFormat(11, 52, name="fp64")
 _FP64_NAMES = ("fp64", "float64", "double", "f64", "e11m52")
@@ -184,7 +184,7 @@ class Rounder:
                  backend: str | None = None):
         self.spec = resolve_format(fmt)
         self.mode = resolve_rounding(self.spec, rounding, sr_bits)
-        self.saturate = bool(saturate)
+        self.saturate = bool(check_flag(saturate, "saturate", optional=True))
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         self.generator = generator

@@ -15,7 +15,7 @@ from floatlab.kernels.block import quantize_block
 from floatlab.ops.autograd import check_grad, straight_through
 from floatlab.plain.block import block_decode, block_encode, block_quantize
 from floatlab.plain.scalar import quantize_to_float64
-from floatlab.rounding import resolve_rounding
+from floatlab.rounding import check_flag, resolve_rounding
 from floatlab.tensor.qtensor import QTensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -110,6 +110,7 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     _check_input(x)
     _check_out(out, x)
     grad = check_grad(grad)
+    saturate = check_flag(saturate, "saturate", optional=True)
     backend = dispatch.resolve_backend(backend)
     spec = get_format(fmt)
     if isinstance(spec, BlockFormat):
@@ -175,7 +176,7 @@ def _block_args(spec: BlockFormat, rounding, saturate, sr_bits, options: dict):
     if saturate is False:
         raise ValueError(f"{spec.name!r}: block formats always clamp elements to the element "
                          "range (saturate=False is not available)")
-    return mode, options.get("axis", -1), options.get("pad", True)
+    return mode, options.get("axis", -1), check_flag(options.get("pad", True), "pad")
 
 
 def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
@@ -196,6 +197,7 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
         TypeError: as :func:`quantize`.
     """
     _check_input(x)
+    saturate = check_flag(saturate, "saturate", optional=True)
     spec = get_format(fmt)
     if isinstance(spec, BlockFormat):
         mode, axis, pad = _block_args(spec, rounding, saturate, sr_bits, block_options)
