@@ -8,9 +8,13 @@ log perplexity (mean next-token NLL) on the evaluation windows. ``layers x forma
 passes over the evaluation data.
 
 **Fisher proxy** (:func:`fisher_sensitivity`, causal LMs): one backward pass per calibration
-window gives the empirical Fisher diagonal ``F = mean(g^2)`` of every layer's weight (``g`` the
-gradient of the next-token loss); a format's sensitivity is ``0.5 * sum(F * (Q(W) - W)^2)``, the
-second-order change of the loss with the Fisher standing in for the Hessian. HAWQ-v3 (Yao et al.
+window (each window alone) gives the empirical Fisher diagonal of every layer's weight,
+``F = mean over windows of T * g^2`` (``g`` the gradient of the window's mean next-token loss,
+``T`` its predicted tokens: the mean of ``T`` per-token gradients has ``1/T`` of their variance,
+so ``T g^2`` estimates the per-token Fisher); a format's sensitivity is
+``0.5 * sum(F * (Q(W) - W)^2)``, the second-order change of the mean loss with the Fisher standing
+in for the Hessian. (The first version squared the gradient of a whole calibration *batch*: two
+samples for 8 windows, and about 1000x too small.) HAWQ-v3 (Yao et al.
 2021) uses the Hessian trace (estimated by Hutchinson's method) times the squared quantization
 error: ``mode="trace"`` gives that form, ``0.5 * mean(F) * ||Q(W) - W||^2`` (the Fisher's trace
 estimates the Gauss-Newton Hessian's, in place of Hutchinson's estimate of the true Hessian's).
@@ -147,8 +151,9 @@ def measured_sensitivity(lm: LoadedModel, formats, loss_fn: LossFn, *, layers: l
 
 
 def fisher_diagonal(lm: LoadedModel, batches: list[dict], layers: dict) -> dict[str, torch.Tensor]:
-    """Empirical Fisher diagonal ``mean over batches of (dloss/dW)^2`` of every layer's weight
-    (causal LMs: the next-token loss of each calibration batch)."""
+    """Empirical Fisher diagonal of every layer's weight: ``mean over windows of T * (dloss/dW)^2``,
+    each calibration window (row of a batch) alone, ``loss`` its mean next-token loss over its
+    ``T`` predicted tokens (see the module)."""
     model = lm.model
     if lm.kind != "causal_lm":
         raise ValueError(f"the Fisher proxy needs a next-token loss; {lm.name} is an {lm.kind} (use measured "
@@ -160,20 +165,27 @@ def fisher_diagonal(lm: LoadedModel, batches: list[dict], layers: dict) -> dict[
         lin.weight.requires_grad_(True)
         lin.weight.grad = None
     fisher = {n: torch.zeros_like(l.weight, dtype=torch.float32) for n, l in layers.items()}
+    rows = [{k: v[i:i + 1] for k, v in b.items() if torch.is_tensor(v)} for b in batches
+            for i in range(b["input_ids"].shape[0])]
     try:
-        with _progress.task("sensitivity (Fisher): gradients", len(batches), "batches") as task:
-            for b in batches:
-                out = model(input_ids=b["input_ids"], attention_mask=b.get("attention_mask"), labels=b["input_ids"])
+        with _progress.task("sensitivity (Fisher): gradients", len(rows), "windows") as task:
+            for r in rows:
+                mask = r.get("attention_mask")
+                tokens = int((mask[:, 1:].sum() if mask is not None else r["input_ids"].shape[1] - 1))
+                if tokens < 1:
+                    task.advance(1)
+                    continue
+                out = model(input_ids=r["input_ids"], attention_mask=mask, labels=r["input_ids"])
                 out.loss.backward()
                 for n, l in layers.items():
-                    fisher[n] += l.weight.grad.detach().float() ** 2
+                    fisher[n] += tokens * l.weight.grad.detach().float() ** 2
                     l.weight.grad = None
                 task.advance(1)
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(req[n])
             p.grad = None
-    return {n: f / max(1, len(batches)) for n, f in fisher.items()}
+    return {n: f / max(1, len(rows)) for n, f in fisher.items()}
 
 
 def fisher_sensitivity(lm: LoadedModel, formats, opts: CompareOptions, *, mode: str = "diag",
@@ -200,7 +212,7 @@ def fisher_sensitivity(lm: LoadedModel, formats, opts: CompareOptions, *, mode: 
                     row[f] = 0.5 * float(s)
                     task.advance(1, note=f"{name} {f}")
             save()
-    extra = {"mode": mode, "calib": calib, "window": opts.window}
+    extra = {"mode": mode, "calib": calib, "window": opts.window, "estimator": "per-window T g^2"}
     return cached(lm, f"fisher-{mode}", formats, extra, compute, cache=cache)
 
 
