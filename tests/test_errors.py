@@ -99,3 +99,25 @@ def test_boolean_options_accept_bools_and_numpy_bools():
     assert torch.isnan(floatlab.quantize(x, "e4m3", saturate=False)[0])
     assert floatlab.quantize(x, "e4m3", saturate=None).isnan()[0]
     assert floatlab.quantize(torch.randn(4, 40), "mxfp4", pad=True).shape == (4, 40)
+
+
+def test_save_into_a_missing_folder_names_the_target(tmp_path):
+    """Every atomic write (safetensors, JSON, text) into a missing folder names the file asked
+    for, not the temporary file beside it (found in the issue 13 new-user trial)."""
+    from floatlab.atomic import write_json
+
+    target = tmp_path / "nodir" / "w.safetensors"
+    with pytest.raises(FileNotFoundError) as err:
+        floatlab.save(target, {"a": torch.ones(2)})
+    assert err.value.filename == str(target) and ".tmp" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="nodir/r.json"):
+        write_json(tmp_path / "nodir" / "r.json", {"a": 1})
+    assert not (tmp_path / "nodir").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":"])
+def test_load_of_an_empty_or_foreign_file_says_so(tmp_path, content):
+    bad = tmp_path / "w.safetensors"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=r"w.safetensors is not a readable .safetensors file"):
+        floatlab.load(bad)

@@ -41,10 +41,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary name keeps ``path``'s suffix, so writers that infer a format from it
     (matplotlib's ``savefig``) behave as with ``path``. Raises the writer's exceptions, and
-    ``OSError`` when the folder cannot hold a new file.
+    ``OSError`` (naming ``path``) when the folder is missing or cannot hold a new file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as err:         # name the file asked for, not the temporary one
+        raise type(err)(err.errno, err.strerror, str(path)) from None
     os.close(fd)
     try:
         yield Path(tmp)

@@ -52,10 +52,16 @@ def load(path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no such file: {p}")
-    with safe_open(str(p), framework="pt") as f:
-        meta = f.metadata() or {}
-        info = json.loads(meta.get(_HEADER, "{}"))
-        raw = {k: f.get_tensor(k) for k in f.keys()}
+    from safetensors import SafetensorError
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            info = json.loads(meta.get(_HEADER, "{}"))
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as err:
+        raise ValueError(f"{p} is not a readable .safetensors file ({err}); empty, truncated or "
+                         "another format: write it with floatlab.save") from None
     out = {}
     for name, d in info.items():
         scales = {k: raw.pop(f"{name}/scale/{k}") for k in d["scales"]}
