@@ -464,3 +464,63 @@ def test_float32_subnormal_results_are_redone_for_wide_formats():
         p = a * b
     want = [exact_round(Fraction(x) * Fraction(y), "bf16", "rne") for x, y in zip(a.tolist(), b.tolist())]
     assert p.tolist() == want
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """float32 bits with every NaN made one canonical NaN (NaN payloads are not specified)."""
+    return torch.where(t.isnan(), torch.full_like(t, math.nan), t).view(torch.int32)
+
+
+def _hard_float32_operands(name: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unrounded float32 operands: random bit patterns (subnormals, huge, NaN, Inf), the format's
+    rounding midpoints plus or minus tiny terms (double rounding traps), ties, -0, overflow."""
+    g = torch.Generator().manual_seed(seed)
+    spec = floatlab.get_format(name)
+    m = spec.mbits
+    bits = torch.randint(-2 ** 31, 2 ** 31 - 1, (n,), generator=g, dtype=torch.int64).to(torch.int32)
+    mid = ((bits & ~((1 << (23 - m)) - 1)) | (1 << (22 - m))).view(torch.float32)   # midpoints
+    tiny = torch.randn(n, generator=g) * 2.0 ** torch.randint(-60, -20, (n,), generator=g)
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 3.4e38, -3.4e38, 1e-45, -1e-45,
+                            1.1754942e-38, 465.0, 2.0 ** -133, 3 * 2.0 ** -134])
+    a = torch.cat([bits.view(torch.float32), mid, mid, torch.randn(n, generator=g), special, special])
+    b = torch.cat([torch.randn(n, generator=g), tiny, -tiny, mid, special.flip(0), special])
+    return a, b
+
+
+@pytest.mark.parametrize("name", ["bf16", "tf32"])
+def test_float32_lane_of_float32_layout_formats_equals_the_float64_path(name):
+    # bf16 and tf32 reach past float32's range, and inputs are not rounded at entry: "auto"
+    # computes + - * / sqrt in float32 and redoes the results that land on a rounding midpoint;
+    # the answers must equal the float64 path's bit for bit
+    a, b = _hard_float32_operands(name, 800, seed=5)
+    ops = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "mul": lambda x, y: x * y,
+           "div": lambda x, y: x / y, "sqrt": lambda x, y: torch.sqrt(x), "relu": lambda x, y: torch.relu(x),
+           "max": torch.maximum, "add_": lambda x, y: x.clone().add_(y), "mul2d": lambda x, y: x.view(-1, 1) * y[:7]}
+    for rounding, saturate in [("rne", None), ("rna", None), ("rne", True)]:
+        for op_name, op in ops.items():
+            with emulate(name, rounding=rounding, saturate=saturate) as em:
+                got = op(a, b)
+            assert em._lane, name
+            with emulate(name, rounding=rounding, saturate=saturate, working="float64"):
+                want = op(a, b)
+            assert torch.equal(_bits(got), _bits(want)), (name, rounding, saturate, op_name)
+    # a float32 sum on a midpoint that the exact sum lies above: 465 + 2^-28.5 rounds up in bf16
+    with emulate("bf16"):
+        assert (torch.tensor([465.0]) + torch.tensor([2.7e-9])).item() == 466.0
+
+
+def test_bits_equal_finds_what_torch_finds():
+    from floatlab.emulation.mode import _bits_equal
+    g = torch.Generator().manual_seed(2)
+    for shape in [(), (1,), (5000,), (64, 300), (3, 4, 5)]:
+        x = (torch.randint(0, 4, shape, generator=g) * 2.0 ** -8 + 1).float()
+        for t in (x, x.t() if x.dim() == 2 else x):
+            hit = (t.view(torch.int32) & 0xFFFF) == 0
+            got = _bits_equal(t, 0xFFFF, 0)
+            if not bool(hit.any()):
+                assert got is None
+            elif t.dim() == 0:
+                assert got == ()
+            else:
+                assert all(torch.equal(u, v) for u, v in zip(got, hit.nonzero(as_tuple=True)))
+

@@ -9,14 +9,17 @@ operation's :class:`~floatlab.emulation.ops.Kind` (table in :mod:`floatlab.emula
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import Counter
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes, _get_current_dispatch_mode_stack
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
+from floatlab.formats.floating import FloatFormat
 from floatlab.gemm.accumulate import Accumulator
 
 from .accumulate import accumulated_cumsum, accumulated_matmul, accumulated_sum, check_order
@@ -105,9 +108,22 @@ class Emulation(TorchDispatchMode):
         mode = self.rounder.mode
         # float32 arithmetic with verification (see _verified): round-to-nearest into p <= 11
         # bits for + - * / sqrt; every deterministic mode for transcendental functions
-        self._fast32 = (p is not None and 2 * p + 2 <= 24 and self.spec.overflow_boundary <= _F32_MAX
-                        and not mode.is_stochastic and not self.rounder.identity)
+        # Formats laid out like float32 with fewer mantissa bits (bf16, tf32) reach past float32's
+        # largest value and below its normal range: they qualify through another argument (see
+        # _verified: float32 results on one of their rounding midpoints are redone), when rounding
+        # float32's largest finite value gives what infinity gives (then a float32 result that
+        # overflowed rounds like the exact one); float32 infinities of library functions are redone
+        fits = self.spec.overflow_boundary <= _F32_MAX
+        self._midpoint_bits = None if fits else _float32_layout_midpoint(self.spec)
+        self._fast32 = (p is not None and 2 * p + 2 <= 24 and not mode.is_stochastic
+                        and not self.rounder.identity
+                        and (fits or (self._midpoint_bits is not None
+                                      and _overflow_agrees(self.spec, mode, self.rounder.saturate))))
+        # the fast lane serves every working precision for the formats it always served (their
+        # float32 results are final), the bf16-like ones only under "auto"
+        self._lane = self._fast32 and (self._midpoint_bits is None or self.working == "auto")
         self._nearest = mode.is_nearest
+        self._inf_redo = not mode.is_nearest or not fits
         self._tiny_subnormal_risk = self.spec.smallest_positive < 2 * _F32_MIN_NORMAL
 
     # ---- context management -------------------------------------------------------------
@@ -158,7 +174,7 @@ class Emulation(TorchDispatchMode):
                     with self:
                         return decomp(*args, **kwargs)
             kind = Kind.ELEMENTWISE
-        if kind is Kind.ELEMENTWISE and self._fast32 and not self.round_inputs:
+        if kind is Kind.ELEMENTWISE and self._lane and not self.round_inputs:
             out = self._fast_lane(func, args, kwargs)
             if out is not NotImplemented:
                 return out
@@ -245,7 +261,7 @@ class Emulation(TorchDispatchMode):
         return out
 
     def _convert(self, func, args, kwargs):
-        src = next((a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)), None)
+        src = next((a for a in _flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)), None)
         out = func(*args, **kwargs)
         if src is None or not src.is_floating_point():
             return out
@@ -264,7 +280,7 @@ class Emulation(TorchDispatchMode):
         """Working precision, then every floating output rounded and cast to its natural dtype."""
         if self.round_inputs:
             args, kwargs = self._round_args(args, kwargs)
-        flat, spec = tree_flatten((args, kwargs))
+        flat, spec = _flatten((args, kwargs))
         floats = [a for a in flat if isinstance(a, torch.Tensor) and a.is_floating_point()]
         path = self._path(func, floats)
         if path == "float32-verified":
@@ -279,7 +295,7 @@ class Emulation(TorchDispatchMode):
             with _quiet():
                 flat64 = [a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                           for a in flat]
-            args64, kwargs64 = tree_unflatten(flat64, spec)
+            args64, kwargs64 = _unflatten(flat64, spec)
             out = func(*args64, **kwargs64)
             with _quiet():
                 residual = self._residual(func, args64, kwargs64, out)
@@ -316,12 +332,29 @@ class Emulation(TorchDispatchMode):
             return None
         shape = out.shape
         if any(isinstance(t, torch.Tensor) and t.dim() and t.shape != shape
-               and torch.broadcast_shapes(t.shape, shape) != shape for t in (*args, *kwargs.values())):
+               and not _broadcasts_to(t.shape, shape) for t in (*args, *kwargs.values())):
             return None
         self._check_dtype(out.dtype)
         r = self.rounder
         y = r(out)
-        if _is_basic(func):
+        if _is_basic(func) and self._midpoint_bits is not None:
+            # bf16, tf32: the operands need not be values of the format (inputs are not rounded at
+            # entry), so the double rounding theorem below does not apply. The float32 result f
+            # is the float32 number nearest the exact value v (also where it is subnormal); every
+            # rounding midpoint of these formats is a float32 number, so a midpoint between v and f
+            # would be a float32 number nearer v: f rounds like v unless f is a midpoint itself,
+            # and like the float64 path's result (same argument with 53 bits) - redone there.
+            # Python floats and alpha would enter float32 arithmetic rounded: left to float64
+            if kwargs or not all(isinstance(a, torch.Tensor) or _exact_in_float32(a) for a in args):
+                return None
+            if base_name(func) in _SELECTING:
+                return y                          # the result is one of the operands: exact
+            low, half = self._midpoint_bits
+            idx = _bits_equal(out, low, half)
+            if idx is None:
+                return y
+            return self._redo(func, args, kwargs, out, y, idx)
+        elif _is_basic(func):
             if not self._tiny_subnormal_risk:
                 return y
             a = out.abs()
@@ -333,19 +366,24 @@ class Emulation(TorchDispatchMode):
             # matters only to the directed modes (RTZ stops at the largest value).
             a = out.abs()
             redo = (r(out * (1 - 2.0 ** -19)) != r(out * (1 + 2.0 ** -19))) | ~(a >= _F32_MIN_NORMAL)
-            if not self._nearest:
+            if self._inf_redo:
                 redo |= a == float("inf")
         if not bool(redo.any()):
             return y
-        idx = redo.nonzero(as_tuple=True)
-        flat, spec = tree_flatten((args, kwargs))
+        return self._redo(func, args, kwargs, out, y, redo.nonzero(as_tuple=True))
+
+    def _redo(self, func, args, kwargs, out, y, idx):
+        """``y`` with the elements at ``idx`` (a tuple of index tensors) computed again in float64."""
+        r = self.rounder
+        flat, spec = _flatten((args, kwargs))
         sub = [torch.broadcast_to(a, out.shape)[idx].to(torch.float64)
                if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dim()
                else (a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a)
                for a in flat]
-        a64, k64 = tree_unflatten(sub, spec)
+        a64, k64 = _unflatten(sub, spec)
         y64 = func(*a64, **k64)                   # dispatch modes are off here (_quiet)
-        y = y.clone()
+        if y is out or any(y is a for a in flat):
+            y = y.clone()
         y[idx] = r(y64, out.dtype)
         return y
 
@@ -374,7 +412,7 @@ class Emulation(TorchDispatchMode):
         return torch.broadcast_to(e, out.shape)
 
     def _round_outputs(self, out, natural, residual):
-        flat, spec = tree_flatten(out)
+        flat, spec = _flatten(out)
         rounded = []
         for i, t in enumerate(flat):
             if isinstance(t, torch.Tensor) and t.is_floating_point():
@@ -389,7 +427,7 @@ class Emulation(TorchDispatchMode):
                 else:
                     t = self.rounder(t, dtype)
             rounded.append(t)
-        return tree_unflatten(rounded, spec)
+        return _unflatten(rounded, spec)
 
     def _round_args(self, args, kwargs):
         with _quiet():
@@ -497,7 +535,66 @@ class Emulation(TorchDispatchMode):
 
 # ---- helpers ---------------------------------------------------------------------------------
 def _tensors(out):
-    return [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for t in _flatten(out)[0] if isinstance(t, torch.Tensor)]
+
+
+# leaves of the argument trees ATen operations receive (pytree treats them as leaves too)
+_LEAVES = (torch.Tensor, int, float, bool, str, complex, type(None), torch.dtype, torch.device,
+           torch.layout, torch.memory_format, torch.SymInt, torch.SymFloat, torch.SymBool)
+
+
+def _collect(x, leaves: list) -> bool:
+    t = type(x)
+    if t is tuple or t is list:
+        return all(_collect(v, leaves) for v in x)
+    if t is dict:
+        return all(_collect(v, leaves) for v in x.values())
+    if isinstance(x, _LEAVES):
+        leaves.append(x)
+        return True
+    return False   # a namedtuple, an OrderedDict, ...: left to pytree
+
+
+class _Template:
+    """The spec of :func:`_flatten` for plain tuples, lists and dicts: the tree itself."""
+
+    __slots__ = ("tree",)
+
+    def __init__(self, tree):
+        self.tree = tree
+
+
+def _flatten(tree):
+    """``torch.utils._pytree.tree_flatten(tree)`` (the same leaves in the same order, depth first,
+    dict values in insertion order), without its per-node bookkeeping where ``tree`` holds only
+    plain tuples, lists, dicts and leaves."""
+    if isinstance(tree, torch.Tensor):
+        return [tree], _Template(tree)
+    leaves: list = []
+    if _collect(tree, leaves):
+        return leaves, _Template(tree)
+    return tree_flatten(tree)
+
+
+def _unflatten(leaves, spec):
+    """The inverse of :func:`_flatten`."""
+    if not isinstance(spec, _Template):
+        return tree_unflatten(leaves, spec)
+    it = iter(leaves)
+
+    def build(x):
+        t = type(x)
+        if t is tuple:
+            return tuple(build(v) for v in x)
+        if t is list:
+            return [build(v) for v in x]
+        if t is dict:
+            return {k: build(v) for k, v in x.items()}
+        return next(it)
+
+    return build(spec.tree)
 
 
 def _written(func, args, kwargs):
@@ -507,7 +604,7 @@ def _written(func, args, kwargs):
         info = arg.alias_info
         if info is not None and info.is_write:
             value = args[i] if i < len(args) else kwargs.get(arg.name)
-            found += [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+            found += [t for t in _flatten(value)[0] if isinstance(t, torch.Tensor)]
     return found
 
 
@@ -526,9 +623,79 @@ def _is_transcendental(func) -> bool:
     return base_name(func) in TRANSCENDENTAL
 
 
+# BASIC operations whose result is one of their operands (or zero): exact in any precision
+_SELECTING = frozenset({"neg", "abs", "relu", "clamp", "clamp_min", "clamp_max", "hardtanh", "maximum",
+                        "minimum", "fmax", "fmin", "threshold_backward"})
+
+
+def _float32_layout_midpoint(spec) -> tuple[int, int] | None:
+    """``(mask, half)`` for formats whose values are the float32 values with the low ``23 - m``
+    mantissa bits zero, from float32's subnormals up to its last binade (bf16 = e8m7, tf32 =
+    e8m10): a float32 number is a rounding midpoint of the format exactly when
+    ``bits & mask == half``. None for other formats."""
+    if not isinstance(spec, FloatFormat) or not spec.signed or spec.ebits != 8 or spec.bias != 127 \
+            or not spec.subnormals or not 1 <= spec.mbits <= 22:
+        return None
+    m = spec.mbits
+    if spec.smallest_positive != 2.0 ** (-126 - m) or spec.max_value != (2 - 2.0 ** -m) * 2.0 ** 127:
+        return None
+    return (1 << (23 - m)) - 1, 1 << (22 - m)
+
+
+def _exact_in_float32(a) -> bool:
+    """A non-tensor argument that float32 arithmetic uses unchanged."""
+    if a is None or isinstance(a, (bool, str)):
+        return True
+    if isinstance(a, int):
+        return abs(a) <= 2 ** 24
+    if isinstance(a, float):
+        try:
+            return struct.unpack("f", struct.pack("f", a))[0] == a or a != a
+        except OverflowError:
+            return False
+    return False
+
+
+@lru_cache(maxsize=256)
+def _overflow_agrees(spec, mode, saturate: bool) -> bool:
+    """True when rounding into ``spec`` rounds +-float32's largest finite value as it rounds +-infinity
+    (bf16 and tf32 round-to-nearest: both overflow; with saturate=True: both give the largest
+    value). Rounding is monotone, so every value beyond float32's range then rounds like the
+    float32 infinity that float32 arithmetic gives for it."""
+    x = torch.tensor([_F32_MAX, float("inf"), -_F32_MAX, -float("inf")])
+    with _quiet():
+        y = Rounder(spec, mode, saturate=saturate or None)(x).tolist()
+    return y[0] == y[1] and y[2] == y[3]
+
+
 @lru_cache(maxsize=None)
 def _label(func, how: str) -> str:
     return f"{func}/{how}"
+
+
+def _broadcasts_to(s, shape) -> bool:
+    """``torch.broadcast_shapes(s, shape) == shape`` (which raises for incompatible shapes) without
+    its Python reference implementation in the common case."""
+    if len(s) <= len(shape) and all(a == b or a == 1 for a, b in zip(reversed(s), reversed(shape))):
+        return True
+    return torch.broadcast_shapes(s, shape) == shape
+
+
+def _bits_equal(x: torch.Tensor, mask: int, value: int):
+    """The positions (a tuple of index tensors, as ``nonzero(as_tuple=True)``) of the float32
+    elements of ``x`` whose bits satisfy ``bits & mask == value``, or None where none do. On the
+    CPU through NumPy views of the same memory: its boolean reductions cost a few microseconds
+    where torch's cost about 1 ns per element."""
+    if x.device.type == "cpu":
+        v = x.detach().numpy().view(np.int32)
+        if v.ndim == 0:
+            return () if (int(v) & mask) == value else None
+        pos = np.flatnonzero((v & mask) == value)
+        if pos.size == 0:
+            return None
+        return tuple(torch.from_numpy(i) for i in np.unravel_index(pos, v.shape))
+    hit = (x.view(torch.int32) & mask) == value
+    return hit.nonzero(as_tuple=True) if bool(hit.any()) else None
 
 
 def _floating(dtypes) -> bool:
@@ -563,7 +730,7 @@ class _Promoted(list):
 def _natural_dtypes(func, args, kwargs) -> list:
     """The dtypes of ``func``'s flattened outputs for the original arguments (None for
     non-tensors), from one run on meta tensors per signature."""
-    flat, spec = tree_flatten((args, kwargs))
+    flat, spec = _flatten((args, kwargs))
     key = (func, tuple((a.dtype, a.dim() == 0) if isinstance(a, torch.Tensor) else type(a) for a in flat),
            str(kwargs.get("dtype")))
     hit = _DTYPE_CACHE.get(key)
@@ -574,9 +741,9 @@ def _natural_dtypes(func, args, kwargs) -> list:
         with _disable_current_modes():
             meta = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device="meta")
                     if isinstance(a, torch.Tensor) else a for a in flat]
-            m_args, m_kwargs = tree_unflatten(meta, spec)
+            m_args, m_kwargs = _unflatten(meta, spec)
             out = func(*m_args, **m_kwargs)
-        dtypes = [t.dtype if isinstance(t, torch.Tensor) else None for t in tree_flatten(out)[0]]
+        dtypes = [t.dtype if isinstance(t, torch.Tensor) else None for t in _flatten(out)[0]]
     except Exception:  # noqa: BLE001 - no meta kernel: promote over the floating arguments
         dims = [a for a in floats if a.dim() > 0] or floats
         if not dims:
