@@ -110,3 +110,16 @@ def test_little_quantized_warns_and_training_model_report():
                       "lm_head": "keep pattern '*lm_head*'"}
     big = describe(get_recipe("hif8"), get_preset("small"))
     assert len(big.quantized) == 8 and big.fraction > 0.5
+
+
+def test_a_non_module_is_refused_with_a_type_error():
+    """quantize_model('model', ...) said "'str' object has no attribute 'named_modules'"
+    (found in the issue 13 new-user trial)."""
+    import pytest
+
+    from floatlab.nn import quantize_model
+
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        quantize_model("model", "nvfp4")
+    with pytest.raises(TypeError, match="got OrderedDict"):
+        quantize_model(nn.Linear(4, 4).state_dict(), "nvfp4")

@@ -178,8 +178,11 @@ def quantize_model(model: nn.Module, recipe: Recipe | str, *, inplace: bool = Tr
             an unknown recipe; a layer whose fprop or dgrad reduction size is not a multiple of a
             block format's block where the recipe turns padding off (``pad=False``; the message
             names the layer), checked before any layer is swapped.
+        TypeError: ``model`` is not an ``nn.Module``.
     """
     from floatlab.nn.recipes import get_recipe
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     recipe = get_recipe(recipe)
     if not inplace:
         import copy
