@@ -1,8 +1,10 @@
 """Cost of floatlab.emulate over plain float32: a 3-layer MLP forward and a 256x256 LU.
 
-Usage: python benchmarks/emulate.py [--quick]
+Usage: python benchmarks/emulate.py [--quick] [--reps N] [--only=elementwise] [--only=LU ...]
 One thread, one process; each case is timed after a warm-up call (which also compiles floatlab's
-kernels), best and median of the repeats. Printed: milliseconds and the ratio to plain float32.
+kernels), best and median of the repeats. Printed: milliseconds and the ratio to plain float32,
+and the mean process CPU time per call with its ratio (the least load-sensitive number on a
+shared machine).
 
 Cases
 * elementwise: the MLP's non-matmul work (bias adds, ReLU, a softmax over the output) on
@@ -27,13 +29,20 @@ from floatlab.linalg import lu_factor
 
 
 def timeit(fn, repeats: int) -> tuple[float, float]:
+    """Best and median wall time of ``repeats`` calls after a warm-up; the mean process CPU time
+    per call goes to ``CPU[0]`` (CPU time is what a loaded, shared machine changes least)."""
     fn()
     times = []
+    c0 = time.process_time()
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
+    CPU[0] = (time.process_time() - c0) / repeats
     return min(times), statistics.median(times)
+
+
+CPU = [0.0]
 
 
 def right_looking_lu(a: torch.Tensor) -> torch.Tensor:
@@ -51,7 +60,10 @@ def right_looking_lu(a: torch.Tensor) -> torch.Tensor:
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)
     quick = "--quick" in argv
+    only = [a.split("=", 1)[1] for a in argv if a.startswith("--only=")]
     reps = 3 if quick else 7
+    if "--reps" in argv:
+        reps = int(argv[argv.index("--reps") + 1])
     g = torch.Generator().manual_seed(0)
     batch, width = 256, 512
     x = torch.randn(batch, width, generator=g)
@@ -89,12 +101,16 @@ def main(argv: list[str]) -> None:
     print(f"torch {torch.__version__}, 1 thread; MLP {batch}x{width} -> {width} -> {width} -> 64; "
           "ms best/median of %d (LU: 2); ratio = emulated median / float32 median, best/best the same for the "
           "best times (less sensitive to machine load)" % reps)
-    print(f"{'case':22s} {'setting':30s} {'ms best':>9s} {'ms median':>10s} {'ratio':>7s} {'best/best':>9s}")
+    print(f"{'case':22s} {'setting':30s} {'ms best':>9s} {'ms median':>10s} {'ratio':>7s} {'best/best':>9s} "
+          f"{'cpu ms':>8s} {'cpu ratio':>9s}")
     for name, fn in cases:
+        if only and not any(name.startswith(o) for o in only):
+            continue
         reps_here = (1 if quick else 2) if name.startswith("LU") else reps
         best0, base = timeit(fn, reps_here)
-        print(f"{name:22s} {'float32 (plain)':30s} {best0 * 1e3:9.2f} {base * 1e3:10.2f} {1.0:7.2f} {1.0:9.2f}",
-              flush=True)
+        cpu0 = CPU[0]
+        print(f"{name:22s} {'float32 (plain)':30s} {best0 * 1e3:9.2f} {base * 1e3:10.2f} {1.0:7.2f} {1.0:9.2f} "
+              f"{cpu0 * 1e3:8.2f} {1.0:9.2f}", flush=True)
         for fmt, opts in settings:
             if name.startswith("LU") and opts.get("accumulator"):
                 continue
@@ -108,8 +124,10 @@ def main(argv: list[str]) -> None:
                     return fn()
 
             b, m = timeit(run, reps_here)
-            print(f"{name:22s} {label:30s} {b * 1e3:9.2f} {m * 1e3:10.2f} {m / base:7.2f} {b / best0:9.2f}",
-                  flush=True)
+            print(f"{name:22s} {label:30s} {b * 1e3:9.2f} {m * 1e3:10.2f} {m / base:7.2f} {b / best0:9.2f} "
+                  f"{CPU[0] * 1e3:8.2f} {CPU[0] / cpu0:9.2f}", flush=True)
+    if only and not any(o.startswith("LU") for o in only):
+        return
     # LU with every operation rounded, without the dispatch layer
     _, base = timeit(lambda: right_looking_lu(A), 1 if quick else 3)
     for fmt in ("fp16", "bf16", "e4m3"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import os
 import math
 from fractions import Fraction
 from functools import lru_cache
@@ -524,3 +525,63 @@ def test_bits_equal_finds_what_torch_finds():
             else:
                 assert all(torch.equal(u, v) for u, v in zip(got, hit.nonzero(as_tuple=True)))
 
+
+@pytest.mark.parametrize("name,mode,saturate", [
+    ("e4m3", "rne", None), ("e4m3", "rne", True), ("e4m3", "rtz", None), ("e4m3", "rup", None),
+    ("e4m3", "rto", None), ("hif8", "rna", None), ("hif8", "rne", None), ("hif8", "rdn", True),
+    ("e3m2", "rne", None), ("e2m1", "rna", None), ("e4m3fnuz", "rne", None)])
+def test_table_lookup_rounding_equals_quantize(name, mode, saturate):
+    # every (sign, exponent, 4 top mantissa bits) of float32 with its low 19 bits zero, one, all
+    # ones and random (ties, midpoints +- 1 ulp, subnormals, -0, overflow, Inf, NaN), and random bits
+    from floatlab.emulation import lut
+    g = torch.Generator().manual_seed(4)
+    base = torch.arange(1 << 13, dtype=torch.int64) << lut.SHIFT
+    low = (1 << lut.SHIFT) - 1
+    rand_low = torch.randint(0, low + 1, base.shape, generator=g)
+    bits = torch.cat([base, base + 1, base + low, base + rand_low, base + (1 << (lut.SHIFT - 1)),
+                      torch.randint(0, 1 << 32, (20000,), generator=g)])
+    x = bits.to(torch.int32).view(torch.float32)
+    r = Rounder(name, mode, saturate=saturate)
+    assert r._lut_wanted and r._table() is not None
+    want = floatlab.quantize(x, name, mode, saturate=saturate, backend="plain")
+    for native in ("1", "0"):   # the C++ loop and the torch fallback
+        lut._state.clear()
+        old = os.environ.get("FLOATLAB_NATIVE")
+        os.environ["FLOATLAB_NATIVE"] = native
+        try:
+            got = r(x)
+            got2d = r(x[:40000].view(200, 200).t())   # non-contiguous
+        finally:
+            lut._state.clear()
+            if old is None:
+                del os.environ["FLOATLAB_NATIVE"]
+            else:
+                os.environ["FLOATLAB_NATIVE"] = old
+        assert torch.equal(_bits(got), _bits(want)), (name, mode, native)
+        assert torch.equal(_bits(got2d), _bits(want[:40000].view(200, 200).t())), (name, mode, native)
+
+
+@pytest.mark.parametrize("name,mode", [("e4m3", "rne"), ("e4m3", "rtz"), ("e4m3", "rup"), ("hif8", "rna"),
+                                       ("hif8", "rdn"), ("e2m1", "rto")])
+def test_table_lookup_of_float64_through_round_to_odd_equals_quantize(name, mode):
+    # float64 inputs go through round-to-odd float32 first: the values on and next to every
+    # midpoint and grid point of the format, beyond float32's range and below its subnormals
+    g = torch.Generator().manual_seed(6)
+    spec = floatlab.get_format(name)
+    v = spec.decode(torch.arange(2 ** spec.bits)).to(torch.float64)
+    v = v[torch.isfinite(v)].unique()
+    mid = torch.cat([v, (v[:-1] + v[1:]) / 2])
+    up, down = torch.full_like(mid, math.inf), torch.full_like(mid, -math.inf)
+    x = torch.cat([mid, torch.nextafter(mid, up), torch.nextafter(mid, down),
+                   mid * (1 + 2.0 ** -40), mid * (1 - 2.0 ** -40),
+                   torch.randint(-2 ** 62, 2 ** 62, (20000,), generator=g, dtype=torch.int64).view(torch.float64),
+                   torch.tensor([1e300, -1e300, 1e-300, -1e-300, 1e-46, 0.0, -0.0, math.inf, -math.inf, math.nan],
+                                dtype=torch.float64)])
+    r = Rounder(name, mode)
+    assert r._lut_wanted and r._table() is not None
+    want = floatlab.quantize(x, name, mode, backend="plain")
+    got = r(x)
+    assert got.dtype is torch.float64
+    same = (got == want) | (got.isnan() & want.isnan())
+    assert bool(same.all()), (name, mode, x[~same][:4], got[~same][:4], want[~same][:4])
+    assert torch.equal(torch.signbit(got[got == 0]), torch.signbit(want[got == 0]))

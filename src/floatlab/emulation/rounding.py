@@ -36,6 +36,8 @@ from floatlab.formats.registry import get_format
 from floatlab.kernels.dispatch import COMPILE_MIN_NUMEL
 from floatlab.rounding import RoundingMode, check_flag, resolve_rounding
 
+from . import lut
+
 FP64 = FloatFormat(11, 52, name="fp64")
 _FP64_NAMES = ("fp64", "float64", "double", "f64", "e11m52")
 
@@ -57,6 +59,7 @@ _NAN_ABOVE = {("e4m3fn", False): 464.0}
 # compiled kernel is faster (measured: 2^18 values 1.8 ms native, 0.7 ms quantize)
 _NATIVE_MAX_NUMEL = {torch.float8_e4m3fn: COMPILE_MIN_NUMEL, torch.float8_e4m3fnuz: COMPILE_MIN_NUMEL}
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_LUT_DTYPES = (torch.float32, torch.float64)
 
 
 def resolve_format(fmt) -> ScalarFormat:
@@ -197,6 +200,13 @@ class Rounder:
             native, self._nan_above = _NATIVE.get(key), _NAN_ABOVE.get(key)
         self.native = native
         self.p = significand_bits(self.spec)
+        # table lookup for float32 tensors (floatlab.emulation.lut): formats of at most 3 mantissa
+        # bits without a fast native cast, deterministic modes, the default backend
+        self._lut = None
+        self._lut_wanted = (native in (None, torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+                            and not self.mode.is_stochastic and backend is None
+                            and ((isinstance(self.spec, FloatFormat) and self.spec.mbits <= lut.MANTISSA)
+                                 or isinstance(self.spec, HiF8Format)))
 
     @property
     def name(self) -> str:
@@ -215,6 +225,15 @@ class Rounder:
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"cannot round a {t.dtype} tensor (float16, bfloat16, float32 and "
                             "float64 are supported)")
+        if self._lut_wanted and t.dtype in _LUT_DTYPES and t.device.type == "cpu" and not t.requires_grad:
+            table = self._table()
+            if table is not None:
+                if t.dtype is torch.float64:
+                    # round-to-odd keeps whether and on which side of the float32 result the value
+                    # lay: every deterministic mode then rounds as it rounds the float64 value
+                    # (the format's values and midpoints are float32 numbers of at most 5 bits)
+                    t = round_to_odd_float32(t)
+                return lut.round_float32(t, table).to(out_dtype)
         if self.native is not None and t.numel() < _NATIVE_MAX_NUMEL.get(self.native, math.inf):
             if t.dtype is self.native:
                 return t.to(out_dtype)
@@ -226,6 +245,13 @@ class Rounder:
                 y = torch.where(src.abs() > self._nan_above, torch.full_like(y, float("nan")), y)
             return y
         return self._quantize(t).to(out_dtype)
+
+    def _table(self) -> torch.Tensor | None:
+        if self._lut is None:
+            from floatlab.kernels.dispatch import resolve_backend
+            table = lut.table(self.spec, self.mode, self.saturate) if resolve_backend(None) != "plain" else None
+            self._lut = False if table is None else table
+        return self._lut if self._lut is not False else None
 
     def _quantize(self, t: torch.Tensor) -> torch.Tensor:
         from floatlab.ops.api import quantize
