@@ -171,6 +171,29 @@ def test_block_stream_drops_the_kv_cache():
     assert torch.equal(a[0][0][0], ref)
 
 
+def test_blockwise_frees_each_block_even_where_the_caller_holds_its_linears(root, tmp_path):
+    """Only one block's weights in memory: after quantize_blockwise no block weight is left, also
+    in the nn.Linear modules a caller took from the model beforehand (floatlab ptq does, to check
+    the layers: they held every block's weights, 0.8x the fp32 model of SmolLM2 at the end), and
+    the placeholder left for each block holds no activations."""
+    from floatlab.models.lazy import load_lazy
+    from floatlab.models.loading import block_list, linear_layers
+    from floatlab.ptq import PTQConfig
+    from floatlab.ptq.blockwise import quantize_blockwise
+
+    lm = load_lazy(str(root / "llama"), log=lambda *a: None)
+    held = linear_layers(lm.model)
+    assert held and all(m.weight.is_meta for m in held.values())
+    _, blocks = block_list(lm.model)
+    calib = [{"input_ids": torch.randint(7, tm.VOCAB, (2, 16), generator=torch.Generator().manual_seed(1))}]
+    wins = torch.randint(7, tm.VOCAB, (2, 17), generator=torch.Generator().manual_seed(2))
+    quantize_blockwise(lm, PTQConfig(weight="int4", method="gptq"), calib, wins, tmp_path / "q")
+    assert all(p.is_meta for m in held.values() for p in m.parameters())
+    for b in blocks:
+        assert not any(isinstance(v, torch.Tensor) or (isinstance(v, tuple) and any(
+            isinstance(x, torch.Tensor) for x in v)) for v in vars(b).values())
+
+
 # ---- shared GPTQ Hessians ------------------------------------------------------------------------
 def test_shared_hessians_equal_collect_hessians_and_share_storage():
     from floatlab.models.loading import linear_layers

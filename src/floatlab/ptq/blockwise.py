@@ -97,8 +97,15 @@ def _hidden(out):
 
 
 def _like(out, hidden):
-    """``hidden`` in the structure a block returned (a tensor, or a tuple led by it)."""
-    return hidden if isinstance(out, torch.Tensor) else (hidden, *out[1:])
+    """``hidden`` in the structure a block returned (a tensor, or a tuple led by it); ``out``: a
+    block's output or its :func:`_structure`."""
+    return hidden if out is None or isinstance(out, torch.Tensor) else (hidden, *out[1:])
+
+
+def _structure(out):
+    """What :func:`_like` needs of a block's output, without its hidden states (a placeholder
+    module kept for every block must not hold a ``(windows, tokens, hidden)`` tensor each)."""
+    return None if isinstance(out, torch.Tensor) else (None, *out[1:])
 
 
 @torch.no_grad()
@@ -199,6 +206,10 @@ def quantize_blockwise(lm, config, calib: list[dict], windows: torch.Tensor, out
             ckpt.load_into(model, name)
             if cal_stream:
                 nxt_cal, _ = _run(block, cal_stream)
+            # every module of the block, taken before quantize_model swaps its nn.Linear modules
+            # out: their weights are freed below even where a caller still holds those modules
+            # (floatlab ptq's layer checks hold every nn.Linear of the model)
+            modules = list(block.modules())
             holder = _Holder(prefix, i, block, cal_stream)
             names = list(linear_layers(holder))
             quantized = any(config.weight_spec(n) is not None or config.act_spec(n) is not None for n in names)
@@ -206,7 +217,9 @@ def quantize_blockwise(lm, config, calib: list[dict], windows: torch.Tensor, out
             if quantized:
                 with _progress.scope(name):
                     qweights = quantize_model(holder, config, calib=[{"_i": k} for k in range(len(cal_stream))])
-            eval_stream, like = _run(block, eval_stream)
+            eval_stream, raw = _run(block, eval_stream)
+            like = _structure(raw)
+            del raw
             tensors = {}
             for n, qw in qweights.items():
                 tensors.update(qw.tensors(n))
@@ -227,8 +240,9 @@ def quantize_blockwise(lm, config, calib: list[dict], windows: torch.Tensor, out
             del holder, qweights, tensors, qmods
             # the block leaves memory: its (quantized) linears become empty placeholders
             blocks[i] = _Pass(like)
-            unload(block)
-            del block
+            for m in modules:
+                unload(m)
+            del block, modules
             release_memory()
             task.advance(1, note=name)
     # the LM head scores the quantized model's final activations
