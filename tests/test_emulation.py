@@ -585,3 +585,16 @@ def test_table_lookup_of_float64_through_round_to_odd_equals_quantize(name, mode
     same = (got == want) | (got.isnan() & want.isnan())
     assert bool(same.all()), (name, mode, x[~same][:4], got[~same][:4], want[~same][:4])
     assert torch.equal(torch.signbit(got[got == 0]), torch.signbit(want[got == 0]))
+
+
+def test_signalling_nans_raise_no_numpy_warnings():
+    # the NumPy views of the fast checks must not warn where torch's casts are silent
+    import warnings
+    snan = torch.tensor([0x7F800001, -0x00600000, 0x7FA00000], dtype=torch.int32).view(torch.float32)
+    x = torch.cat([snan, torch.tensor([465.0, 1.0, -2.5])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("bf16", "fp16", "e4m3", "hif8"):
+            with emulate(name):
+                y = (x + x[[3]]) * 0.5 + torch.exp(x) + x[3:].double().sum().float()
+            assert y[:3].isnan().all(), name

@@ -27,6 +27,7 @@ from .ops import ACCUMULATED_REDUCTIONS, BASIC, TRANSCENDENTAL, Kind, base_name,
 from .rounding import Rounder, holds_format, two_product, two_sum
 
 WORKING = ("auto", "float64", "input")
+_NUMPY_FLOATS = (torch.float32, torch.float64)
 REDUCTIONS = ("result", "accumulator")
 FUSED = ("decompose", "result")
 LINALG = ("result", "refuse")
@@ -369,10 +370,11 @@ class Emulation(TorchDispatchMode):
             lo, hi = r(out * (1 - 2.0 ** -19)), r(out * (1 + 2.0 ** -19))
             if out.device.type == "cpu":          # the same test on NumPy views (cheaper reductions)
                 o, lo, hi = (v.detach().numpy() for v in (out, lo, hi))
-                a = np.abs(o)
-                flag = (lo != hi) | ~(a >= _F32_MIN_NORMAL)
-                if self._inf_redo:
-                    flag |= a == np.inf
+                with np.errstate(all="ignore"):
+                    a = np.abs(o)
+                    flag = (lo != hi) | ~(a >= _F32_MIN_NORMAL)
+                    if self._inf_redo:
+                        flag |= a == np.inf
                 if o.ndim == 0:
                     return self._redo(func, args, kwargs, out, y, ()) if bool(flag) else y
                 pos = np.flatnonzero(flag)
@@ -392,10 +394,21 @@ class Emulation(TorchDispatchMode):
         """``y`` with the elements at ``idx`` (a tuple of index tensors) computed again in float64."""
         r = self.rounder
         flat, spec = _flatten((args, kwargs))
-        sub = [torch.broadcast_to(a, out.shape)[idx].to(torch.float64)
-               if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dim()
-               else (a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a)
-               for a in flat]
+        if out.device.type == "cpu" and all(
+                not isinstance(a, torch.Tensor) or (a.device.type == "cpu" and a.dtype in _NUMPY_FLOATS)
+                or not a.is_floating_point() for a in flat):
+            # the same gathers on NumPy views: a few microseconds each instead of three torch calls
+            nidx = tuple(i.numpy() for i in idx)
+            with np.errstate(all="ignore"):       # signalling NaNs become quiet ones, as in torch
+                sub = [torch.from_numpy(np.broadcast_to(a.detach().numpy(), out.shape)[nidx].astype(np.float64))
+                       if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dim()
+                       else (a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a)
+                       for a in flat]
+        else:
+            sub = [torch.broadcast_to(a, out.shape)[idx].to(torch.float64)
+                   if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dim()
+                   else (a.to(torch.float64) if isinstance(a, torch.Tensor) and a.is_floating_point() else a)
+                   for a in flat]
         a64, k64 = _unflatten(sub, spec)
         y64 = func(*a64, **k64)                   # dispatch modes are off here (_quiet)
         if y is out or any(y is a for a in flat):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from floatlab.formats.base import ScalarFormat
@@ -117,6 +118,8 @@ def round_to_odd_float32(x: torch.Tensor) -> torch.Tensor:
     Rounding this result to nearest into a format of at most 22 significant bits equals rounding
     ``x`` to nearest directly (round-to-odd keeps the sticky information; 24 >= p + 2).
     """
+    if x.device.type == "cpu" and x.numel() <= _NUMPY_MAX_NUMEL:
+        return _round_to_odd_float32_numpy(x)
     r = x.to(torch.float32)
     back = r.to(torch.float64)
     inexact = back != x
@@ -124,6 +127,21 @@ def round_to_odd_float32(x: torch.Tensor) -> torch.Tensor:
     toward_zero = inexact & ((back > x) ^ (x < 0))
     bits = r.view(torch.int32) - toward_zero.to(torch.int32)
     return (bits | inexact.to(torch.int32)).view(torch.float32)
+
+
+_NUMPY_MAX_NUMEL = 1 << 16   # small tensors: NumPy's per-call cost is a fraction of torch's
+
+
+def _round_to_odd_float32_numpy(x: torch.Tensor) -> torch.Tensor:
+    """:func:`round_to_odd_float32`, the same operations on a NumPy view of a CPU tensor."""
+    v = x.detach().numpy()
+    with np.errstate(all="ignore"):       # beyond float32's range: inf, as torch's cast
+        r = v.astype(np.float32)
+        back = r.astype(np.float64)
+        inexact = back != v
+        toward_zero = inexact & ((back > v) ^ (v < 0))
+    bits = r.view(np.int32) - toward_zero.astype(np.int32)
+    return torch.from_numpy(np.asarray(bits | inexact.astype(np.int32)).view(np.float32))
 
 
 def two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
