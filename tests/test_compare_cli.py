@@ -125,3 +125,17 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     assert r.exit_code == 2 and "unknown format" in r.output
     r = runner.invoke(app, ["models"])
     assert r.exit_code == 0 and "minilm" in r.output
+
+
+@pytest.mark.parametrize("method", ["rtn+", "+gptq", "rotate++gptq"])
+def test_a_method_chain_with_an_empty_step_is_refused_before_work(tmp_path, monkeypatch, method):
+    """'rotate+' ran rotate with RTN and 'rtn+' ran RTN under the label 'rtn+' (found in the issue 13
+    new-user trial): a '+' with nothing on one side is a typo, refused in compare and ptq."""
+    from floatlab.ptq import apply, compare
+
+    monkeypatch.setattr(compare, "run_compare", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work ran")))
+    monkeypatch.setattr(apply, "quantize_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work ran")))
+    for cmd in (["compare", "--formats", "bf16", "--out", str(tmp_path / "c")], ["ptq", "--out", str(tmp_path / "p")]):
+        r = runner.invoke(app, [*cmd, "--method", method])
+        assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
+        assert "--method" in r.output and "empty step" in r.output and "Traceback" not in r.output

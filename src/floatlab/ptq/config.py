@@ -113,9 +113,12 @@ class PTQConfig:
 
     def steps(self) -> tuple[tuple[str, ...], str]:
         """``(transforms, rounder)`` parsed from ``method``."""
-        parts = [p.strip().lower() for p in self.method.split("+") if p.strip()]
-        if not parts:
+        parts = [p.strip().lower() for p in self.method.split("+")]
+        if not any(parts):
             raise ValueError("method is empty")
+        if not all(parts):
+            raise ValueError(f"method {self.method!r} has an empty step (a '+' with nothing on one side); "
+                             "join whole methods, e.g. rotate+gptq")
         rounder = parts[-1] if parts[-1] in ROUNDERS else "rtn"
         transforms = tuple(parts[:-1] if parts[-1] in ROUNDERS else parts)
         for t in transforms:
