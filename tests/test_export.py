@@ -32,7 +32,7 @@ def _load_export(out, encoder=False):
     from transformers.utils.quantization_config import CompressedTensorsConfig
 
     cls = AutoModel if encoder else AutoModelForCausalLM
-    return cls.from_pretrained(out, quantization_config=CompressedTensorsConfig(run_compressed=False)).eval()
+    return cls.from_pretrained(out, quantization_config=CompressedTensorsConfig(dequantize=True)).eval()
 
 
 def _quantized(folder, w, a=None, method="rtn"):
