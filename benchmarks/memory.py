@@ -21,8 +21,8 @@ Runs (``--only`` picks some):
   model in memory vs ``--blockwise`` (the checkpoint read one transformer block at a time);
 * ``ptq-rtn`` / ``ptq-rtn-blockwise``: the same with RTN (no calibration).
 
-Goal (issue 17): peak <= 1.5x the fp32 checkpoint. The numbers in docs/ptq.md come from this
-script; it asserts nothing (a benchmark, not a test).
+Goal (issue 17): peak <= 1.5x the fp32 checkpoint. The numbers in docs/workflow.md come from this
+script (run, size and analysis there); it asserts nothing (a benchmark, not a test).
 """
 
 from __future__ import annotations
