@@ -139,3 +139,15 @@ def test_a_method_chain_with_an_empty_step_is_refused_before_work(tmp_path, monk
         r = runner.invoke(app, [*cmd, "--method", method])
         assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
         assert "--method" in r.output and "empty step" in r.output and "Traceback" not in r.output
+
+
+def test_a_group_size_that_does_not_divide_a_layer_is_refused_before_work(tmp_path, monkeypatch):
+    """ptq --format int4 --group-size 7 quantized until the first layer and ended in a ValueError
+    traceback (MiniLM's layers are 384 and 1536 wide; found in the issue 13 new-user trial)."""
+    from floatlab.ptq import apply
+
+    monkeypatch.setattr(apply, "quantize_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work ran")))
+    r = runner.invoke(app, ["ptq", "--format", "int4", "--group-size", "7", "--out", str(tmp_path / "q")])
+    assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
+    assert "--group-size" in r.output and "group_size 7 does not divide the last dimension (384)" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "q").exists()

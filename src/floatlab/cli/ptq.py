@@ -94,7 +94,7 @@ def ptq_command(
                       calib_data=cal_texts, eval_data=eval_texts)
     layers = linear_layers(lm.model)
     inputs.check_overrides(overrides, list(layers))
-    inputs.check_layers(layers, cfg, "--format/--pad")
+    inputs.check_layers(layers, cfg, "--format/--pad/--group-size")
     opts = CompareOptions(pairs=pairs, windows=windows, window=window, calib=calib, calib_data=cal_texts,
                           eval_data=eval_texts, nonfinite_tokens=policy, device=str(dev))
     compile_note()
@@ -130,7 +130,7 @@ def _ptq_blockwise(model, cfg, out, t0, *, pairs, windows, window, calib, calibr
                       calib_data=cal_texts, eval_data=eval_texts)
     layers = linear_layers(lm.model)
     inputs.check_overrides(overrides, list(layers))
-    inputs.check_layers(layers, cfg, "--format/--pad")
+    inputs.check_layers(layers, cfg, "--format/--pad/--group-size")
     opts = CompareOptions(pairs=pairs, windows=windows, window=window, calib=calib, calib_data=cal_texts,
                           eval_data=eval_texts, nonfinite_tokens=policy)
     compile_note()

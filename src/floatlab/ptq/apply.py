@@ -147,15 +147,18 @@ class _PendingTransforms:
 
 def check_blocks(layers: dict[str, nn.Linear], config: PTQConfig) -> None:
     """Refuse, before any work, a block format whose block does not divide a layer's input
-    dimension when padding is off, and a weight codec that cannot store a layer's weight (a
-    group that does not divide it with padding off, ...)."""
+    dimension when padding is off, a weight codec that cannot store a layer's weight (a group
+    that does not divide it with padding off, ...), and a scalar format's ``group_size`` that
+    does not divide a layer's input dimension."""
     for name, lin in layers.items():
         w_spec = config.weight_spec(name)
-        if w_spec is not None and w_spec.is_codec:
+        if w_spec is not None and (w_spec.is_codec or w_spec.group_size):
             _named(name, w_spec.codec.check_shape, tuple(lin.weight.shape))
         a_spec = config.act_spec(name)
         if a_spec is not None and a_spec.is_codec:
             raise ValueError(f"layer {name}: {a_spec.format!r} is a weight codec; activations take floatlab formats")
+        if a_spec is not None and a_spec.group_size:       # activations: groups along in_features too
+            _named(name, a_spec.codec.check_shape, (1, lin.in_features))
         for role, spec in (("weight", w_spec), ("activation", a_spec)):
             if spec is None or not spec.is_block or spec.pad:
                 continue
