@@ -64,7 +64,9 @@ rounded once (not correctly rounded in the rare cases where that result lies wit
 of a rounding boundary). ``"auto"`` (default) gives the same bits faster: ``+ - * / sqrt`` and the
 exact operations run in float32 under round-to-nearest into formats of at most 11 significant bits
 (innocuous double rounding, 24 >= 2p + 2; Figueroa 1995), except where the float32 result is
-subnormal (redone in float64); the library functions of :data:`~floatlab.emulation.ops.TRANSCENDENTAL`
+subnormal (redone in float64); bf16 and tf32 too, redoing in float64 the float32 results that lie
+exactly on one of their rounding midpoints (then equal to the float64 path for any float32
+operands); the library functions of :data:`~floatlab.emulation.ops.TRANSCENDENTAL`
 run in float32 in every deterministic mode, and an element is kept only when its float32 result and
 the values 2^-19 below and above it round alike, the rest being redone in float64; everything else
 (reductions, matrix products, stochastic modes, fixed point) runs in float64. ``"input"`` computes
