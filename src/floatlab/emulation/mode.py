@@ -120,12 +120,13 @@ class Emulation(TorchDispatchMode):
                         and not self.rounder.identity
                         and (fits or (self._midpoint_bits is not None
                                       and _overflow_agrees(self.spec, mode, self.rounder.saturate))))
-        # the fast lane serves every working precision for the formats it always served (their
-        # float32 results are final), the bf16-like ones only under "auto"
-        self._lane = self._fast32 and (self._midpoint_bits is None or self.working == "auto")
+        # the fast lane is working="auto" itself (float32 with the checks of _verified)
+        self._lane = self._fast32 and self.working == "auto"   # "input"/"float64" mean what they say
         self._nearest = mode.is_nearest
         self._inf_redo = not mode.is_nearest or not fits
-        self._tiny_subnormal_risk = self.spec.smallest_positive < 2 * _F32_MIN_NORMAL
+        if self._fast32:      # see _verified: candidates for the format's rounding midpoints
+            self._low_mask = (1 << (23 - p)) - 1
+            self._below_f32_normal = self.spec.smallest_positive < 2 * _F32_MIN_NORMAL
 
     # ---- context management -------------------------------------------------------------
     def __enter__(self):
@@ -340,6 +341,9 @@ class Emulation(TorchDispatchMode):
         r = self.rounder
         y = r(out)
         facts = _facts(func)
+        if facts.basic and (kwargs or not all(isinstance(a, torch.Tensor) or _exact_in_float32(a)
+                                              for a in args)):
+            return None     # Python floats and alpha would enter float32 arithmetic rounded
         if facts.basic and self._midpoint_bits is not None:
             # bf16, tf32: the operands need not be values of the format (inputs are not rounded at
             # entry), so the double rounding theorem below does not apply. The float32 result f
@@ -347,9 +351,6 @@ class Emulation(TorchDispatchMode):
             # rounding midpoint of these formats is a float32 number, so a midpoint between v and f
             # would be a float32 number nearer v: f rounds like v unless f is a midpoint itself,
             # and like the float64 path's result (same argument with 53 bits) - redone there.
-            # Python floats and alpha would enter float32 arithmetic rounded: left to float64
-            if kwargs or not all(isinstance(a, torch.Tensor) or _exact_in_float32(a) for a in args):
-                return None
             if facts.name in _SELECTING:
                 return y                          # the result is one of the operands: exact
             low, half = self._midpoint_bits
@@ -358,10 +359,33 @@ class Emulation(TorchDispatchMode):
                 return y
             return self._redo(func, args, kwargs, out, y, idx)
         elif facts.basic:
-            if not self._tiny_subnormal_risk:
-                return y
-            a = out.abs()
-            redo = (a < _F32_MIN_NORMAL) & (a > 0)
+            # The operands need not be values of the format (inputs are not rounded at entry), so
+            # the double rounding theorem (24 >= 2p + 2, Figueroa 1995) does not cover the first
+            # operation: (1 + 2^-11) + 2^-40 is 1 + 2^-11 in float32, a fp16 midpoint, which
+            # rounds to 1.0 where the exact sum rounds to 1 + 2^-10. The argument of the branch
+            # above holds instead: f (correctly rounded, IEEE 754 section 5.4) rounds like the
+            # exact value unless f is a rounding midpoint itself. A midpoint has at most p + 1
+            # significant bits (the low 23 - p bits of a normal float32's significand are zero)
+            # and is not a value of the format: such elements are redone in float64 (a
+            # superset: also values beyond the format's range or resolution; rare). Formats
+            # reaching below float32's normal range redo float32 subnormal results too.
+            v = out.detach()
+            if v.device.type == "cpu":
+                o, yv = v.numpy(), y.detach().numpy()
+                with np.errstate(all="ignore"):
+                    flag = ((o.view(np.int32) & self._low_mask) == 0) & (o != yv)
+                    if self._below_f32_normal:
+                        flag |= np.abs(o) < _F32_MIN_NORMAL
+                if o.ndim == 0:
+                    return self._redo(func, args, kwargs, out, y, ()) if bool(flag) else y
+                pos = np.flatnonzero(flag)
+                if pos.size == 0:
+                    return y
+                idx = tuple(torch.from_numpy(i) for i in np.unravel_index(pos, o.shape))
+                return self._redo(func, args, kwargs, out, y, idx)
+            redo = ((v.view(torch.int32) & self._low_mask) == 0) & (v != y)
+            if self._below_f32_normal:
+                redo |= v.abs() < _F32_MIN_NORMAL
         else:
             # rounding is monotone: lo == hi means every value between them (the exact one
             # included) rounds to y. Zero and subnormal results may hide a tiny exact value
