@@ -546,6 +546,29 @@ def test_float32_lane_of_narrow_formats_equals_the_float64_path(name):
         assert (torch.tensor([1 + 2.0 ** -11]) + torch.tensor([2.0 ** -40])).item() == 1.0
 
 
+@pytest.mark.parametrize("name", ["fp16", "bf16", "e4m3", "hif8"])
+def test_sum_off_a_midpoint_by_less_than_float64_resolution_rounds_to_its_side(name):
+    # M + t with M a rounding midpoint and |t| far below M's float64 ulp: the float64 sum is M
+    # itself, and only the exact error (TwoSum) tells the side; oracle: the neighbour on t's side
+    spec = floatlab.get_format(name)
+    codes = torch.arange(2 ** min(spec.bits, 16))
+    vals = floatlab.decode(codes, name, dtype=torch.float64)
+    vals = torch.unique(vals[vals.isfinite() & (vals > 0)])
+    lower, upper = vals[:-1][::7], vals[1:][::7]                 # adjacent values, every 7th pair
+    mid = ((lower + upper) / 2).to(torch.float32)
+    keep = mid.to(torch.float64) == (lower + upper) / 2          # float32 holds every midpoint here
+    lower, upper, mid = lower[keep], upper[keep], mid[keep]
+    t = (mid * 2.0 ** -70).clamp(min=2.0 ** -149)                # below float64's resolution of M
+    neg_t = -t                    # outside the mode: a negation inside it rounds t to the format
+    for working in ("auto", "float64"):
+        for rounding in ("rne", "rna"):
+            with emulate(name, rounding=rounding, working=working):
+                up, down, down2 = mid + t, mid - t, mid + neg_t
+            assert torch.equal(up.double(), upper), (name, working, rounding)
+            assert torch.equal(down.double(), lower), (name, working, rounding)
+            assert torch.equal(down2.double(), lower), (name, working, rounding)
+
+
 def test_bits_equal_finds_what_torch_finds():
     from floatlab.emulation.mode import _bits_equal
     g = torch.Generator().manual_seed(2)

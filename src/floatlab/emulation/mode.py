@@ -437,14 +437,17 @@ class Emulation(TorchDispatchMode):
         y64 = func(*a64, **k64)                   # dispatch modes are off here (_quiet)
         if y is out or any(y is a for a in flat):
             y = y.clone()
-        y[idx] = r(y64, out.dtype)
+        residual = self._residual(func, a64, k64, y64)
+        y[idx] = (r(y64, out.dtype) if residual is None
+                  else r.round_exact(y64, residual).to(out.dtype))
         return y
 
     def _residual(self, func, args, kwargs, out):
-        """The exact error of a float64 ``add``/``sub``/``mul`` result (directed and stochastic
-        modes need it; see :meth:`Rounder.round_exact`), else None."""
+        """The exact error of a float64 ``add``/``sub``/``mul`` result (see
+        :meth:`Rounder.round_exact`: every mode needs it where the result lies on a rounding
+        boundary), else None."""
         r = self.rounder
-        if r.mode.is_nearest or r.identity or not isinstance(out, torch.Tensor) or out.dtype is not torch.float64:
+        if r.identity or not isinstance(out, torch.Tensor) or out.dtype is not torch.float64:
             return None
         name = base_name(func)
         if name not in ("add", "sub", "rsub", "mul") or len(args) < 2:

@@ -11,11 +11,14 @@ methods need:
   makes the following round-to-nearest exact (24 >= p + 2 bits); a plain float64 -> float16 cast
   would round twice.
 * **Rounding with a residual** (:meth:`Rounder.round_exact`): ``s + e`` where ``s`` is a float64
-  result and ``e`` its exact error (TwoSum, TwoProduct). Round-to-nearest of ``s`` is already the
-  rounding of ``s + e`` (a grid point of the format is a float64 number, and ``s`` is the float64
-  number nearest ``s + e``); directed and stochastic modes differ only where ``s`` itself lies on
-  the format's grid and ``e != 0``, and those elements are decided again from the side ``e`` lies
-  on (stochastic: with probability ``|e| / gap``).
+  result and ``e`` its exact error (TwoSum, TwoProduct). Every grid point and every rounding
+  midpoint of a format of at most 26 significant bits is a float64 number, and ``s`` is the
+  float64 number nearest ``s + e``, so no boundary lies strictly between them: the rounding of
+  ``s`` is the rounding of ``s + e`` except where ``s`` is itself a boundary and ``e != 0`` - a
+  midpoint for the round-to-nearest modes (``(1 + 2^-11) + 2^-80`` is the fp16 midpoint
+  ``1 + 2^-11`` in float64; the exact sum rounds up), a grid point for the directed and
+  stochastic ones. Those elements are decided again from the side ``e`` lies on (stochastic: with
+  probability ``|e| / gap``).
 
 ``"fp64"`` (also ``"float64"``, ``"double"``) names IEEE double: rounding into it is the identity
 on every tensor torch holds.
@@ -285,9 +288,10 @@ class Rounder:
         ``s`` (off by at most ``2^-(53-p)``).
         """
         y = self(s)
-        if e is None or self.identity or self.mode.is_nearest or self.mode is RoundingMode.HYBRID:
+        if e is None or self.identity or self.mode is RoundingMode.HYBRID:
             return y
-        fix = (y == s) & (e != 0)
+        nearest = self.mode.is_nearest
+        fix = (e != 0) if nearest else (y == s) & (e != 0)
         if not bool(fix.any()):
             return y
         idx = fix.nonzero(as_tuple=True)
@@ -295,6 +299,13 @@ class Rounder:
         toward = torch.where(e_f > 0, torch.full_like(s_f, float("inf")), torch.full_like(s_f, -float("inf")))
         nudged = torch.nextafter(s_f, toward)   # strictly between s and its grid neighbour
         y = y.clone()
+        if nearest:
+            # s is a rounding boundary (a midpoint, or the overflow threshold) exactly when its
+            # two float64 neighbours round apart and s is not a value of the format
+            inf = torch.full_like(s_f, float("inf"))
+            boundary = (self(torch.nextafter(s_f, -inf)) != self(torch.nextafter(s_f, inf))) & (y[idx] != s_f)
+            y[idx] = torch.where(boundary, self(nudged).to(y.dtype), y[idx])
+            return y
         if self.mode in (RoundingMode.SR, RoundingMode.SR_HALF):
             up = Rounder(self.spec, RoundingMode.RUP, saturate=self.saturate)
             down = Rounder(self.spec, RoundingMode.RDN, saturate=self.saturate)
