@@ -11,8 +11,8 @@ emulation needs on top of it:
   ``"reverse"`` (k descending), ``"pairwise"`` (each chunk sum rounded, then a balanced binary
   tree of rounded additions, as blocked or recursive summation);
 * every rounded addition ``acc + chunk`` is rounded as the exact sum (TwoSum residual,
-  :meth:`~floatlab.emulation.rounding.Rounder.round_exact`), so directed and stochastic modes are
-  not disturbed by the float64 addition. A chunk sum itself is exact when the products fit in 53
+  :meth:`~floatlab.emulation.rounding.Rounder.round_exact`), so no mode is disturbed by the
+  float64 addition (a float64 sum on a midpoint or grid point is decided by its residual). A chunk sum itself is exact when the products fit in 53
   bits (``chunk = 1``, or FP16/BF16 operands with short chunks); otherwise it carries one float64
   rounding, far below any format emulated here.
 

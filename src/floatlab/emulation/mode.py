@@ -535,7 +535,7 @@ class Emulation(TorchDispatchMode):
             with _quiet():
                 if beta == 1 and alpha == 1:
                     bias = torch.broadcast_to(bias, prod.shape)
-                    s, e = two_sum(bias, prod) if not self.rounder.mode.is_nearest else (bias + prod, None)
+                    s, e = two_sum(bias, prod)
                     res = self.rounder.round_exact(s, e)
                 else:
                     bias_term = torch.zeros_like(prod) if beta == 0 else beta * bias

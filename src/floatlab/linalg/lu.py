@@ -173,9 +173,9 @@ def _right_looking(lu: torch.Tensor, r: Rounder, fma: bool) -> torch.Tensor:
 
 
 def _sub(r: Rounder, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``fl(a - b)`` rounded as the exact difference (directed/stochastic modes)."""
-    if r.identity or r.mode.is_nearest:
-        return r(a - b)
+    """``fl(a - b)`` rounded as the exact difference (every mode: see ``Rounder.round_exact``)."""
+    if r.identity:
+        return a - b
     s, e = two_sum(a, -b)
     return r.round_exact(s, e)
 
