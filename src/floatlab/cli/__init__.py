@@ -19,6 +19,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     cls=FloatlabGroup,
+    rich_markup_mode=None,      # click's plain help: wraps every word; rich's boxes cut long ones to "…"
 )
 app.command("formats")(formats_command)
 
