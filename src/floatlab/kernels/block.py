@@ -283,6 +283,7 @@ def quantize_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bit
     if x.numel() == 0:                                 # nothing to round (no blocks, no draws)
         return x.new_empty(x.shape) if out is None else out
     xb, blocking = to_blocks(x, fmt.block, axis, pad)
+    saved = dispatch.rng_snapshot(plan.elem, generator, x.device) if backend == "compiled" else None
     rnd = dispatch.draws(plan.elem, xb.shape, x.device, generator)
     y = None
     if (backend == "compiled" and xb.shape[0] >= 2) or \
@@ -299,6 +300,7 @@ def quantize_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bit
             y = _compiled(plan, xb, rnd, None)
         except compiler.CompileUnavailable:
             if backend == "compiled":
+                dispatch.rng_restore(saved)    # the caller's fallback draws these again
                 raise
     if y is None:
         y = _KERNELS[fmt.rule](xb, rnd, plan)

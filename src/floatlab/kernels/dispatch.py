@@ -107,6 +107,34 @@ def draws(p: Plan, shape, device, generator) -> torch.Tensor | None:
     return torch.randint(0, 2, shape, device=device, generator=generator)
 
 
+def rng_snapshot(p: Plan, generator, device):
+    """The random state :func:`draws` is about to consume, for :func:`rng_restore`; None for the
+    deterministic modes. A ``backend="compiled"`` call that fails to compile after drawing puts
+    it back, so a caller that falls back to another backend draws the same numbers (the bits
+    then equal the plain path's, as every backend's must)."""
+    if p.rng == "none":
+        return None
+    if generator is not None:
+        return generator, generator.get_state()
+    device = torch.device(device)
+    if device.type == "cuda":
+        return device, torch.cuda.get_rng_state(device)
+    return None, torch.random.get_rng_state()
+
+
+def rng_restore(saved) -> None:
+    """Undo the draws since :func:`rng_snapshot` (``saved`` None: nothing was drawn)."""
+    if saved is None:
+        return
+    owner, state = saved
+    if isinstance(owner, torch.Generator):
+        owner.set_state(state)
+    elif isinstance(owner, torch.device):
+        torch.cuda.set_rng_state(state, owner)
+    else:
+        torch.random.set_rng_state(state)
+
+
 def _kernel(plan: Plan, with_out: bool):
     if with_out:
         def quantize_into(x, rnd, out):
@@ -132,6 +160,7 @@ def quantize_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr
                                       f"{mode.value!r} for {x.dtype} inputs")
         return None
     flat = x.reshape(-1)
+    saved = rng_snapshot(plan, generator, x.device) if backend == "compiled" else None
     rnd = draws(plan, x.shape, x.device, generator)
     rnd = rnd.reshape(-1) if rnd is not None and rnd.ndim else rnd
     direct = out is not None and out.is_contiguous()
@@ -148,6 +177,7 @@ def quantize_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr
             y = compiler.run((plan, False), lambda: _kernel(plan, False), flat, rnd)
         except compiler.CompileUnavailable:
             if backend == "compiled":
+                rng_restore(saved)                 # the caller's fallback draws these again
                 raise
             y = quantize_kernel(flat, rnd, plan)   # same bits; the draws are already taken
     y = y.view(x.shape)
