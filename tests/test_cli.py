@@ -174,6 +174,8 @@ def _mistakes(tmp_path):
         (["compare", "--model", str(a_file), "--out", str(tmp_path / "o")], "--model"),
         (["compare", "--model", "minlm", "--out", str(tmp_path / "o")], "--model"),
         (["compare", "--pairs", "x"], "--pairs"),
+        (["compare", "--text-field", "body", "--out", str(tmp_path / "o")], "--text-field"),   # was ignored
+        (["ptq", "--text-field", "body", "--out", str(tmp_path / "o")], "--text-field"),
         (["compare", "--no-such-flag"], "--no-such-flag"),
         (["ptq", "--out", str(a_file)], "--out"),
         (["ptq", "--format", "hif9", "--out", str(tmp_path / "o")], "--format"),
@@ -217,6 +219,66 @@ def test_ptq_refuses_to_overwrite_without_asking(tmp_path, monkeypatch):
     assert (tmp_path / "config.json").read_text() == "{}"
 
 
+# every command that writes results into --out asks before replacing its own earlier result, like
+# ptq, as the last check before the work (a flag mistake is named first, never after a prompt);
+# other files in the folder do not count (session 24 trial: compare and lm-eval wrote over one).
+# lm-eval's case is in test_lm_eval.py (it needs a causal LM and a task).
+EARLIER = [
+    (["compare", "--formats", "bf16", "--model", "minilm"], "report.md", ["--pairs", "100000"]),
+    (["sweep", "--model", "minilm", "--methods", "rtn", "--bits", "4"], "results.json", ["--windows", "0"]),
+    (["advise", "--budget", "6", "--formats", "int4,int8", "--model", "minilm"], "recipe.json",
+     ["--solver", "simplex"]),
+    (["gemm", "--sizes", "8", "--dists", "normal", "--methods", "fp32"], "gemm.json", ["--sizes", "0"]),
+    (["solve", "--n", "4", "--kappas", "1e1", "--formats", "fp16", "--methods", "lu-ir", "--working", "fp64"],
+     "results.json", ["--mode", "7"]),
+    (["formats", "--quality", "--n", "1024", "e4m3"], "quality.md", ["--n", "10"]),
+]
+
+
+@pytest.mark.parametrize("args,earlier,mistake", EARLIER, ids=[a[0] for a, _, _ in EARLIER])
+def test_commands_ask_before_writing_over_an_earlier_result(tmp_path, monkeypatch, args, earlier, mistake):
+    loads_model = "--model" in args
+    if loads_model:
+        from floatlab.models import registry
+        if registry._minilm_path() is None:
+            pytest.skip("needs the models extra (MiniLM)")
+    _no_model_loading(monkeypatch)
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")                  # a foreign file alone is no earlier result
+    (out / earlier).write_text("{}")
+    r = runner.invoke(app, [*args, *mistake, "--out", str(out)])
+    assert r.exit_code == 2 and f"error: {mistake[0]}" in r.output and "--overwrite" not in r.output, r.output
+    r = runner.invoke(app, [*args, "--out", str(out)])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith("error: ") and "--overwrite" in lines[0] and "earlier result" in lines[0], r.output
+    assert (out / earlier).read_text() == "{}" and (out / "notes.txt").read_text() == "mine"
+    (out / earlier).unlink()
+    r = runner.invoke(app, [*args, "--out", str(out), "--overwrite"] if not loads_model else [*args, "--out", str(out)])
+    if loads_model:                  # a foreign file alone passes: the command goes on to load the model
+        assert isinstance(r.exception, AssertionError) and "a model was loaded" in str(r.exception), r.output
+        (out / earlier).write_text("{}")
+        r = runner.invoke(app, [*args, "--out", str(out), "--overwrite"])
+        assert isinstance(r.exception, AssertionError) and "a model was loaded" in str(r.exception), r.output
+    else:                            # small enough to run: the result is written, then replaced with --overwrite
+        assert r.exit_code == 0, r.output
+        first = (out / earlier).read_text()
+        r = runner.invoke(app, [*args, "--out", str(out), "--overwrite"])
+        assert r.exit_code == 0 and (out / earlier).read_text() != "{}", r.output
+        assert (out / "notes.txt").read_text() == "mine" and first
+
+
+def test_counts_take_the_singular_for_one():
+    """report.md said 'on 1 threads'; the kind: every count printed with a plural noun."""
+    from floatlab.text import plural
+
+    assert (plural(1, "thread"), plural(2, "thread"), plural(0, "layer")) == ("1 thread", "2 threads", "0 layers")
+    assert plural(1, "process", "processes") == "1 process" and plural(3, "process", "processes") == "3 processes"
+    r = runner.invoke(app, ["gemm", "--sizes", "8", "--dists", "normal", "--methods", "fp32"])
+    assert r.exit_code == 0 and "of 1 run flagged" in r.output, r.output
+
+
 def test_confirm_overwrite_asks_on_a_terminal(monkeypatch):
     from floatlab.cli import output
 
@@ -238,11 +300,11 @@ def test_confirm_overwrite_asks_on_a_terminal(monkeypatch):
 
 # item 13: square brackets survive every message, on a terminal and off it
 @pytest.mark.parametrize("env", [{}, {"FORCE_COLOR": "1"}], ids=["redirected", "tty"])
-def test_brackets_in_messages_survive(monkeypatch, env):
+def test_brackets_in_messages_survive(monkeypatch, env, tmp_path):
     from floatlab.models import registry
 
     monkeypatch.setattr(registry, "_minilm_path", lambda: None)       # the models extra is missing
-    r = runner.invoke(app, ["compare", "--formats", "bf16"], env=env)
+    r = runner.invoke(app, ["compare", "--formats", "bf16", "--out", str(tmp_path / "o")], env=env)
     assert r.exit_code == 2, r.output
     assert "pip install 'floatlab[models]'" in _plain(r.output)
 

@@ -36,6 +36,8 @@ def test_compare_small(tmp_path):
     assert env["versions"]["torch"] == torch.__version__ and env["versions"]["floatlab"] == floatlab.__version__
     assert res["command"] == f"floatlab compare --model MiniLM --formats bf16,mxfp4 --pairs 6 --out {tmp_path}"
     report = (tmp_path / "report.md").read_text()
+    threads = res["threads"]                                 # 'on 1 threads' before (issue 13 trial)
+    assert (f"on {threads} thread{'s' if threads != 1 else ''}." in report) and "1 threads" not in report
     for png in ("cosine_vs_bits.png", "recall_vs_bits.png", "layer_sqnr.png"):   # every plot linked and written
         assert f"]({png})" in report and (tmp_path / png).stat().st_size > 1000, png
     assert "Environment: floatlab" in report and res["command"] in report

@@ -147,5 +147,15 @@ def test_cli_runs_a_ptq_result_and_refuses_bad_input_before_loading(setup, tmp_p
     r = runner.invoke(app, ["lm-eval", "minilm", "--tasks", "toy_mc", "--include-path", str(tasks),
                             "--out", str(tmp_path / "res")])
     assert r.exit_code == 2 and "lm-eval evaluates causal language models" in r.output, r.output
+    # an earlier results.json in --out: asked about (here: refused) after every other check, before loading
+    from floatlab.ptq import io as ptq_io
+    monkeypatch.setattr(ptq_io, "load_quantized", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
+    before = (tmp_path / "res" / "results.json").read_text()
+    ok = ["lm-eval", str(q), "--tasks", "toy_mc", "--include-path", str(tasks), "--out", str(tmp_path / "res")]
+    r = runner.invoke(app, ok)
+    assert r.exit_code == 2 and r.output.startswith("error: ") and "earlier result (results.json)" in r.output
+    assert "--overwrite" in r.output and (tmp_path / "res" / "results.json").read_text() == before, r.output
+    r = runner.invoke(app, [*ok, "--overwrite"])
+    assert isinstance(r.exception, AssertionError) and "model loaded" in str(r.exception), r.output
     with pytest.raises(LmEvalError, match="is not a folder of task YAML files"):
         evaluate(None, None, ["toy_mc"], include_path=tmp_path / "nope")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from floatlab.cli.output import (CliError, check_int, check_out_dir, command_line, compile_note, flag_errors, progress,
+from floatlab.cli.output import (CliError, check_earlier_result, check_int, check_out_dir, command_line, compile_note, flag_errors, progress,
                                  say, show_table)
 
 
@@ -31,6 +31,7 @@ def advise_command(
     check: int = typer.Option(0, "--check", help="with a Fisher proxy: also measure this many layers (spread over the model) and report the proxy's rank correlation with them"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="keep sensitivities in the cache folder (resumable)"),
     out: Path = typer.Option(Path("results/advise"), "--out", "-o", help="folder for results.json, recipe.json, overrides.txt, report.md, pareto.png"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
 ) -> None:
     """Choose a format per linear layer under a budget, write it as a recipe for `floatlab ptq`, and
     verify it end to end against uniform formats and random assignments."""
@@ -71,6 +72,7 @@ def advise_command(
     if opts.sensitivity.startswith("fisher") and mkind != "causal_lm":
         raise CliError(f"the Fisher proxy needs a next-token loss; {name} is an {mkind}: use --sensitivity measured",
                        "--sensitivity")
+    check_earlier_result(out, ("results.json", "recipe.json", "overrides.txt", "report.md"), overwrite)  # last
 
     from floatlab.advise.advisor import BudgetError, advise_table, check_advise, render_advise, run_advise
     from floatlab.ptq.compare import CompareOptions

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import typer
 
-from floatlab.cli.output import check_int, check_out_dir, command_line, compile_note, progress, say, show_table
+from floatlab.cli.output import (check_earlier_result, check_int, check_out_dir, command_line, compile_note, progress,
+                                 say, show_table)
 
 DEFAULT_FORMATS = ("bf16", "e4m3", "e5m2", "hif8", "mxfp8_e4m3", "int8", "mxfp4", "nvfp4", "hif4", "int4")
 
@@ -32,6 +33,7 @@ def compare_command(
     nonfinite_tokens: str = typer.Option("error", "--nonfinite-tokens", help="a NaN/Inf in a calibration token's input: error | exclude (leave the token out)"),
     device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N (under torchrun: each process its local GPU)"),
     out: Path = typer.Option(Path("results/compare"), "--out", "-o", help="folder for results.json, report.md, plots"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
 ) -> None:
     """Quantize a real model into many formats (weights and activations, RTN by default) and rank them."""
     from floatlab import parallel
@@ -46,6 +48,7 @@ def compare_command(
         inputs.check_calib(calib, st, m)
         inputs.check_gptq_formats([inputs.spec(f, "--formats") for f in fmts], st, "--formats")
     inputs.check_pairs(pairs)
+    inputs.check_text_field(text_field, calib_data, eval_data)
     check_int(windows, "--windows", 1)
     check_int(window, "--window", 2)
     policy = inputs.nonfinite(nonfinite_tokens)
@@ -59,6 +62,7 @@ def compare_command(
     if calib_data is not None and not calibrates:
         from floatlab.cli.output import warn
         warn(f"--calib-data is not read: method {method!r} does not calibrate")
+    check_earlier_result(out, ("results.json", "report.md"), overwrite)   # last: a mistake is named before any prompt
 
     from floatlab.ptq.compare import CompareOptions, run_compare
     from floatlab.ptq.report import compare_table, render_compare

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 import floatlab
-from floatlab.cli.output import CliError, check_int, check_out_dir, command_line, compile_note, say, show_table
+from floatlab.cli.output import CliError, check_earlier_result, check_int, check_out_dir, command_line, compile_note, say, show_table
 
 _SCALAR_COLUMNS = ("format", "bits", "max", "min normal", "min subnormal", "eps", "finite values",
                    "binades", "specials", "overflow")
@@ -49,6 +49,7 @@ def formats_command(
     n: int = typer.Option(2 ** 18, "--n", help="Samples per distribution for --quality (rows of 1024; at least 1024)."),
     out: Path = typer.Option(None, "--out", "-o", help="With --quality: also write results.json (with the environment) and "
                              "quality.md into this folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
     cost: bool = typer.Option(False, "--cost", help="The hardware cost model: bits moved per value and MAC energy/area "
                               "relative to an int8 MAC (floatlab.hw; fitted to Horowitz ISSCC 2014, 45 nm)."),
 ) -> None:
@@ -69,6 +70,7 @@ def formats_command(
                            "and block formats", "--quality")
         names = [x for x in names if _measurable(floatlab.get_format(x))]
         if out is not None:
+            check_earlier_result(out, ("results.json", "quality.md"), overwrite)
             out = check_out_dir(out)
     if plot is not None:
         plot = check_out_dir(plot, "--plot")

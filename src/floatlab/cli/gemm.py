@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from floatlab.cli.output import CliError, FloatlabCommand, check_out_dir, command_line, flag_errors, progress, say, show_table
+from floatlab.cli.output import CliError, FloatlabCommand, check_earlier_result, check_out_dir, command_line, flag_errors, progress, say, show_table
 from floatlab.gemm import METHODS
 from floatlab.gemm.analysis import (
     DISTRIBUTIONS,
@@ -25,6 +25,7 @@ from floatlab.gemm.analysis import (
     table_cells,
     write_outputs,
 )
+from floatlab.text import plural
 
 app = typer.Typer(
     help="Error analysis of precision-recovery GEMM methods against a float64 reference.",
@@ -77,6 +78,7 @@ def gemm(
     ),
     out: Path | None = typer.Option(None, help="Directory for gemm.json, gemm.md, gemm.png and results.json "
                                     "(the rows with the command and the environment)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
 ) -> None:
     """Measure max/mean/Frobenius relative errors of each method against float64."""
     with flag_errors("--sizes"):
@@ -88,6 +90,7 @@ def gemm(
     with flag_errors("--accumulator", TypeError):
         _parse_accumulator(accumulator)
     if out is not None:
+        check_earlier_result(out, ("results.json", "gemm.json", "gemm.md"), overwrite)
         out = check_out_dir(out)
 
     from floatlab.progress import task
@@ -104,7 +107,7 @@ def gemm(
     show_table(title, TABLE_COLUMNS, [table_cells(r) for r in rows],
                right=[c for c in TABLE_COLUMNS if c not in ("size", "dist", "method", "status")])
     broken = sum(r["broken"] for r in rows)
-    say(f"{broken} of {len(rows)} runs flagged broken (non-finite, >100x fp32's error, or >4u for fp16/bf16).")
+    say(f"{broken} of {plural(len(rows), 'run')} flagged broken (non-finite, >100x fp32's error, or >4u for fp16/bf16).")
     if out is not None:
         from floatlab.atomic import write_json
         from floatlab.gemm.analysis import _json_safe

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from floatlab.cli.output import CliError, check_int, flag_errors
+from floatlab.text import plural
 
 
 def format_list(text: str, flag: str) -> tuple[str, ...]:
@@ -65,6 +66,15 @@ def method_grid(text: str, flag: str = "--method") -> tuple[str, tuple]:
             raise CliError(f"{m!r} is given twice", flag)
         seen.add(m.lower())
     return ",".join(methods), tuple(method_steps(m, flag) for m in methods)
+
+
+def check_text_field(text_field: str | None, calib_data, eval_data) -> None:
+    """``--text-field`` names a field of the user's own data; without ``--calib-data`` or
+    ``--eval-data`` it would be ignored (the built-in text has no fields), so it is refused."""
+    if text_field is not None and calib_data is None and eval_data is None:
+        raise CliError(f"{text_field!r} names the text field of --calib-data/--eval-data (.jsonl, .parquet, "
+                       "datasets); give one of them, or drop --text-field (the built-in text has no fields)",
+                       "--text-field")
 
 
 def text_data(path, flag: str, text_field: str | None = None):
@@ -201,7 +211,7 @@ def check_data(lm, *, pairs: int, windows: int, window: int, calib: int, calibra
                 warn(f"--calib-data is the evaluation data: the {calib} calibration texts are among the evaluated "
                      "ones (calibration overlaps the evaluation)")
             elif calib_data is not None and calib > len(calib_data.texts):
-                raise CliError(f"{calib_data.source['path']} holds {len(calib_data.texts)} texts; use --calib "
+                raise CliError(f"{calib_data.source['path']} holds {plural(len(calib_data.texts), 'text')}; use --calib "
                                f"{len(calib_data.texts)} or fewer", "--calib")
             return
         total = retrieval_pair_count()
@@ -223,12 +233,12 @@ def check_data(lm, *, pairs: int, windows: int, window: int, calib: int, calibra
     avail = count(evals)
     what = "the evaluation text" if eval_data is None else eval_data.source["path"]
     if windows > avail:
-        raise CliError(f"{what} holds {avail} windows of {window} tokens; use --windows {avail} "
+        raise CliError(f"{what} holds {plural(avail, 'window')} of {window} tokens; use --windows {avail} "
                        "or fewer (or a smaller --window)", "--windows")
     if not calibrates:
         return
     if same and windows + calib > avail:
-        raise CliError(f"{what} holds {avail} windows of {window} tokens and {windows} are evaluated; "
+        raise CliError(f"{what} holds {plural(avail, 'window')} of {window} tokens and {windows} are evaluated; "
                        f"calibration windows must come after them: use --calib {avail - windows} or fewer",
                        "--calib")
     if not same and calib > (n := count(cals)):

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import typer
 
-from floatlab.cli.output import CliError, check_int, check_out_dir, command_line, progress, say, show_table
+from floatlab.cli.output import (CliError, check_earlier_result, check_int, check_out_dir, command_line, progress, say,
+                                 show_table)
 
 
 def lm_eval_command(
@@ -24,6 +25,7 @@ def lm_eval_command(
     model: str = typer.Option(None, "--model", "-m", help="a ptq result's source model folder, if it moved"),
     device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N"),
     out: Path = typer.Option(Path("results/lm-eval"), "--out", "-o", help="folder for results.json"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier results.json in --out without asking"),
 ) -> None:
     """Evaluate a quantized model (weights and activations fake-quantized as floatlab saved them) on lm-eval tasks."""
     from floatlab.cli import inputs
@@ -62,6 +64,7 @@ def lm_eval_command(
         check_tasks(names, include_path)
     except LmEvalError as err:
         raise CliError(str(err), "--tasks") from None
+    check_earlier_result(out, ("results.json",), overwrite)    # last: a mistake is named before any prompt
 
     from floatlab.eval.lm_eval import evaluate, task_rows
 

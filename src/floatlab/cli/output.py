@@ -205,6 +205,21 @@ def confirm_overwrite(what: str, overwrite: bool, flag: str = "--overwrite") -> 
     raise CliError(f"{what}; pass {flag} to replace it, or choose another folder")
 
 
+def check_earlier_result(out: Path | None, names: Iterable[str], overwrite: bool, flag: str = "--overwrite") -> None:
+    """Before any work: a command asks before it writes over its own earlier result in ``out`` (any
+    of the files ``names``; glob patterns allowed), as ``floatlab ptq`` does: yes with
+    ``overwrite``, a prompt on a terminal, otherwise one error naming ``flag``. Other files in
+    ``out`` do not count."""
+    if out is None:
+        return
+    out = Path(out).expanduser()
+    if not out.is_dir():
+        return
+    earlier = sorted({p.name for n in names for p in out.glob(n) if p.is_file()})
+    if earlier:
+        confirm_overwrite(f"{out} holds an earlier result ({', '.join(earlier)})", overwrite, flag)
+
+
 def parse_choice(text: str, choices: Iterable[str], flag: str) -> str:
     """``text`` matched case-insensitively against ``choices``, with a did-you-mean hint."""
     import difflib

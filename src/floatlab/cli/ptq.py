@@ -10,6 +10,7 @@ import typer
 
 from floatlab.cli.output import (CliError, check_int, check_out_dir, command_line, compile_note, confirm_overwrite,
                                  progress, say, show_table)
+from floatlab.text import plural
 
 
 def ptq_command(
@@ -47,6 +48,7 @@ def ptq_command(
     inputs.check_calib(calib, steps, method)
     inputs.check_gptq_formats([w_spec] + [w for _, w, _ in overrides], steps, "--format/--override")
     inputs.check_pairs(pairs)
+    inputs.check_text_field(text_field, calib_data, eval_data)
     check_int(windows, "--windows", 1)
     check_int(window, "--window", 2)
     policy = inputs.nonfinite(nonfinite_tokens)
@@ -102,7 +104,7 @@ def ptq_command(
         batches = calibration_batches(lm, calib, opts) if calibrates else []
         ref = copy.deepcopy(lm.model) if lm.kind == "encoder" else None
         qweights = quantize_model(lm.model, cfg, calib=batches)
-        say(f"quantized {len(qweights)} layers ({cfg.label()}) in {time.time() - t0:.1f}s; measuring ...")
+        say(f"quantized {plural(len(qweights), 'layer')} ({cfg.label()}) in {time.time() - t0:.1f}s; measuring ...")
         metric = measure_single(lm, lm.model, opts, ref_model=ref)
     show_table(f"{cfg.label()} on {lm.name}", ("metric", "value"), [[k, str(v)] for k, v in metric.items()],
                right=("value",))

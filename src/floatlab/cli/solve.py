@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from floatlab.cli.output import FloatlabCommand, check_int, check_out_dir, command_line, flag_errors, progress, say
+from floatlab.cli.output import FloatlabCommand, check_earlier_result, check_int, check_out_dir, command_line, flag_errors, progress, say
 from floatlab.linalg.refine import METHODS, PRECISIONS
 from floatlab.linalg.study import (DEFAULT_FORMATS, boundaries, parse_kappas, run_study, to_markdown,
                                    unit_roundoff, write_outputs)
@@ -45,6 +45,7 @@ def solve(
     seed: int = typer.Option(0, help="Random seed of the matrices."),
     out: Path | None = typer.Option(None, help="Directory for results.json (rows, boundaries, command, "
                                     "environment), report.md and solve.png."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
 ) -> None:
     """Refinement steps of LU-IR and GMRES-IR to working-precision accuracy over kappa = 1e1..1e10."""
     check_int(n, "--n", 2)
@@ -68,6 +69,7 @@ def solve(
         if scaling not in ("auto", "squeeze", "none"):
             raise ValueError(f"must be auto, squeeze or none, got {scaling!r}")
     if out is not None:
+        check_earlier_result(out, ("results.json", "report.md"), overwrite)
         out = check_out_dir(out)
 
     from floatlab.progress import task

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import typer
 
-from floatlab.cli.output import CliError, check_int, check_out_dir, command_line, compile_note, progress, say, show_table
+from floatlab.cli.output import (CliError, check_earlier_result, check_int, check_out_dir, command_line, compile_note,
+                                 progress, say, show_table)
+from floatlab.text import plural
 
 
 def sweep_command(
@@ -26,6 +28,7 @@ def sweep_command(
     windows: int = typer.Option(16, "--windows", help="causal LMs: perplexity windows"),
     window: int = typer.Option(256, "--window", help="causal LMs: tokens per window"),
     out: Path = typer.Option(Path("results/sweep"), "--out", "-o", help="folder for results.json, report.md, quality_vs_bits.png"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
 ) -> None:
     """Weight-only PTQ of MODEL with every METHOD at every bit-width (plus --add points): a table
     and a plot of quality against bits per weight, every stored bit counted."""
@@ -71,6 +74,7 @@ def sweep_command(
     name, folder, kind, _, mcfg = inputs.resolve(model)
     if kind == "causal_lm":
         inputs.check_window(window, mcfg)
+    check_earlier_result(out, ("results.json", "report.md"), overwrite)   # last: a mistake is named before any prompt
 
     from floatlab.models.loading import linear_layers
     from floatlab.ptq.sweep import render_sweep, run_sweep, sweep_table
@@ -79,7 +83,7 @@ def sweep_command(
     layers = linear_layers(lm.model)
     for c in configs:
         inputs.check_layers(layers, c, "--template/--group/--add")
-    say(f"{lm.name} loaded; {len(configs)} points: " + ", ".join(f"{c.method}:{c.weight.format}" for c in configs))
+    say(f"{lm.name} loaded; {plural(len(configs), 'point')}: " + ", ".join(f"{c.method}:{c.weight.format}" for c in configs))
     compile_note()
     from floatlab.atomic import write_json
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import typer
 
+from floatlab.text import plural
+
 
 def train_command(
     recipe: list[str] = typer.Option(None, "--recipe", "-r", help="A built-in recipe name (case-insensitive) or a .json/.yaml recipe file; repeat for several (default: every built-in). bf16 is always run as the baseline."),
@@ -119,7 +121,8 @@ def train_command(
     talk = say if rank == 0 else (lambda *a, **k: None)
     m = p.model
     talk(f"floatlab train: {p.name} preset (GPT {m.n_layer} layer(s), d={m.d_model}, context {m.block_size}; "
-         f"{p.steps} steps, batch {p.batch_size}), {seeds} seed(s), {world} process(es) on {dev}, "
+         f"{plural(p.steps, 'step')}, batch {p.batch_size}), {plural(seeds, 'seed')}, "
+         f"{plural(world, 'process', 'processes')} on {dev}, "
          f"corpus {data.source}" + (f", master weights {master} (SR)" if master else "")
          + (f"; {options.describe()}" if options.to_dict() else ""))
     for r in recipes:
@@ -144,7 +147,7 @@ def train_command(
         rows.append((name, f"{r['final_loss']:.4f}", f"{r['final_loss_std']:.4f}",
                      f"{100 * r['relative_to_bf16']:+.2f}%", f"{100 * r['relative_to_bf16_std']:.2f}%",
                      f"{r['step_time_s'] * 1e3:.0f}", f"{r['step_time_vs_bf16']:.2f}x"))
-    show_table(f"final validation loss after {p.steps} steps ({p.name} preset, {seeds} seed(s)); "
+    show_table(f"final validation loss after {plural(p.steps, 'step')} ({p.name} preset, {plural(seeds, 'seed')}); "
                f"bf16 seed spread {spread:.2f}%", columns, rows, right=columns[1:])
     say(f"wrote {out}/summary.json, {out}/curves.csv, {out}/loss.png")
 
@@ -190,7 +193,7 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
     for what in plan.values():
         counts[what.split()[0]] = counts.get(what.split()[0], 0) + 1
     say(f"floatlab train: {kind} on {task} ({p.name} preset: {len(data.train_y)} training images, batch "
-        f"{p.batch_size}, {p.steps} steps), rule {how}, {seeds} seed(s); runs: "
+        f"{p.batch_size}, {plural(p.steps, 'step')}), rule {how}, {plural(seeds, 'seed')}; runs: "
         + ", ".join(f"{n} {k}" for k, n in counts.items()))
     with progress():
         summary = run_image_experiment(recipes if how == "backprop" else [], list(range(seeds)), p, kind, out,
@@ -199,7 +202,7 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
     rows = [(name, f"{100 * r['test_accuracy']:.2f}%", f"{100 * r['test_accuracy_std']:.2f}",
              f"{r['vs_reference_points']:+.2f}", f"{1e3 * r['step_time_s']:.0f}", f"{r['step_time_vs_reference']:.2f}x")
             for name, r in summary["recipes"].items()]
-    show_table(f"{task} test accuracy after {p.steps} steps ({kind}, {p.name} preset, {seeds} seed(s))",
+    show_table(f"{task} test accuracy after {plural(p.steps, 'step')} ({kind}, {p.name} preset, {plural(seeds, 'seed')})",
                columns, rows, right=columns[1:])
     say(f"wrote {out}/summary.json, {out}/curves.csv, {out}/accuracy.png")
 
@@ -248,7 +251,7 @@ def _sweep_command(path: Path, out: Path, threads: int, fresh: bool, options, de
     for what in plan.values():
         counts[what.split()[0]] = counts.get(what.split()[0], 0) + 1
     say(f"floatlab train --sweep {path}: {len(cells)} cells + {len(sw.recipes)} recipe(s) + bf16, seeds "
-        f"{sw.seeds}, {p.name} preset ({p.steps} steps) on {dev}; runs: "
+        f"{sw.seeds}, {p.name} preset ({plural(p.steps, 'step')}) on {dev}; runs: "
         + ", ".join(f"{n} {k}" for k, n in counts.items()))
     with progress():
         doc = run_sweep(sw, out, data, device=str(dev), fresh=fresh)

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from floatlab.text import plural
+
 
 # ---- sentence embeddings ---------------------------------------------------------------------
 @torch.no_grad()
@@ -124,7 +126,7 @@ def token_windows(tokenizer, text: str, window: int, max_windows: int | None = N
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
-        raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of {window}")
+        raise ValueError(f"the text has {plural(len(ids), 'token')}, fewer than one window of {window}")
     wins = ids[: n * window].reshape(n, window)
     if adds_bos(tokenizer) if bos is None else bos:
         wins = torch.cat([torch.full((n, 1), tokenizer.bos_token_id, dtype=wins.dtype), wins], 1)

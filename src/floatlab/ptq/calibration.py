@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from floatlab.text import plural
+
 #: what to do with a calibration token whose input row to a layer holds a NaN or Inf
 NONFINITE_POLICIES = ("error", "exclude")
 
@@ -219,7 +221,7 @@ def for_each_input(model: nn.Module, layers: dict[str, nn.Linear], calib: list[d
     if any(dropped.values()):
         hit = {n: d for n, d in dropped.items() if d}
         first = next(iter(hit))
-        warnings.warn(f"calibration: tokens with non-finite inputs excluded at {len(hit)} layers (first {first!r}: "
+        warnings.warn(f"calibration: tokens with non-finite inputs excluded at {plural(len(hit), 'layer')} (first {first!r}: "
                       f"{hit[first]} of {hit[first] + tokens[first]} tokens); nonfinite_tokens='exclude'",
                       RuntimeWarning, stacklevel=3)
     return tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from floatlab.eval import report as R
+from floatlab.text import plural
 
 CONVENTIONS = (
     "Quantized: every nn.Linear inside the transformer blocks (weights; and their input activations "
@@ -22,7 +23,7 @@ def environment_line(env: dict) -> str:
     libs = ", ".join(f"{k} {v[k]}" for k in ("floatlab", "torch", "transformers") if k in v)
     gpu = f", {env['cuda']}" if env.get("cuda") else ""
     return (f"{libs}; Python {env.get('python')}; {env.get('cpu')} ({env.get('cpu_count')} CPUs, "
-            f"{env.get('torch_threads')} torch threads){gpu}; {env.get('time_utc')}")
+            f"{plural(env.get('torch_threads'), 'torch thread')}){gpu}; {env.get('time_utc')}")
 
 
 def _many_methods(results: dict) -> bool:
@@ -83,7 +84,7 @@ def data_note(results: dict) -> str:
             parts.append(f"{role}: the built-in text ({src['source']}, sha256 {src['sha256'][:16]}...)")
         else:
             field = f", field {src['text_field']!r}" if src.get("text_field") else ""
-            parts.append(f"{role}: {src['path']} ({src['kind']}{field}, {src['texts']} texts, {src['bytes']} bytes, "
+            parts.append(f"{role}: {src['path']} ({src['kind']}{field}, {plural(src['texts'], 'text')}, {plural(src['bytes'], 'byte')}, "
                          f"sha256 {src['sha256'][:16]}...)")
     return ("Data: " + "; ".join(parts) + ".") if parts else ""
 
@@ -141,7 +142,7 @@ def render_compare(results: dict, out: Path) -> tuple[list[list[str]], str]:
           f"Method: {results['method']}, {'weights only' if results['weights_only'] else 'weights and activations'}.",
           "", R.markdown_table([dict(zip(head, row)) for row in table[1:]], [(h, h) for h in head]), "",
           metric_note, "", *([data_note(results), ""] if data_note(results) else []), CONVENTIONS, "",
-          f"Total time {results.get('seconds_wall', results['seconds_total']):.1f} s on {results['threads']} threads"
+          f"Total time {results.get('seconds_wall', results['seconds_total']):.1f} s on {plural(results['threads'], 'thread')}"
           f"{procs}.",
           *(["", f"Environment: {environment_line(env)}."] if env else []),
           "", *(f"![{p.removesuffix('.png').replace('_', ' ')}]({p})" for p in plots), ""]
