@@ -121,3 +121,21 @@ def test_load_of_an_empty_or_foreign_file_says_so(tmp_path, content):
     bad.write_bytes(content)
     with pytest.raises(ValueError, match=r"w.safetensors is not a readable .safetensors file"):
         floatlab.load(bad)
+
+
+@pytest.mark.parametrize("make,valid", [
+    (lambda: floatlab.block_format("e2m1", "e8m0", 32, rule="round"), "floor, ceil, even, rceil"),
+    (lambda: floatlab.FloatFormat(4, 3, nan="x"), "ieee, fn, fnuz, none"),
+    (lambda: __import__("floatlab.nn.recipe", fromlist=["x"]).Scaling("curent"), "none, current, delayed"),
+    (lambda: __import__("floatlab.nn.recipe", fromlist=["x"]).BlockAxis("rows"), "contraction, outer"),
+], ids=["ScaleRule", "NanStyle", "Scaling", "BlockAxis"])
+def test_bad_option_values_list_the_valid_ones(make, valid):
+    """'round' is not a valid ScaleRule said neither what is valid nor what was meant."""
+    with pytest.raises(ValueError, match="is not a valid") as err:
+        make()
+    assert f"(choose from {valid}" in str(err.value)
+
+
+def test_bad_option_value_suggests_the_close_one():
+    with pytest.raises(ValueError, match=r"'FLOOR' is not a valid ScaleRule; did you mean 'floor'\?"):
+        floatlab.block_format("e2m1", "e8m0", 32, rule="FLOOR")

@@ -123,3 +123,14 @@ def test_a_non_module_is_refused_with_a_type_error():
         quantize_model("model", "nvfp4")
     with pytest.raises(TypeError, match="got OrderedDict"):
         quantize_model(nn.Linear(4, 4).state_dict(), "nvfp4")
+
+
+def test_a_model_without_gemm_layers_is_reported_as_such():
+    """Not 'quantized 0 of 0 layer(s) ... (100% of their weights)'."""
+    model = nn.Sequential(nn.ReLU(), nn.LayerNorm(8))
+    with pytest.warns(UserWarning, match="quantized nothing: the model has no layer with GEMM weights"):
+        quantize_model(model, get_recipe("nvfp4"))
+    text = str(fnn.quantization_report(model))
+    assert "0 of 0" not in text and "100%" not in text
+    with pytest.raises(ValueError, match="no layer with GEMM weights"):
+        quantize_model(nn.Sequential(nn.ReLU()), get_recipe("nvfp4"), strict=True)

@@ -26,7 +26,24 @@ import torch
 
 from floatlab.rounding import RoundingMode
 
-class Overflow(str, enum.Enum):
+class Choice(str, enum.Enum):
+    """A string enum whose bad value is refused with the valid ones and a did-you-mean
+    (``'round' is not a valid ScaleRule`` said neither)."""
+
+    @classmethod
+    def _missing_(cls, value):
+        import difflib
+
+        valid = [m.value for m in cls]
+        close = difflib.get_close_matches(str(value).lower(), valid, n=1) if isinstance(value, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{value!r} is not a valid {cls.__name__}{hint} (choose from {', '.join(valid)})")
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Overflow(Choice):
     """What a round-to-nearest conversion does with a magnitude beyond the largest finite value."""
 
     INF = "inf"            # +-Inf (IEEE-style formats, HiFloat8)

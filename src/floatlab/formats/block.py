@@ -6,16 +6,15 @@ One generic spec serves the OCP MX family, NVFP4 (two-level scaling, Four Over S
 
 from __future__ import annotations
 
-import enum
 import math
 from dataclasses import dataclass, field
 
-from floatlab.formats.base import ScalarFormat
+from floatlab.formats.base import Choice, ScalarFormat
 from floatlab.formats.hifloat4 import E6M2
 from floatlab.rounding import RoundingMode
 
 
-class ScaleRule(str, enum.Enum):
+class ScaleRule(Choice):
     """How a block's scale is chosen from its values (FORMATS.md sections 2-4).
 
     The power-of-two rules are computed exactly from the block's amax (float64 holds every

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
 
-from floatlab.formats.base import (Overflow, ScalarFormat, as_int64_code, check_float64_range,
+from floatlab.formats.base import (Choice, Overflow, ScalarFormat, as_int64_code, check_float64_range,
                                    floor_log2, mul_pow2)
 
 
-class NanStyle(str, enum.Enum):
+class NanStyle(Choice):
     """How a format spends codes on NaN (and Inf)."""
 
     IEEE = "ieee"  # top exponent field reserved: mantissa 0 is +-Inf, the rest NaN (e5m2, fp16)

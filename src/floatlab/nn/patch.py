@@ -68,8 +68,12 @@ class QuantizationReport:
     def summary(self) -> str:
         """One line: how many layers were quantized, and why the others were not."""
         n = len(self.quantized) + len(self.kept) + len(self.not_quantized)
-        parts = [f"recipe {self.recipe!r} quantized {len(self.quantized)} of {n} layer(s) with "
-                 f"GEMM weights ({100 * self.fraction:.0f}% of their weights)"]
+        if n == 0:          # not "0 of 0 layer(s) (100% of their weights)"
+            parts = [f"recipe {self.recipe!r} quantized nothing: the model has no layer with GEMM weights"]
+        else:
+            share = f" ({100 * self.fraction:.0f}% of their weights)" if self.total_weights else ""
+            parts = [f"recipe {self.recipe!r} quantized {len(self.quantized)} of {n} layer(s) with "
+                     f"GEMM weights{share}"]
         for prefix, reasons in (("kept in float32 by", self.kept), ("not quantized:", self.not_quantized)):
             by_reason: dict[str, list[str]] = {}
             for name, why in reasons.items():

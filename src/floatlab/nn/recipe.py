@@ -27,12 +27,14 @@ import fnmatch
 import json
 from dataclasses import dataclass, field
 
+from floatlab.formats.base import Choice
+
 
 # Weight quantizers of floatlab.nn.lowbit that a TensorSpec may name instead of a format.
 WEIGHT_QUANTIZERS = ("binary", "ternary")
 
 
-class Gemm(str, enum.Enum):
+class Gemm(Choice):
     """The three GEMMs of a linear layer."""
 
     FPROP = "fprop"
@@ -48,7 +50,7 @@ OPERANDS = {Gemm.FPROP: ("input", "weight"), Gemm.DGRAD: ("grad_output", "weight
             Gemm.WGRAD: ("grad_output", "input")}
 
 
-class Scaling(str, enum.Enum):
+class Scaling(Choice):
     """Per-tensor scaling applied before quantizing an operand (a power of two, so exact)."""
 
     NONE = "none"          # quantize the values as they are
@@ -59,7 +61,7 @@ class Scaling(str, enum.Enum):
         return self.value
 
 
-class BlockAxis(str, enum.Enum):
+class BlockAxis(Choice):
     """Along which dimension 1D blocks run, relative to the GEMM."""
 
     CONTRACTION = "contraction"  # the reduction dimension of the GEMM (what hardware does)
