@@ -176,6 +176,13 @@ def test_cli_export_refuses_a_non_empty_folder_and_leaves_nothing_half_written(l
     r = runner.invoke(app, ["export", str(q), "--out", str(out), "--overwrite"])
     assert r.exit_code == 0, r.output
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    # the ptq result itself, a folder inside it or one holding it: refused even with --overwrite (it
+    # would replace the result it reads; session 24 trial)
+    for bad, what in ((q, "the ptq result itself"), (q / "ct", "inside the ptq result"),
+                      (tmp_path, "a folder holding the ptq result")):
+        r = runner.invoke(app, ["export", str(q), "--out", str(bad), "--overwrite"])
+        assert r.exit_code == 2 and r.output.startswith("error: --out: ") and what in r.output, r.output
+        assert (q / "config.json").is_file() and not (q / "ct").exists()
     r = runner.invoke(app, ["export", str(q), "--to", "gguf", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--to: unknown value 'gguf'" in r.output
 

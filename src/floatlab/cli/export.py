@@ -30,7 +30,7 @@ def export_command(
     parse_choice(to, TARGETS, "--to")
     saved = check_ptq_folder(folder)
     try:
-        check_out(out, overwrite)
+        check_out(out, overwrite, folder)
     except ExportError as err:
         raise CliError(str(err), "--out") from None
     try:

@@ -281,9 +281,17 @@ def _as_linear(model: nn.Module) -> None:
             set_module(model, name, lin)
 
 
-def check_out(out, overwrite: bool) -> Path:
-    """Refuse an existing non-empty ``out`` (unless ``overwrite``) or a file in the way."""
+def check_out(out, overwrite: bool, source=None) -> Path:
+    """Refuse an existing non-empty ``out`` (unless ``overwrite``), a file in the way, and an
+    ``out`` that is the ``source`` ptq folder, lies inside it or holds it (with ``overwrite`` the
+    export would replace the result it reads)."""
     out = Path(out).expanduser()
+    if source is not None:
+        a, b = out.resolve(), Path(source).expanduser().resolve()
+        if a == b or b in a.parents or a in b.parents:
+            what = ("the ptq result itself" if a == b else "inside the ptq result" if b in a.parents
+                    else "a folder holding the ptq result")
+            raise ExportError(f"{out} is {what} ({b}); write the checkpoint into another folder")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file; give a folder for the checkpoint")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -393,7 +401,7 @@ def export_folder(folder, out, *, model=None, overwrite: bool = False, log=print
     saved = json.loads((folder / CONFIG).read_text()) if (folder / CONFIG).is_file() else None
     if saved is None:
         raise FileNotFoundError(f"{folder} is not a floatlab ptq output folder (no {CONFIG})")
-    check_out(out, overwrite)
+    check_out(out, overwrite, folder)
     config = PTQConfig.from_dict(saved["ptq"])
     if saved.get("input_transforms"):
         check_exportable(config, {}, list(saved["input_transforms"]))
