@@ -139,6 +139,8 @@ def _no_model_loading(monkeypatch):
 def _mistakes(tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
     return [
         (["formats", "hifloat9"], "NAME"),
         (["formats", "--quality", "--n", "0"], "--n"),
@@ -174,6 +176,9 @@ def _mistakes(tmp_path):
         (["compare", "--model", str(a_file), "--out", str(tmp_path / "o")], "--model"),
         (["compare", "--model", "minlm", "--out", str(tmp_path / "o")], "--model"),
         (["compare", "--pairs", "x"], "--pairs"),
+        (["solve", "--gmres-tol", "-1"], "--gmres-tol"),             # ran the whole study (session 24 trial)
+        (["solve", "--gmres-tol", "1"], "--gmres-tol"),
+        (["train", "--recipe", "bf16", "--corpus", f"file:{empty}", "--out", str(tmp_path / "o")], "--corpus"),
         (["compare", "--text-field", "body", "--out", str(tmp_path / "o")], "--text-field"),   # was ignored
         (["ptq", "--text-field", "body", "--out", str(tmp_path / "o")], "--text-field"),
         (["compare", "--no-such-flag"], "--no-such-flag"),

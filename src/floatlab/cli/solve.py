@@ -10,7 +10,8 @@ from pathlib import Path
 
 import typer
 
-from floatlab.cli.output import FloatlabCommand, check_earlier_result, check_int, check_out_dir, command_line, flag_errors, progress, say
+from floatlab.cli.output import (CliError, FloatlabCommand, check_earlier_result, check_int, check_out_dir, command_line,
+                                 flag_errors, progress, say)
 from floatlab.linalg.refine import METHODS, PRECISIONS
 from floatlab.linalg.study import (DEFAULT_FORMATS, boundaries, parse_kappas, run_study, to_markdown,
                                    unit_roundoff, write_outputs)
@@ -51,6 +52,8 @@ def solve(
     check_int(n, "--n", 2)
     check_int(mode, "--mode", 1, 3)
     check_int(gmres_max_iter, "--gmres-max-iter", 0)
+    if not 0 < gmres_tol < 1:          # -1 ran the whole study, every GMRES stopping at once
+        raise CliError(f"must be a relative tolerance in (0, 1), got {gmres_tol:g}", "--gmres-tol")
     with flag_errors("--kappas"):
         kappa_list = parse_kappas(kappas)
     with flag_errors("--formats", TypeError):

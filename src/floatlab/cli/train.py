@@ -97,6 +97,7 @@ def train_command(
     with flag_errors("--device"):
         dev = resolve_device(device)
     with flag_errors("--corpus"):
+        _check_corpus_not_empty(corpus)
         data = Corpus.load(corpus)
         data.check(p.model.block_size)
     init_distributed()
@@ -207,6 +208,15 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
     say(f"wrote {out}/summary.json, {out}/curves.csv, {out}/accuracy.png")
 
 
+def _check_corpus_not_empty(corpus: str) -> None:
+    """An empty 'file:PATH' corpus said "both buffer length (0) and count (-1) must not be 0"
+    (torch.frombuffer's message); name the file instead."""
+    if isinstance(corpus, str) and corpus.startswith("file:"):
+        path = Path(corpus[5:]).expanduser()
+        if path.is_file() and path.stat().st_size == 0:
+            raise ValueError(f"corpus file {str(path)!r} is empty; give a text file to train on")
+
+
 def _sweep_command(path: Path, out: Path, threads: int, fresh: bool, options, device, corpus) -> None:
     """``floatlab train --sweep FILE``: the file checked, every run folder checked, then the grid."""
     import torch
@@ -231,6 +241,7 @@ def _sweep_command(path: Path, out: Path, threads: int, fresh: bool, options, de
     with flag_errors("--device"):
         dev = resolve_device(device)
     with flag_errors("--corpus"):
+        _check_corpus_not_empty(corpus)
         data = Corpus.load(corpus)
     with flag_errors("--sweep"):
         p = get_preset(sw.preset).with_steps(sw.steps)
