@@ -176,6 +176,9 @@ def _mistakes(tmp_path):
         (["compare", "--model", str(a_file), "--out", str(tmp_path / "o")], "--model"),
         (["compare", "--model", "minlm", "--out", str(tmp_path / "o")], "--model"),
         (["compare", "--pairs", "x"], "--pairs"),
+        (["advise", "--budget", "0", "--out", str(tmp_path / "o")], "--budget"),     # said --formats/--budget/--kind
+        (["advise", "--budget", "4.5", "--sensitivity", "fishr", "--out", str(tmp_path / "o")], "--sensitivity"),
+        (["advise", "--budget", "4.5", "--solver", ",", "--out", str(tmp_path / "o")], "--solver"),
         (["solve", "--gmres-tol", "-1"], "--gmres-tol"),             # ran the whole study (session 24 trial)
         (["solve", "--gmres-tol", "1"], "--gmres-tol"),
         (["train", "--recipe", "bf16", "--corpus", f"file:{empty}", "--out", str(tmp_path / "o")], "--corpus"),

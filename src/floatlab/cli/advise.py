@@ -47,10 +47,15 @@ def advise_command(
         budgets = tuple(float(b) for b in budget.split(",") if b.strip())
     except ValueError:
         raise CliError(f"{budget!r}: expected a number or comma-separated numbers, e.g. 4.5 or 4.5,5,6", "--budget") from None
+    if not budgets or not all(b > 0 and b != float("inf") for b in budgets):   # NaN fails b > 0
+        raise CliError(f"{budget!r}: budgets must be positive numbers, e.g. 4.5 or 4.5,5,6", "--budget")
     kind = parse_choice(kind, KINDS, "--kind")
     solvers = tuple(s.strip().lower() for s in solver.split(",") if s.strip())
+    if not solvers:
+        raise CliError(f"no solver given (choose from {', '.join(SOLVERS)}, comma-separated)", "--solver")
     for s in solvers:
         parse_choice(s, tuple(SOLVERS), "--solver")
+    sensitivity = parse_choice(sensitivity, ("auto", "measured", "fisher", "fisher-trace"), "--sensitivity")
     check_int(random, "--random", 0)
     check_int(calib, "--calib", 1)
     check_int(seed, "--seed", 0)
