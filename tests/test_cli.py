@@ -518,3 +518,42 @@ def test_terminal_tables_fit_the_terminal_and_keep_every_cell(width, monkeypatch
         for cell in r:
             for word in cell.split():             # text cells may wrap at spaces; nothing else moves
                 assert word in words, (width, word)
+
+
+# item 8: the first quantize call compiles silently for seconds: the CLI says so, once per process
+def test_compile_note_is_said_once(monkeypatch, capsys):
+    from floatlab.cli import output
+    from floatlab.kernels.compiler import compile_available
+
+    if not compile_available():
+        pytest.skip("no compiled kernels here: nothing to say")
+    monkeypatch.setattr(output, "_noted", set())
+    monkeypatch.delenv("FLOATLAB_FAST", raising=False)
+    output.compile_note()
+    output.compile_note()
+    err = _plain(capsys.readouterr().err)
+    assert err.count("note: the first use of each format") == 1 and "FLOATLAB_FAST=0" in err, err
+
+
+# item 6's kind in --help (8ce2320): rich's option table cut long defaults to '…' in 80 columns
+def test_help_never_cuts_text_in_80_columns():
+    from typer.main import get_command
+
+    group = get_command(app)
+    for name in sorted(group.commands):
+        r = runner.invoke(app, [name, "--help"], env={"COLUMNS": "80"})
+        assert r.exit_code == 0 and "…" not in r.output, (name, r.output)
+    r = runner.invoke(app, ["compare", "--help"], env={"COLUMNS": "80"})
+    assert "bf16,e4m3,e5m2,hif8,mxfp8_e4m3,int8,mxfp4,nvfp4,hif4,int4" in "".join(r.output.split())
+
+
+# item 11: help(floatlab.quantize) tells the block options, the errors and the autograd contract;
+# the format facts are part of the repo's docs and the README links them
+def test_quantize_help_and_the_format_facts_are_in_the_docs():
+    from pathlib import Path
+
+    doc = floatlab.quantize.__doc__
+    for word in ("axis", "pad", "Raises", "TypeError", "ValueError", "straight-through", "grad="):
+        assert word in doc, word
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "docs" / "formats.md").is_file() and "(docs/formats.md)" in (root / "README.md").read_text()
