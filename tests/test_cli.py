@@ -146,6 +146,7 @@ def _mistakes(tmp_path):
         (["formats", "--quality", "--n", "0"], "--n"),
         (["formats", "fp32", "--quality"], "--quality"),
         (["formats", "--values"], "--values"),
+        (["formats", "--n", "2048"], "--n"),                           # was ignored (session 24 trial)
         (["formats", "e4m3", "--out", str(tmp_path)], "--out"),
         (["formats", "--quality", "--n", "1024", "--out", str(a_file)], "--out"),
         (["formats", "--plot", str(a_file / "sub")], "--plot"),

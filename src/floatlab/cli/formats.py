@@ -46,7 +46,8 @@ def formats_command(
                                 "(block formats: of their element format)."),
     quality: bool = typer.Option(False, "--quality", help="Relative MSE / SQNR of every format on Gaussian, Laplace and Student-t(3) data."),
     plot: Path = typer.Option(None, "--plot", help="Write PNG plots (tapered precision; 4-bit error distributions) into this folder."),
-    n: int = typer.Option(2 ** 18, "--n", help="Samples per distribution for --quality (rows of 1024; at least 1024)."),
+    n: int = typer.Option(None, "--n", help="Samples per distribution for --quality (rows of 1024; at least 1024; "
+                          "default 262,144)."),
     out: Path = typer.Option(None, "--out", "-o", help="With --quality: also write results.json (with the environment) and "
                              "quality.md into this folder."),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
@@ -55,13 +56,16 @@ def formats_command(
 ) -> None:
     """Print every format's facts (bits, range, precision, specials), or one format's codes."""
     if cost:
-        if values or quality or plot is not None or out is not None:
-            raise CliError("--cost prints the cost table alone; drop --values/--quality/--plot/--out", "--cost")
+        if values or quality or plot is not None or out is not None or n is not None:
+            raise CliError("--cost prints the cost table alone; drop --values/--quality/--plot/--out/--n", "--cost")
         _print_cost(name)
         return
     fmt = _get(name) if name is not None else None
     if out is not None and not quality:
         raise CliError("writes the --quality results; add --quality", "--out")
+    if n is not None and not quality:          # was ignored without a word
+        raise CliError("sets the samples of --quality; add --quality", "--n")
+    n = 2 ** 18 if n is None else n
     if quality:
         check_int(n, "--n", 1024)
         names = [name] if name else floatlab.list_formats()
