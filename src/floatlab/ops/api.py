@@ -10,6 +10,7 @@ import torch
 
 from floatlab.formats.block import BlockFormat
 from floatlab.formats.registry import get_format
+from floatlab.kernels import codes as fast_codes
 from floatlab.kernels import dispatch
 from floatlab.kernels.block import quantize_block
 from floatlab.ops.autograd import check_grad, straight_through
@@ -181,11 +182,15 @@ def _block_args(spec: BlockFormat, rounding, saturate, sr_bits, options: dict):
 
 def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
            generator: torch.Generator | None = None, sr_bits: int | None = None,
-           **block_options) -> QTensor:
+           *, backend: str | None = None, **block_options) -> QTensor:
     """Quantize ``x`` into ``fmt`` and return the codes as a :class:`~floatlab.QTensor`.
 
-    Takes the arguments of :func:`quantize` (``axis``/``pad`` for block formats; no ``out`` or
-    ``backend``: encoding runs the plain pipeline). ``encode(x, fmt).codes`` is an integer
+    Takes the arguments of :func:`quantize` (``axis``/``pad`` for block formats; no ``out``).
+    ``backend`` as there: the fast path (:mod:`floatlab.kernels.codes`) rounds with the fused
+    kernels and reads the codes off the rounded bits, packing 4-bit codes in the same kernel;
+    ``"plain"`` runs the float64 reference. Both give the same codes and scales (tested); the
+    stochastic modes without a generator always run the plain path, so their draws stay
+    ``torch.rand``'s. ``encode(x, fmt).codes`` is an integer
     tensor of codes (``uint8`` for formats of 8 bits or fewer); the QTensor records ``x``'s
     dtype, so ``decode(encode(x, fmt))`` equals ``quantize(x, fmt)`` bit for bit, in ``x``'s
     dtype and shape (empty tensors included; scalar formats take 0-d tensors too).
@@ -198,15 +203,23 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     """
     _check_input(x)
     saturate = check_flag(saturate, "saturate", optional=True)
+    backend = dispatch.resolve_backend(backend)
     spec = get_format(fmt)
     if isinstance(spec, BlockFormat):
         mode, axis, pad = _block_args(spec, rounding, saturate, sr_bits, block_options)
         _check_generator(generator, x)
+        fast = fast_codes.encode_block(x, spec, mode, generator, sr_bits, backend, axis, pad)
+        if fast is not None:
+            data, scales, meta = fast
+            return QTensor(data, spec, tuple(x.shape), x.dtype, scales, meta)
         codes, scales, meta = block_encode(x, spec, mode, generator, sr_bits, axis, pad)
         return QTensor.from_codes(codes, spec, dtype=x.dtype, scales=scales, meta=meta, shape=x.shape)
     _reject_block_options(spec, block_options)
     mode = resolve_rounding(spec, rounding, sr_bits)
     _check_generator(generator, x)
+    data = fast_codes.encode_scalar(x, spec, mode, bool(saturate), generator, sr_bits, backend)
+    if data is not None:
+        return QTensor(data, spec, tuple(x.shape), x.dtype)
     q = quantize_to_float64(x, spec, mode, bool(saturate), generator, sr_bits)
     if not spec.has_nan and bool(torch.isnan(q).any()):
         raise ValueError(f"format {spec.name!r} has no NaN code, but the input holds NaN "
@@ -216,7 +229,8 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     return QTensor.from_codes(codes, spec, dtype=x.dtype)
 
 
-def decode(codes, fmt=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def decode(codes, fmt=None, dtype: torch.dtype | None = None, *,
+           backend: str | None = None) -> torch.Tensor:
     """Values of ``codes`` in ``fmt`` as a ``dtype`` tensor.
 
     Args:
@@ -243,7 +257,7 @@ def decode(codes, fmt=None, dtype: torch.dtype | None = None) -> torch.Tensor:
     if isinstance(codes, QTensor):
         if fmt is not None and get_format(fmt) != codes.format:
             raise ValueError(f"QTensor holds {codes.format.name!r}, not {get_format(fmt).name!r}")
-        return codes.dequantize(dtype)
+        return codes.dequantize(dtype, backend=backend)
     if fmt is None:
         raise TypeError("decode(codes, fmt): fmt is required unless codes is a QTensor")
     if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():

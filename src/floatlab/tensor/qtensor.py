@@ -83,8 +83,11 @@ class QTensor:
             return blocking_of(self.format, self.shape, self.meta).unblock(self.blocked_codes())
         return unpack(self.data, self.element_bits, self.numel).reshape(self.shape)
 
-    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def dequantize(self, dtype: torch.dtype | None = None, backend: str | None = None) -> torch.Tensor:
         """The values, of the logical ``shape``, as ``dtype`` (default: the dtype that was encoded).
+
+        ``backend``: as :func:`floatlab.quantize`; the fast path gathers from tables built by the
+        plain decoder (:mod:`floatlab.kernels.codes`), ``"plain"`` decodes in float64.
 
         Raises:
             TypeError: ``dtype`` is not float16, bfloat16, float32 or float64.
@@ -95,6 +98,10 @@ class QTensor:
         out_dtype = self.dtype if dtype is None else dtype
         if self.is_codec:
             return self.format.decode(self).to(out_dtype)
+        from floatlab.kernels import codes as fast_codes   # (kernels import plain/, as this does)
+        fast = fast_codes.decode(self, out_dtype, backend)
+        if fast is not None:
+            return fast
         if self.is_block:
             values = block_decode(self.blocked_codes(), self.scales, self.format, self.shape, self.meta)
             return values.to(out_dtype)

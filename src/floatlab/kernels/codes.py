@@ -1,0 +1,519 @@
+"""Fast ``encode``/``decode``: packed codes from the fused rounding kernels, values by lookup.
+
+``floatlab.encode`` used to round in float64 and then compute every code with float64 tensor
+arithmetic (about a million values a second). Here the value is rounded by the fused kernels of
+:mod:`floatlab.kernels.scalar` / :mod:`floatlab.kernels.block` (the same bits as the plain path,
+tested), and the code is read off the rounded float's bits in the same compiled kernel:
+
+* IEEE-style minifloats: the exponent field and the top mantissa bits of the float32 (float64 for
+  float64 inputs) pattern, re-biased; subnormals of the format as ``|q| * 2^(mbits - emin)``;
+  Inf, NaN, the sign and negative zero as :meth:`FloatFormat.encode` decides them.
+* fp16/bf16: the value cast to that dtype, viewed as int16 (NaN as the format's one NaN code).
+* HiFloat8: the dot/exponent/mantissa fields from the float's exponent and top mantissa bits.
+* integers: ``q * 2^frac_bits`` (exact), two's complement.
+* block formats: element codes as above and the scale codes from the same pass (OCP MX: E8M0 of
+  ``2^e``; NVFP4: the E4M3 code of ``s_b`` and the FP32 tensor scale; HiF4: the E6M2 byte and the
+  E1_8/E1_16 bits recovered from the per-subgroup shifts); 4-bit codes are packed two per byte in
+  the kernel (even element in the low nibble, :mod:`floatlab.tensor.packing`).
+
+Decoding gathers from a table built by the plain decoder itself: ``2^bits`` values for scalar
+formats of at most 8 bits, ``(scale code, element code)`` products for the block formats (HiF4:
+``(E6M2 byte, shift, element code)``). Each table entry is computed by the plain path's own
+arithmetic, so the gathered values are its bits by construction.
+
+Everything not covered (the stochastic modes without a generator, whose plain draws come from
+``torch.rand``; other scale rules; 6-bit codes; formats whose values a float32/float64 pattern
+cannot spell) returns None and the caller runs the plain path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from floatlab.formats.block import BlockFormat, ScaleRule
+from floatlab.formats.floating import FloatFormat
+from floatlab.formats.hifloat4 import E6M2
+from floatlab.formats.hifloat8 import HiF8Format
+from floatlab.formats.integer import IntFormat
+from floatlab.kernels import block as kblock
+from floatlab.kernels import compiler, dispatch, memory, native
+from floatlab.kernels.scalar import F32, F64, Layout, pow2, quantize_kernel
+from floatlab.plain.blocking import Blocking, float32_input, to_blocks
+from floatlab.rounding import RoundingMode as M
+
+
+# ---- codes of already rounded values ---------------------------------------------------------
+@dataclass(frozen=True)
+class CodePlan:
+    """How the rounded values of one scalar format (in ``layout``'s float) become its codes."""
+
+    kind: str                 # "float", "half" (fp16/bf16 by cast), "hif8", "int"
+    layout: Layout
+    bits: int
+    signed: bool = True
+    shift: int = 0            # float: layout mantissa bits dropped
+    offset: int = 0           # float: (layout bias - format bias) << mbits
+    emin_value: float = 0.0   # float: 2^emin (below: the format's subnormals)
+    sub_scale: float = 1.0    # float: 2^(mbits - emin)
+    inf_code: int = -1        # magnitude code of Inf, -1 if none
+    nan_code: int = -1        # the NaN code, -1 if none
+    neg_zero: bool = False
+    half_dtype: torch.dtype | None = None
+    frac_scale: float = 1.0   # int: 2^frac_bits
+    mask: int = 0
+
+
+_HALVES = {(5, 10): torch.float16, (8, 7): torch.bfloat16}
+
+
+@lru_cache(maxsize=256)
+def code_plan(fmt, layout: Layout) -> CodePlan | None:
+    """The :class:`CodePlan` of ``fmt`` on ``layout``, or None where the bits cannot be read off."""
+    if isinstance(fmt, HiF8Format):
+        return CodePlan("hif8", layout, 8)
+    if isinstance(fmt, IntFormat):
+        if fmt.nbits > (24 if layout is F32 else 53) or fmt.nbits > 31:
+            return None
+        return CodePlan("int", layout, fmt.nbits, fmt.signed, frac_scale=2.0 ** fmt.frac_bits,
+                        mask=(1 << fmt.nbits) - 1)
+    if not isinstance(fmt, FloatFormat):
+        return None
+    nan = -1 if fmt.nan_code is None else fmt.nan_code
+    half = _HALVES.get((fmt.ebits, fmt.mbits))
+    if (half is not None and fmt.nan.value == "ieee" and fmt.signed and fmt.subnormals
+            and fmt.bias == 2 ** (fmt.ebits - 1) - 1 and not fmt.top_inf):
+        return CodePlan("half", layout, 16, half_dtype=half, nan_code=nan)
+    if fmt.bits > 16:
+        return None
+    emin = fmt.emin
+    if (fmt.mbits > layout.mbits or emin < 1 - layout.bias or fmt.mbits - emin > layout.max_exp
+            or math.log2(fmt.max_value) >= layout.max_exp + 1):
+        return None
+    inf = -1 if fmt.inf_code is None else fmt.inf_code
+    return CodePlan("float", layout, fmt.bits, fmt.signed, layout.mbits - fmt.mbits,
+                    (layout.bias - fmt.bias) << fmt.mbits, 2.0 ** emin, 2.0 ** (fmt.mbits - emin),
+                    inf, nan, fmt.neg_zero)
+
+
+def value_codes(q: torch.Tensor, cp: CodePlan) -> torch.Tensor:
+    """Codes (in the layout's int dtype) of ``q``: values of the format (or its NaN/Inf) in the
+    layout's float dtype."""
+    L = cp.layout
+    it = L.int_dtype
+    if cp.kind == "half":
+        c = q.to(cp.half_dtype).view(torch.int16).to(it) & 0xFFFF
+        return torch.where(q != q, torch.full_like(c, cp.nan_code), c)
+    bits = q.view(it)
+    mag_bits = bits & ((1 << (8 * q.element_size() - 1)) - 1)
+    a = mag_bits.view(L.float_dtype)
+    negative = bits < 0
+    if cp.kind == "int":
+        i = (q * cp.frac_scale).to(it)
+        return i & cp.mask
+    if cp.kind == "hif8":
+        e = (mag_bits >> L.mbits) - L.bias
+        ae = e.abs()
+        m = torch.where(ae <= 3, 3, torch.where(ae <= 7, 2, 1)).to(it)
+        mant = (mag_bits >> (L.mbits - m)) & ((1 << m) - 1)
+        esign = (e < 0).to(it)
+        code = torch.where(
+            ae == 0, 0x08 | mant,
+            torch.where(ae == 1, 0x10 | (esign << 3) | mant,
+            torch.where(ae <= 3, 0x20 | (esign << 4) | ((ae - 2) << 3) | mant,
+            torch.where(ae <= 7, 0x40 | (esign << 4) | ((ae - 4) << 2) | mant,
+                        0x60 | (esign << 4) | ((ae - 8) << 1) | mant))))
+        code = torch.where(e < -15, e + 23, code)
+        code = torch.where(a == 0, torch.zeros_like(code), code)
+        code = torch.where(a == math.inf, torch.full_like(code, 0x6F), code)
+        code = code | ((negative & (a > 0)).to(it) << 7)
+        return torch.where(q != q, torch.full_like(code, 0x80), code)
+    normal = (mag_bits >> cp.shift) - cp.offset
+    sub = (a * cp.sub_scale).to(it)
+    mag = torch.where(a >= cp.emin_value, normal, sub)
+    if cp.inf_code >= 0:
+        mag = torch.where(a == math.inf, torch.full_like(mag, cp.inf_code), mag)
+    if cp.signed:
+        neg = negative & (a > 0) if not cp.neg_zero else negative
+        mag = mag | (neg.to(it) << (cp.bits - 1))
+    if cp.nan_code >= 0:
+        mag = torch.where(q != q, torch.full_like(mag, cp.nan_code), mag)
+    return mag
+
+
+def _pack4(codes: torch.Tensor) -> torch.Tensor:
+    """(..., 2k) 4-bit codes -> (..., k) uint8, the even element in the low nibble."""
+    c = codes.reshape(*codes.shape[:-1], -1, 2)
+    return (c[..., 0] | (c[..., 1] << 4)).to(torch.uint8)
+
+
+def _store(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes in :func:`floatlab.tensor.packing.pack`'s storage (4, 8 or 16 bits)."""
+    if bits == 4:
+        return _pack4(codes)
+    if bits == 8:
+        return codes.to(torch.uint8)
+    return codes.to(torch.int16)     # 16-bit patterns wrap, as pack's int16 container
+
+
+def _packable(bits: int) -> bool:
+    return bits in (4, 8, 16)
+
+
+# ---- scalar encode ---------------------------------------------------------------------------
+def _scalar_fn(plan, cp: CodePlan, with_out: bool):
+    def encode_codes(x, rnd):
+        return _store(value_codes(quantize_kernel(x, rnd, plan), cp), cp.bits).reshape(-1)
+
+    if with_out:
+        def encode_codes_into(x, rnd, out):
+            out.copy_(encode_codes(x, rnd))
+        return encode_codes_into
+    return encode_codes
+
+
+def _run(key, make, eager: bool, *args):
+    """The compiled kernel (or the same function run op by op when ``eager``)."""
+    if eager:
+        return make()(*args)
+    return compiler.run(key, make, *args)
+
+
+def _use_compiler(backend: str, numel: int) -> bool:
+    if backend == "eager":
+        return False
+    if backend == "compiled":
+        return numel >= 2
+    return numel >= dispatch.COMPILE_MIN_NUMEL and compiler.compile_available()
+
+
+def encode_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr_bits,
+                  backend: str) -> torch.Tensor | None:
+    """Packed storage of ``x``'s codes in the scalar format ``fmt`` (what
+    :func:`floatlab.tensor.packing.pack` returns for the plain path's codes), or None where the
+    plain path must run. Raises ValueError for NaN into a format without NaN, as the plain path."""
+    if backend == "plain" or x.numel() == 0:
+        return None
+    x = x.detach()            # codes carry no gradient
+    plan = dispatch.scalar_plan(fmt, mode, saturate, x.dtype, sr_bits, generator)
+    if plan is None or plan.rng == "hash":
+        return None           # the plain path's torch.rand draws (no generator) stay the plain path's
+    cp = code_plan(fmt, plan.layout)
+    if cp is None or not _packable(cp.bits) or (cp.bits == 4 and x.numel() % 2):
+        return None
+    plan = dataclasses.replace(plan, out_dtype=plan.layout.float_dtype)
+    flat = x.reshape(-1)
+    rnd = dispatch.draws(plan, x.shape, x.device, generator)
+    rnd = rnd.reshape(-1) if rnd is not None and rnd.ndim else rnd
+    if not fmt.has_nan:
+        # the plain path refuses NaN results; check the rounded values before coding them
+        q = quantize_kernel(flat, rnd, plan) if not _use_compiler(backend, flat.numel()) else \
+            compiler.run((plan, False, "encode values"), lambda: dispatch._kernel(plan, False), flat, rnd)
+        if bool(torch.isnan(q).any()):
+            raise ValueError(f"format {fmt.name!r} has no NaN code, but the input holds NaN "
+                             f"({int(torch.isnan(x).sum())} values); fake-quantize with "
+                             "floatlab.quantize keeps NaN, encode cannot")
+        flat, rnd = q, None
+        plan = dataclasses.replace(plan, mode=M.RNE, rng="none", sr_bits=None)   # exact already
+    if cp.bits == 4:
+        flat = flat.view(-1, 2)
+        rnd = rnd.view(-1, 2) if rnd is not None and rnd.ndim else rnd
+    eager = not _use_compiler(backend, x.numel())
+    n_out = flat.shape[0]
+    out_dtype = torch.int16 if cp.bits == 16 else torch.uint8
+    out = memory.empty_output(flat, out_dtype) if not eager and cp.bits != 4 else None
+    try:
+        if out is not None and out.numel() == n_out:
+            _run((plan, cp, "encode", True), lambda: _scalar_fn(plan, cp, True), False, flat, rnd, out)
+            return out
+        return _run((plan, cp, "encode"), lambda: _scalar_fn(plan, cp, False), eager, flat, rnd)
+    except compiler.CompileUnavailable:
+        if backend == "compiled":
+            raise
+        return _scalar_fn(plan, cp, False)(flat, rnd)
+
+
+# ---- block encode ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BlockCodePlan:
+    bp: kblock.BlockPlan
+    elem: CodePlan
+    scale: CodePlan | None    # NVFP4: the scale format's codes (HiF4: E6M2); None for MX
+    scale_nan: int
+    scale_field: tuple[int, int] = (0, 0)   # MX: a scale 2^e has the code (e + bias) << mbits
+
+
+def _block_code_plan(fmt: BlockFormat, mode: M, dtype, sr_bits, generator) -> BlockCodePlan | None:
+    bp = kblock.block_plan(fmt, mode, dtype, sr_bits, generator)
+    if bp is None or bp.elem.rng == "hash":
+        return None
+    L = bp.elem.layout
+    elem = code_plan(fmt.element, L)
+    if elem is None or elem.bits not in (4, 8) or fmt.scale.nan_code is None:
+        return None
+    if fmt.rule is ScaleRule.FLOOR:
+        # q * 2^e must be a float of the layout (true for every OCP MX element with E8M0), and
+        # every scale 2^e a normal number of the scale format (E8M0: e + 127)
+        sc = fmt.scale
+        if (fmt.element.smallest_positive * 2.0 ** bp.scale_lo < 2.0 ** L.min_exp
+                or not isinstance(sc, FloatFormat) or bp.scale_lo < sc.emin or sc.bits > 8):
+            return None
+        return BlockCodePlan(bp, elem, None, sc.nan_code, (sc.bias, sc.mbits))
+    elif fmt.rule is ScaleRule.AMAX:
+        scale = code_plan(fmt.scale, F32)
+    else:
+        scale = code_plan(E6M2, F32)
+    if scale is None or scale.bits != 8:
+        return None
+    return BlockCodePlan(bp, elem, scale, fmt.scale.nan_code)
+
+
+def _mx_codes(x, rnd, cp: BlockCodePlan):
+    p = cp.bp
+    L = p.elem.layout
+    xb = x.to(L.float_dtype)
+    finite = torch.isfinite(xb)
+    bad = ~finite.all(dim=1, keepdim=True)
+    xf = torch.where(finite, xb, torch.zeros_like(xb))
+    amax = xf.abs().amax(dim=1, keepdim=True)
+    e = torch.clamp(kblock._floor_log2(amax, L) - p.emax_elem, p.scale_lo, p.scale_hi)
+    if p.elem_scaled is not None:
+        q = quantize_kernel(xf * pow2(-e, L), None, p.elem_scaled)
+    else:
+        q = quantize_kernel(xf, rnd, p.elem, shift=e) * pow2(-e, L)
+    s = (e + cp.scale_field[0]) << cp.scale_field[1]
+    s = torch.where(bad, torch.full_like(s, cp.scale_nan), s)
+    return _store(value_codes(q, cp.elem), cp.elem.bits), s.to(torch.uint8).reshape(-1)
+
+
+def _amax_codes(x, rnd, cp: BlockCodePlan):
+    p = cp.bp
+    fmt = p.fmt
+    xb = float32_input(x)
+    finite = torch.isfinite(xb)
+    bad = ~finite.all(dim=1, keepdim=True)
+    xb = torch.where(finite, xb, torch.zeros_like(xb))
+    amax_b = xb.abs().amax(dim=1, keepdim=True)
+    one = torch.ones((), dtype=torch.float32, device=x.device)
+    s_enc, s_dec = one, one
+    if fmt.tensor_scale:
+        t_amax = amax_b.max()
+        pos = t_amax > 0
+        s_enc = (p.scale_product / torch.where(pos, t_amax, one).to(torch.float64)).to(torch.float32)
+        s_enc = torch.where(pos, s_enc.clamp(max=kblock.F32_MAX), one)
+        s_dec = (1.0 / s_enc).clamp(max=kblock.F32_MAX)
+    target = torch.full((), p.elem.max_value, dtype=torch.float32, device=x.device)
+    s_in = (amax_b / target) * s_enc
+    if not fmt.scale.has_zero:
+        s_in = torch.where(s_in == 0, torch.full_like(s_in, fmt.scale.smallest_positive), s_in)
+    s_b = quantize_kernel(s_in, None, p.scale)
+    s_enc_b = torch.where(s_b > 0, (1.0 / (s_b * s_dec)).clamp(max=kblock.F32_MAX), torch.zeros_like(s_b))
+    pp = torch.where(s_b > 0, xb * s_enc_b, torch.zeros_like(xb))
+    pq = quantize_kernel(pp, rnd, p.elem)
+    s = value_codes(s_b, cp.scale)
+    s = torch.where(bad, torch.full_like(s, cp.scale_nan), s)
+    return (_store(value_codes(pq, cp.elem), cp.elem.bits), s.to(torch.uint8).reshape(-1),
+            s_dec.reshape(1))
+
+
+def _hif4_element_codes(x, rnd, r, shift, cp: BlockCodePlan):
+    """HiF4 element codes given 1/S1 ``r`` (nb, 1) and the per-element shifts (nb, 64)."""
+    p = cp.bp
+    xb = float32_input(x)
+    sh = shift.to(torch.int32) << 23
+    v = kblock._bf16((xb.abs() * r) * (0x3F800000 - sh).view(torch.float32))
+    c = quantize_kernel(v, rnd, p.elem)
+    code = value_codes(c, cp.elem) | ((xb < 0).to(torch.int32) << (cp.elem.bits - 1))
+    return _store(code, cp.elem.bits)
+
+
+def _hif4_scale_bytes(s1: torch.Tensor, sub_shift: torch.Tensor, cp: BlockCodePlan) -> torch.Tensor:
+    """The 4 scale bytes of each block from S1 (nb, 1) float32 and the subgroup shifts (nb, 16).
+
+    E1_8 is recovered from the shifts: E1_8 = 1 makes the larger subgroup of its pair reach
+    ``f32(mc * r) >= 4``, so its shift is 2; E1_8 = 0 leaves every shift at most 1."""
+    nb = s1.shape[0]
+    sh = sub_shift.to(torch.int64)
+    e1_8 = (sh.view(nb, 8, 2).amax(dim=2) == 2).to(torch.int64)          # (nb, 8)
+    e1_16 = sh - e1_8.repeat_interleave(2, dim=1)                        # (nb, 16)
+    w = 2 ** torch.arange(7, -1, -1, device=s1.device)
+    e6m2 = value_codes(s1.reshape(-1).to(torch.float32), cp.scale).to(torch.int64)
+    return torch.stack([e6m2, (e1_8 * w).sum(1), (e1_16[:, :8] * w).sum(1),
+                        (e1_16[:, 8:] * w).sum(1)], dim=1).to(torch.uint8)
+
+
+def _block_fn(body, cp):
+    def encode_blocks(*args):
+        return body(*args, cp)
+    return encode_blocks
+
+
+def covers(fmt: BlockFormat, mode: M, dtype: torch.dtype, sr_bits=None, generator=None) -> bool:
+    """Whether :func:`encode_block` runs for these options (HiF4: unless a block holds NaN/Inf)."""
+    return _block_code_plan(fmt, mode, dtype, sr_bits, generator) is not None
+
+
+def encode_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bits, backend: str,
+                 axis: int, pad: bool):
+    """``(packed element codes, scales, meta)`` as the plain pipeline stores them, or None."""
+    if backend == "plain" or x.numel() == 0:
+        return None
+    cp = _block_code_plan(fmt, mode, x.dtype, sr_bits, generator)
+    if cp is None:
+        return None
+    x = x.detach()            # codes carry no gradient
+    xb, blocking = to_blocks(x, fmt.block, axis, pad)
+    meta = {"axis": blocking.axis, "padded": list(blocking.padded)}
+    eager = not (_use_compiler(backend, x.numel()) and xb.shape[0] >= 2)
+    try:
+        res = _encode_block_run(xb, generator, cp, fmt, eager)
+    except compiler.CompileUnavailable:
+        if backend == "compiled":
+            raise
+        res = _encode_block_run(xb, generator, cp, fmt, True)
+    return None if res is None else res + (meta,)
+
+
+def _call(body, cp, key, eager, *args):
+    # the compiled kernels return fresh tensors: a preallocated 2-D ``out`` beside the blocks'
+    # own dynamic size was written wrongly by inductor (HiF4, torch 2.13: rows past the first
+    # garbled), and a flat one made dynamo specialize the block count; caught by the tests
+    return _run(key, lambda: _block_fn(body, cp), eager, *args)
+
+
+def _encode_block_run(xb, generator, cp: BlockCodePlan, fmt, eager):
+    """Codes and scales; None for HiF4 blocks holding NaN/Inf (checked before any draw)."""
+    rule = fmt.rule
+    rnd = None
+    if rule is not ScaleRule.HIF4:
+        rnd = dispatch.draws(cp.bp.elem, xb.shape, xb.device, generator)
+    if rule is ScaleRule.FLOOR:
+        data, s = _call(_mx_codes, cp, (cp, "mx codes"), eager, xb, rnd)
+        return data.reshape(-1), {"scale": s}
+    if rule is ScaleRule.AMAX:
+        data, s, s_dec = _call(_amax_codes, cp, (cp, "amax codes"), eager, xb, rnd)
+        scales = {"scale": s}
+        if fmt.tensor_scale:
+            scales["tensor_scale"] = s_dec
+        return data.reshape(-1), scales
+    # HIF4: the scale pass (native where built), then the element codes
+    scales = None if eager else native.hif4_scales(xb)
+    if scales is not None:
+        bad, r, s1, shift = scales
+        sub_shift = shift[:, ::4]
+    else:
+        fn = lambda: kblock._fn(kblock.hif4_scales, cp.bp, False)  # noqa: E731
+        bad, r, s1, sub_shift = _run((cp.bp, "hif4 scales"), fn, eager, xb)
+        shift = kblock.hif4_spread(sub_shift)
+    if bool(bad.any()):
+        return None              # poisoned blocks: the plain pipeline's scales differ there
+    rnd = dispatch.draws(cp.bp.elem, xb.shape, xb.device, generator)
+    data = _call(_hif4_element_codes, cp, (cp, "hif4 codes"), eager, xb, rnd, r, shift)
+    return data.reshape(-1), {"scale": _hif4_scale_bytes(s1, sub_shift, cp)}
+
+
+# ---- decode ----------------------------------------------------------------------------------
+def _scalar_table(fmt, dtype: torch.dtype, device) -> torch.Tensor:
+    return _scalar_table_cpu(fmt, dtype).to(device)
+
+
+@lru_cache(maxsize=256)
+def _scalar_table_cpu(fmt, dtype):
+    return fmt.decode(torch.arange(2 ** fmt.bits, dtype=torch.int64)).to(dtype)
+
+
+@lru_cache(maxsize=64)
+def _block_table_cpu(fmt: BlockFormat, dtype):
+    """Values of every (scale code, [shift,] element code) as the plain decoder computes them."""
+    elem = fmt.element.decode(torch.arange(2 ** fmt.element_bits, dtype=torch.int64))
+    if fmt.rule is ScaleRule.HIF4:
+        s1 = E6M2.decode(torch.arange(256, dtype=torch.int64))
+        shift = torch.arange(3, dtype=torch.float64)
+        t = elem[None, None, :] * s1[:, None, None] * torch.exp2(shift)[None, :, None]
+    else:
+        X = fmt.scale.decode(torch.arange(2 ** fmt.scale.bits, dtype=torch.int64))
+        t = elem[None, :] * X[:, None]
+    return t.reshape(-1).to(dtype)
+
+
+def _gather_fn(nibble: bool):
+    def gather(data, base, table):
+        c = data.to(torch.int32)
+        if not nibble:
+            return table[base + c]
+        lo = table[base + (c & 15)]
+        hi = table[base + (c >> 4)]
+        return torch.stack([lo, hi], dim=-1)
+    return gather
+
+
+def decode(qt, dtype: torch.dtype, backend: str | None = None) -> torch.Tensor | None:
+    """Values of the QTensor ``qt`` as ``dtype``: the plain decoder's bits, or None."""
+    backend = dispatch.resolve_backend(backend)
+    if backend == "plain":
+        return None
+    fmt = qt.format
+    n = qt.numel
+    if n == 0:
+        return None
+    bits = qt.element_bits
+    if bits not in (4, 8):
+        if isinstance(fmt, FloatFormat) and code_plan(fmt, F32) is not None \
+                and code_plan(fmt, F32).kind == "half":
+            half = code_plan(fmt, F32).half_dtype
+            v = qt.data.reshape(-1)[:n].view(half)
+            nan = torch.full((), float("nan"), dtype=dtype, device=v.device)
+            return torch.where(v != v, nan, v.to(dtype)).reshape(qt.shape)
+        return None
+    if isinstance(fmt, BlockFormat):
+        return _decode_block(qt, dtype, backend)
+    if getattr(fmt, "kind", None) != "scalar":
+        return None
+    table = _scalar_table(fmt, dtype, qt.data.device)
+    data = qt.data.reshape(-1)
+    eager = not _use_compiler(backend, n)
+    zero = torch.zeros((), dtype=torch.int32, device=data.device)
+    y = _run((fmt, dtype, "decode", bits), lambda: _gather_fn(bits == 4), eager, data, zero, table)
+    return y.reshape(-1)[:n].reshape(qt.shape)
+
+
+def _decode_block(qt, dtype, backend):
+    fmt = qt.format
+    if fmt.rule not in (ScaleRule.FLOOR, ScaleRule.AMAX, ScaleRule.HIF4) or \
+            fmt.rule is ScaleRule.FLOOR and fmt.scale.bits > 8:
+        return None
+    dev = qt.data.device
+    s = qt.scales["scale"].to(torch.int64)
+    nb = s.shape[0]
+    ecount = 2 ** fmt.element_bits
+    if fmt.rule is ScaleRule.AMAX:
+        from floatlab.plain.block import _dequant_amax
+        elem = fmt.element.decode(torch.arange(ecount, dtype=torch.int64))
+        s_b = fmt.scale.decode(torch.arange(2 ** fmt.scale.bits, dtype=torch.int64)).to(torch.float32)
+        s_dec = qt.scales.get("tensor_scale", torch.ones(1, dtype=torch.float32)).to(torch.float32)
+        table = _dequant_amax(elem[None, :].expand(s_b.numel(), -1), s_b,
+                              s_dec.cpu().reshape(())).double().reshape(-1).to(dtype).to(dev)
+    else:
+        table = _block_table_cpu(fmt, dtype).to(dev)
+    b = math.prod(fmt.block)
+    per_byte = 2 if fmt.element_bits == 4 else 1
+    if fmt.rule is ScaleRule.HIF4:
+        w = 2 ** torch.arange(7, -1, -1, device=dev)
+        e1_8 = ((s[:, 1:2] // w) % 2).repeat_interleave(2, dim=1)
+        e1_16 = torch.cat([(s[:, 2:3] // w) % 2, (s[:, 3:4] // w) % 2], dim=1)
+        base = ((s[:, :1] * 3 + e1_8 + e1_16) * ecount).to(torch.int32)      # (nb, 16)
+        data = qt.data.reshape(nb, 16, 4 // per_byte)
+        base = base[:, :, None]
+    else:
+        base = (s.reshape(nb, 1) * ecount).to(torch.int32)                    # (nb, 1)
+        data = qt.data.reshape(nb, b // per_byte)
+    eager = not (_use_compiler(backend, qt.numel) and nb >= 2)
+    y = _run((fmt, dtype, "block decode", per_byte), lambda: _gather_fn(per_byte == 2), eager,
+             data, base, table)
+    y = y.reshape(nb, b)
+    blocking = Blocking(tuple(qt.shape), int(qt.meta["axis"]), fmt.block, tuple(qt.meta["padded"]))
+    return blocking.unblock(y)
