@@ -263,3 +263,13 @@ def test_scalar_formats_take_the_fast_path(name, monkeypatch):
     x = inputs(name, torch.float32, n=200, nan=floatlab.get_format(name).has_nan)
     floatlab.encode(x, name, backend="eager")
     assert plain_scalar.quantize_to_float64 is not refuse
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "hif4", "nvfp4", "nvfp4_2d"])
+def test_fp4_blocks_decode_by_arithmetic(name):
+    """The decode tests above compare the arithmetic path (not the table fallback) for these."""
+    fmt = floatlab.get_format(name)
+    q = floatlab.encode(torch.randn(4, 256) * 3, name)
+    s = q.scales["scale"].to(torch.int64)
+    for dtype in DTYPES:
+        assert fast_codes._block_arith(fmt, q, dtype, s, s.device) is not None, (name, dtype)
