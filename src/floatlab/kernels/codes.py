@@ -345,13 +345,22 @@ def _hif4_scale_bytes(s1: torch.Tensor, sub_shift: torch.Tensor, cp: BlockCodePl
     E1_8 is recovered from the shifts: E1_8 = 1 makes the larger subgroup of its pair reach
     ``f32(mc * r) >= 4``, so its shift is 2; E1_8 = 0 leaves every shift at most 1."""
     nb = s1.shape[0]
-    sh = sub_shift.to(torch.int64)
-    e1_8 = (sh.view(nb, 8, 2).amax(dim=2) == 2).to(torch.int64)          # (nb, 8)
-    e1_16 = sh - e1_8.repeat_interleave(2, dim=1)                        # (nb, 16)
-    w = 2 ** torch.arange(7, -1, -1, device=s1.device)
-    e6m2 = value_codes(s1.reshape(-1).to(torch.float32), cp.scale).to(torch.int64)
-    return torch.stack([e6m2, (e1_8 * w).sum(1), (e1_16[:, :8] * w).sum(1),
-                        (e1_16[:, 8:] * w).sum(1)], dim=1).to(torch.uint8)
+    sh = sub_shift.to(torch.int32).view(nb, 8, 2)
+    e1_8 = (sh.amax(dim=2) == 2).to(torch.int32)                         # (nb, 8)
+    e1_16 = (sh - e1_8[:, :, None]).view(nb, 2, 8)                        # (nb, 2, 8)
+    w = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.int32, device=s1.device)
+    e6m2 = value_codes(s1.reshape(nb, 1).to(torch.float32), cp.scale)
+    return torch.cat([e6m2, (e1_8 * w).sum(1, keepdim=True, dtype=torch.int32),
+                      (e1_16 * w).sum(2, dtype=torch.int32)], dim=1).to(torch.uint8)
+
+
+def _hif4_rows(s: torch.Tensor) -> torch.Tensor:
+    """(nb, 4) scale bytes -> (nb, 16) ``3 * E6M2 byte + E1_8 + E1_16`` of every subgroup."""
+    s = s.to(torch.int32)
+    g = torch.arange(16, dtype=torch.int32, device=s.device)
+    e1_8 = (s[:, 1:2] >> (7 - g // 2)) & 1
+    e1_16 = (torch.where(g < 8, s[:, 2:3], s[:, 3:4]) >> (7 - g % 8)) & 1
+    return s[:, :1] * 3 + e1_8 + e1_16
 
 
 def _block_fn(body, cp):
@@ -421,7 +430,9 @@ def _encode_block_run(xb, generator, cp: BlockCodePlan, fmt, eager):
         return None              # poisoned blocks: the plain pipeline's scales differ there
     rnd = dispatch.draws(cp.bp.elem, xb.shape, xb.device, generator)
     data = _call(_hif4_element_codes, cp, (cp, "hif4 codes"), eager, xb, rnd, r, shift)
-    return _block_data(data, cp, eager), {"scale": _hif4_scale_bytes(s1, sub_shift, cp)}
+    scale = _run((cp, "hif4 scale bytes"), lambda: lambda a, b: _hif4_scale_bytes(a, b, cp), eager,
+                 s1, sub_shift)
+    return _block_data(data, cp, eager), {"scale": scale}
 
 
 def _block_data(codes: torch.Tensor, cp: BlockCodePlan, eager: bool) -> torch.Tensor:
@@ -580,10 +591,7 @@ def _decode_block(qt, dtype, backend):
     eager = not (_use_compiler(backend, qt.numel) and nb >= 2)
     arith = _block_arith(fmt, qt, dtype, s, dev)
     if fmt.rule is ScaleRule.HIF4:
-        w = 2 ** torch.arange(7, -1, -1, device=dev)
-        e1_8 = ((s[:, 1:2] // w) % 2).repeat_interleave(2, dim=1)
-        e1_16 = torch.cat([(s[:, 2:3] // w) % 2, (s[:, 3:4] // w) % 2], dim=1)
-        row = s[:, :1] * 3 + e1_8 + e1_16                                   # (nb, 16)
+        row = _run("hif4 rows", lambda: _hif4_rows, eager, s)                # (nb, 16)
         data = qt.data.reshape(nb, 16, 4 // per_byte)
     else:
         row = s.reshape(nb, 1)
