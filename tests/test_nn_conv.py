@@ -222,3 +222,32 @@ def test_generator_and_amax_history_travel_with_state_dict():
     q2 = fnn.QConv2d.from_conv(nn.Conv2d(4, 4, 3), fnn.get_recipe("fp8").default, seed=5)
     q2.load_state_dict(sd)
     assert torch.equal(q2.amax_history, q.amax_history)
+
+
+def test_delayed_scaling_reuse_of_the_input_keeps_every_bit():
+    """fp8 (delayed scaling): wgrad reuses fprop's quantized input only while wgrad's amax history
+    equals the one fprop scaled with; a forward without backward in between makes them differ,
+    and the full path runs. Compared with a spec whose wgrad input differs only in its block axis
+    (meaningless for a scalar format), which never reuses: outputs, gradients and histories equal."""
+    import copy
+    import dataclasses
+    spec = fnn.get_recipe("fp8").default
+    other = dataclasses.replace(spec, wgrad=dataclasses.replace(
+        spec.wgrad, b=dataclasses.replace(spec.wgrad.b, axis=fnn.BlockAxis.OUTER)))
+    torch.manual_seed(2)
+    conv = nn.Conv2d(4, 6, 3, padding=1, bias=False)
+    layers = [fnn.QConv2d.from_conv(copy.deepcopy(conv), s, seed=5, amax_history=4) for s in (spec, other)]
+    results = [[], []]
+    for step, scale in enumerate((1.0, 30.0, 0.01, 5.0, 2.0)):
+        x = torch.randn(2, 4, 7, 7) * scale
+        gy = torch.randn(2, 6, 7, 7) * scale
+        for q, out in zip(layers, results):
+            if step == 2:
+                with torch.no_grad():
+                    q(x * 3)                  # pushes fprop's history only
+            out.append(_run(q, x, gy) + (q.amax_history.clone(),))
+            q.weight.grad = None
+    for a, b in zip(*results):
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)
+    assert not torch.equal(layers[0].amax_history[0], layers[0].amax_history[5])   # diverged

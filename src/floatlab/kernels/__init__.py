@@ -6,6 +6,8 @@
 * :mod:`~floatlab.kernels.block`: the fused block kernels (MX, NVFP4, HiF4);
 * :mod:`~floatlab.kernels.compiler`: one ``torch.compile``'d function per plan, with fallback;
 * :mod:`~floatlab.kernels.native`: small C++ kernels built on first use (HiF4's scale pass);
+* :mod:`~floatlab.kernels.lookup`: the training layers' operand rounding in one native pass
+  (table lookup for <= 3 mantissa bits, a loop for saturating integers), fused with the scale;
 * :mod:`~floatlab.kernels.rng`: the in-kernel counter-based random numbers;
 * :mod:`~floatlab.kernels.memory`: huge-page backed outputs.
 

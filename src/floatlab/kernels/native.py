@@ -68,21 +68,22 @@ def _cpu_id() -> str:
         return platform.machine() + platform.processor()
 
 
-def library_path(cxx: str) -> Path:
+def library_path(cxx: str, source: Path = SOURCE, stem: str = "floatlab_native",
+                 flags: tuple[str, ...] = FLAGS) -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, version, " ".join(FLAGS),
+    key = hashlib.sha256("\0".join([source.read_text(), cxx, version, " ".join(flags),
                                     _cpu_id()]).encode()).hexdigest()[:16]
-    return cache_dir() / "native" / f"floatlab_native_{key}.so"
+    return cache_dir() / "native" / f"{stem}_{key}.so"
 
 
-def _build(cxx: str, path: Path) -> None:
-    """Compile ``SOURCE`` to ``path`` (atomically: a concurrent build of the same key is harmless),
+def _build(cxx: str, path: Path, source: Path = SOURCE, flags: tuple[str, ...] = FLAGS) -> None:
+    """Compile ``source`` to ``path`` (atomically: a concurrent build of the same key is harmless),
     with the mode a compiler gives its output (``0o777`` minus the umask: 0755 by default)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        res = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        res = subprocess.run([cxx, *flags, str(source), "-o", tmp], capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"{Path(cxx).name} failed: {(res.stderr or res.stdout).strip()[:500]}")
         os.chmod(tmp, 0o777 & ~umask())      # as a compiler's own output (mkstemp made it 0600)

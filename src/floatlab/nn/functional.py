@@ -22,11 +22,14 @@ import torch
 from torch.nn import functional as F
 
 from floatlab.formats.registry import get_format
+from floatlab.kernels import lookup
+from floatlab.kernels.dispatch import resolve_backend
 from floatlab.nn import scaling
 from floatlab.nn.hadamard import random_hadamard, rht
 from floatlab.nn.lowbit import clip_mask, get_quantizer
 from floatlab.nn.quantizer import fake_quantize
 from floatlab.nn.recipe import BlockAxis, Gemm, GemmSpec, LinearSpec, Scaling, TensorSpec
+from floatlab.rounding import parse_rounding
 
 GEMMS = (Gemm.FPROP, Gemm.DGRAD, Gemm.WGRAD)
 
@@ -75,23 +78,72 @@ def quantize_operand(t: torch.Tensor, tspec: TensorSpec, which: int, state: Quan
         return get_quantizer(tspec.format).values(t, -2 if Gemm(gemm) is Gemm.FPROP else -1)
     if not tspec.pad:
         check_block_fit(t, tspec, _block_axis(tspec, which), gemm, state.name)
-    s = None
-    if tspec.scaling is not Scaling.NONE:
-        cur = scaling.amax(t)
-        if tspec.scaling is Scaling.DELAYED:
-            if state.amax_history is None:
-                raise RuntimeError("delayed scaling needs an amax history (use QLinear)")
-            row = state.amax_history[role_index(gemm, which)]
-            ref = scaling.delayed_amax(row, cur)
-            scaling.push(row, cur)
-        else:
-            ref = cur
-        target = tspec.scale_to if tspec.scale_to is not None else scaling.scale_target(tspec.format)
-        s = scaling.pow2_scale(ref, target).to(t.device)
+    s = operand_scale(t, tspec, which, state, gemm)
+    q = _native_round(t, tspec, state, s)
+    if q is not None:      # the same bits as the lines below, in one pass (kernels/lookup.py)
+        return q
+    if s is not None:
         t = t * s
     q = fake_quantize(t, tspec.format, tspec.rounding, tspec.saturate, _block_axis(tspec, which),
                       state.gen(t.device) if tspec.stochastic else None, native=state.native)
     return q / s if s is not None else q
+
+
+def _native_round(t: torch.Tensor, tspec: TensorSpec, state: QuantState,
+                  s: float | None) -> torch.Tensor | None:
+    """``fake_quantize(t * s) / s`` in one native pass where one gives the same bits, else None:
+    float32 CPU values without a gradient to record, the default backend, the native loops
+    available, and either a deterministic scalar format whose rounding a table expresses
+    (:func:`floatlab.kernels.lookup.build_table` decides, from ``fake_quantize`` itself) or a
+    saturating integer format with ties-to-even or stochastic rounding (the same float64 draws
+    from the layer's generator, taken at the same point)."""
+    if (t.dtype is not torch.float32 or t.device.type != "cpu" or tspec.format is None
+            or (t.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling()
+            or resolve_backend(None) != "auto" or not lookup.available()):
+        return None
+    spec = get_format(tspec.format)
+    if spec.kind != "scalar" or (s is not None and not isinstance(s, float)):
+        return None
+    rounding, saturate, native = tspec.rounding, tspec.saturate, state.native
+    mode = parse_rounding(rounding).value if rounding is not None else None
+    if saturate and mode in (None, "rne", "sr") and lookup.int_format_fits(spec):
+        if mode == "sr":
+            draws = torch.rand(t.shape, dtype=torch.float64, generator=state.gen(t.device))
+            return lookup.int_round(t, spec, draws, s)
+        if mode == "rne" or parse_rounding(spec.default_rounding).value == "rne":
+            return lookup.int_round(t, spec, None, s)
+    if tspec.stochastic:
+        return None
+    lut = lookup.table(("fake_quantize", spec, rounding, saturate, native),
+                       lambda v: fake_quantize(v, spec, rounding, saturate, -1, None, native=native,
+                                               grad="none"))
+    return None if lut is None else lookup.round_scaled(t, lut, s)
+
+
+def operand_scale(t: torch.Tensor, tspec: TensorSpec, which: int, state: QuantState,
+                  gemm: Gemm) -> float | torch.Tensor | None:
+    """The power-of-two scale of an operand (None without scaling), pushing its amax into the
+    history under delayed scaling. On CPU a Python float (:func:`scaling.pow2_scale_value`, the
+    same value as :func:`scaling.pow2_scale`), elsewhere a float32 0-d tensor on ``t``'s device."""
+    if tspec.scaling is Scaling.NONE:
+        return None
+    cur = scaling.amax(t)
+    cpu = t.device.type == "cpu"
+    if tspec.scaling is Scaling.DELAYED:
+        if state.amax_history is None:
+            raise RuntimeError("delayed scaling needs an amax history (use QLinear)")
+        row = state.amax_history[role_index(gemm, which)]
+        if cpu:
+            ref = scaling.delayed_amax_and_push(row, cur)
+        else:
+            ref = scaling.delayed_amax(row, cur)
+            scaling.push(row, cur)
+    else:
+        ref = float(cur) if cpu else cur
+    target = tspec.scale_to if tspec.scale_to is not None else scaling.scale_target(tspec.format)
+    if cpu:
+        return scaling.pow2_scale_value(float(ref), target)
+    return scaling.pow2_scale(ref, target).to(t.device)
 
 
 def block_length(fmt: str) -> int | None:
@@ -318,8 +370,10 @@ class _QConvFunction(torch.autograd.Function):
         wt = wg.transpose(1, 2).contiguous()   # operands contiguous: one matmul layout on every path
         fa = spec.fprop.a
         covered = fa.scaling is Scaling.NONE or geom.covers(size)
-        xq = None
+        xq = history = None
         if spec.fprop.quantized and _elementwise(fa, spec.fprop) and covered:
+            if fa.scaling is Scaling.DELAYED and state.amax_history is not None:
+                history = state.amax_history[role_index(Gemm.FPROP, 0)].clone()   # before the push
             # quantize-then-unfold gives the same values (and amax) as unfold-then-quantize
             xq = quantize_operand(x, fa, 0, state, Gemm.FPROP)
             a = _rows(unfold(xq), G)
@@ -338,11 +392,16 @@ class _QConvFunction(torch.autograd.Function):
         ctx.wq = bq.transpose(1, 2).contiguous() if (bq is not None and _reusable(spec)) else None
         wb = spec.wgrad.b
         # wgrad's input operand reuses fprop's quantized, unfolded input when the values are the
-        # same: the same spec with no scaling or current scaling (the scale depends on x alone;
-        # delayed scaling has pushed a new amax since), a deterministic scalar format (xq is only
-        # made for those), no RHT; this saves the backward's quantize, unfold and row copy
-        ctx.xrows = a if (xq is not None and wb == fa and wb.scaling in (Scaling.NONE, Scaling.CURRENT)
-                          and not spec.wgrad.hadamard) else None
+        # same: the same spec with no scaling or current scaling (the scale depends on x alone),
+        # a deterministic scalar format (xq is only made for those), no RHT; this saves the
+        # backward's quantize, unfold and row copy. Under delayed scaling the scale depends on
+        # the history too: backward reuses only if wgrad's history row is then equal to the one
+        # fprop scaled with (kept here, before fprop's push), and pushes x's amax as wgrad would
+        ctx.xrows = a if (xq is not None and wb == fa and not spec.wgrad.hadamard
+                          and (wb.scaling in (Scaling.NONE, Scaling.CURRENT) or history is not None)) else None
+        ctx.history = history
+        ctx.x_amax = (state.amax_history[role_index(Gemm.FPROP, 0), 0].clone()
+                      if ctx.xrows is not None and history is not None else None)
         ctx.save_for_backward(x, weight)
         return out
 
@@ -369,8 +428,14 @@ class _QConvFunction(torch.autograd.Function):
             wgs = spec.wgrad
             dt = d.transpose(1, 2).contiguous()                           # (G, Og, N*L)
             covered = wgs.b.scaling is Scaling.NONE or geom.covers(ctx.size)
-            if ctx.xrows is not None:
-                gwg = _mm(quantize_operand(dt, wgs.a, 0, state, Gemm.WGRAD), ctx.xrows)
+            xrows = ctx.xrows
+            if xrows is not None and ctx.history is not None:     # delayed: the same history?
+                row = state.amax_history[role_index(Gemm.WGRAD, 1)]
+                xrows = xrows if torch.equal(row, ctx.history) else None
+            if xrows is not None:
+                gwg = _mm(quantize_operand(dt, wgs.a, 0, state, Gemm.WGRAD), xrows)
+                if ctx.history is not None:    # the push quantize_operand(x, wgs.b) would make
+                    scaling.delayed_amax_and_push(row, ctx.x_amax)
             elif wgs.quantized and _elementwise(wgs.b, wgs) and covered:
                 aq = quantize_operand(dt, wgs.a, 0, state, Gemm.WGRAD)
                 xq = quantize_operand(x, wgs.b, 1, state, Gemm.WGRAD)
@@ -382,7 +447,7 @@ class _QConvFunction(torch.autograd.Function):
                 gw = gw * clip_mask(weight)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))
-        ctx.wq = ctx.xrows = None
+        ctx.wq = ctx.xrows = ctx.history = ctx.x_amax = None
         return gx, gw, gb, None, None
 
 

@@ -1,0 +1,192 @@
+"""Deterministic rounding of float32 CPU tensors by table lookup, fused with a power-of-two scale.
+
+The training layers fake-quantize each GEMM operand as ``quantize(t * s) / s`` (``s`` a power of
+two, or no scale). For a format with at most 3 mantissa bits (e4m3, e5m2, HiF8...) this is one
+table lookup per element, in one native pass (``native_lookup.cpp``), instead of the three to
+eight tensor passes of the scale, the rounding (a native cast with its saturation checks, or the
+compiled kernel) and the unscale.
+
+Why one table entry is right for a whole key (the argument of :mod:`floatlab.emulation.lut`,
+which this module shares its key layout with): a float32 value's key keeps its sign, exponent and
+top 4 mantissa bits (``idx``, 13 bits) and whether any of the 19 bits below is set (``sticky``).
+Every value and rounding midpoint of a format with at most 3 mantissa bits is a multiple of the
+4-bit unit ``u`` of its binade, so the open interval ``(a, a + u)`` of the values with one ``idx``
+and ``sticky = 1`` holds no value and no midpoint of the format, and a deterministic rounding
+gives one answer on it. :func:`table` evaluates **the very function the table replaces** (passed
+in by the caller) at ``a`` (``sticky = 0``) and at both ends of the interval, ``a + 1 ulp`` and
+``a + u - 1 ulp``, and returns None where the ends differ (bit for bit, NaN payloads included):
+the table never states an answer the replaced path did not give.
+
+The scaled loop computes ``v = x * s`` and ``table[key(v)] / s`` with IEEE float32 operations
+(built with ``-ffp-contract=off``, no fast-math), the very operations of ``t * s`` and ``q / s``
+in torch (a division by a power of two equals torch's multiplication by its exact reciprocal).
+
+Integer formats (int8, int4: spacing 1, saturating) have too many mantissa bits for a table;
+:func:`int_round` rounds them in one branch-free loop instead, ties to even or stochastically
+against the float64 draws ``floatlab.quantize`` itself would take from the layer's generator
+(the caller takes them, at the same point of the stream), with the decisions of
+:func:`floatlab.kernels.scalar.quantize_kernel`; it is tested against ``fake_quantize``.
+
+Built like :mod:`floatlab.kernels.native` (``$FLOATLAB_CACHE/native``, the compiler
+torch.compile uses); where it cannot be built or ``FLOATLAB_NATIVE=0``, :func:`available` is
+False and callers keep their own path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import subprocess
+import threading
+import warnings
+from collections.abc import Callable, Hashable
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from floatlab.kernels import native
+
+SOURCE = Path(__file__).with_name("native_lookup.cpp")
+MANTISSA = 3                       # formats with at most this many mantissa bits
+SHIFT = 23 - (MANTISSA + 1)        # bits below the kept ones: 19
+SIZE = 1 << (9 + MANTISSA + 2)     # (sign, exponent, 4 mantissa bits, sticky): 16384 entries
+FLAGS = (*native.FLAGS, "-fno-trapping-math")   # changes no value (see native_lookup.cpp)
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+_tables: dict[Hashable, torch.Tensor | None] = {}
+
+
+def _load() -> ctypes.CDLL | None:
+    cxx = native.compiler()
+    if cxx is None:
+        return None
+    try:
+        path = native.library_path(cxx, SOURCE, "floatlab_lookup", FLAGS)
+        if not path.exists():
+            native._build(cxx, path, SOURCE, FLAGS)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        warnings.warn(f"floatlab: the table-lookup rounding loop could not be built ({err}); using "
+                      "the other kernels instead (set FLOATLAB_NATIVE=0 to silence this)",
+                      RuntimeWarning, stacklevel=4)
+        return None
+    fn = lib.floatlab_lookup_round
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
+                   ctypes.c_float, ctypes.c_int]
+    fn.restype = None
+    fn = lib.floatlab_int_round
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float,
+                   ctypes.c_float, ctypes.c_float, ctypes.c_int]
+    fn.restype = None
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded lookup loop (built on first use), or None where it is unavailable."""
+    if not native.enabled():
+        return None
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                _state["lib"] = _load()
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def representatives() -> torch.Tensor:
+    """(3, 8192) float32: per 13-bit ``idx``, the key's value ``a`` and both ends of its sticky
+    interval, ``a + 1 ulp`` and ``a + u - 1 ulp``."""
+    idx = torch.arange(SIZE // 2, dtype=torch.int64) << SHIFT
+    low = (1 << SHIFT) - 1
+    return torch.stack([idx, idx + 1, idx + low]).to(torch.int32).view(torch.float32)
+
+
+def build_table(fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """The 2 x 8192 lookup table of the float32 -> float32 rounding ``fn``, or None where ``fn``
+    is not constant on some key's sticky interval (then no table can replace it)."""
+    reps = representatives()
+    q = fn(reps.reshape(-1).clone()).to(torch.float32).reshape(3, -1).contiguous()
+    bits = q.view(torch.int32)
+    if not bool((bits[1] == bits[2]).all()):
+        return None
+    return torch.stack([q[0], q[1]], dim=1).reshape(-1).contiguous()
+
+
+def table(key: Hashable, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor | None:
+    """:func:`build_table` of ``fn``, built once per ``key`` (the caller names what ``fn`` does:
+    format, rounding, saturation, path)."""
+    if key not in _tables:
+        with _lock:
+            if key not in _tables:
+                _tables[key] = build_table(fn)
+    return _tables[key]
+
+
+def round_scaled(t: torch.Tensor, lut: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """``lut`` looked up for every element of the float32 CPU tensor ``t`` (a new contiguous
+    tensor of ``t``'s shape); with ``scale`` (a power of two), ``lookup(t * scale) / scale``."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the table-lookup loop is not available (check lookup.available())")
+    x = t.contiguous()
+    y = torch.empty(t.shape, dtype=torch.float32)
+    n = x.numel()
+    if n:
+        px, py = x.data_ptr(), y.data_ptr()
+        native._parallel(lib.floatlab_lookup_round, -(-n // 64),
+                         lambda s, c: (px + 256 * s, py + 256 * s, min(64 * c, n - 64 * s),
+                                       lut.data_ptr(), SHIFT, float(scale or 1.0), scale is not None))
+    return y
+
+
+# ---- integer formats ---------------------------------------------------------------------------
+INT_MODES = ("rne", "sr")
+
+
+@lru_cache(maxsize=256)
+def int_format_fits(fmt) -> bool:
+    """Is ``fmt`` an integer format the native integer loop implements: signed, spacing 1 in
+    every binade, a zero and no -0, saturating overflow, limits exact in float32?"""
+    from floatlab.formats.base import Overflow
+    from floatlab.formats.integer import IntFormat
+    from floatlab.kernels.scalar import F32, _uniform_qe
+    from floatlab.rounding import RoundingMode as M
+    if not isinstance(fmt, IntFormat) or not fmt.signed or not fmt.has_zero or fmt.neg_zero:
+        return False
+    if fmt.overflow is not Overflow.SATURATE or _uniform_qe(fmt, M.RNE, F32, (0, 0)) != 0:
+        return False
+    lim = (float(fmt.max_value), float(fmt.max_negative))
+    return all(float(torch.tensor(v, dtype=torch.float32)) == v and 0 < v < 2 ** 24 for v in lim)
+
+
+def int_round(t: torch.Tensor, fmt, draws: torch.Tensor | None, scale: float | None = None) -> torch.Tensor:
+    """``quantize(t * scale, fmt) / scale`` for a float32 CPU tensor and a format that
+    :func:`int_format_fits`, saturating: ties to even, or stochastic rounding with ``draws``
+    (float64 uniforms in [0, 1), one per element in row-major order: the very draws
+    ``floatlab.quantize`` takes from its generator)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native loop is not available (check lookup.available())")
+    x = t.contiguous()
+    y = torch.empty(t.shape, dtype=torch.float32)
+    n = x.numel()
+    if draws is not None:
+        draws = draws.contiguous()
+        if draws.dtype is not torch.float64 or draws.numel() != n:
+            raise ValueError("draws must be float64 with one value per element")
+    if n:
+        px, py = x.data_ptr(), y.data_ptr()
+        pu = draws.data_ptr() if draws is not None else None
+        native._parallel(lib.floatlab_int_round, -(-n // 64),
+                         lambda s, c: (px + 256 * s, py + 256 * s, min(64 * c, n - 64 * s),
+                                       None if pu is None else pu + 512 * s,
+                                       float(fmt.max_value), float(fmt.max_negative),
+                                       float(scale or 1.0), scale is not None))
+    return y
+
+
+__all__ = ["available", "build_table", "table", "round_scaled", "representatives", "int_format_fits",
+           "int_round"]

@@ -1,0 +1,113 @@
+"""The table-lookup rounding loop (floatlab.kernels.lookup) gives the bits of the path it replaces
+in the training layers: fake_quantize, alone and between a power-of-two scale and unscale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from floatlab.kernels import lookup
+from floatlab.nn import QuantState, TensorSpec, get_recipe
+from floatlab.nn.functional import quantize_operand
+from floatlab.nn.quantizer import fake_quantize
+from floatlab.nn.recipe import Gemm, Scaling
+
+pytestmark = pytest.mark.skipif(not lookup.available(), reason="no C++ compiler for the native loop")
+TABLE_CASES = [("e4m3", None, True), ("e5m2", None, True), ("hif8", None, True), ("hif8", "rna", True),
+               ("int4", None, True), ("e4m3", "rtz", True), ("e5m2", None, False)]
+
+
+def _path(fmt, rounding, saturate):
+    return lambda v: fake_quantize(v, fmt, rounding, saturate, -1, None, grad="none")
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int32)
+
+
+def _probe() -> torch.Tensor:
+    """Every key's value, both ends of its sticky interval and a point inside; specials; random."""
+    reps = lookup.representatives()
+    mid = (reps[0].view(torch.int32) + (1 << (lookup.SHIFT - 1)) + 5).view(torch.float32)
+    g = torch.Generator().manual_seed(0)
+    rnd = torch.randn(1 << 15, generator=g) * 2.0 ** torch.randint(-30, 30, (1 << 15,), generator=g)
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), -float("nan"),
+                            1e-45, -1e-45, 3.4028235e38, -3.4028235e38])
+    return torch.cat([reps.reshape(-1), mid, rnd, special])
+
+
+@pytest.mark.parametrize("fmt,rounding,saturate", TABLE_CASES)
+def test_lookup_equals_the_replaced_path_bit_for_bit(fmt, rounding, saturate):
+    fn = _path(fmt, rounding, saturate)
+    lut = lookup.build_table(fn)
+    assert lut is not None and lut.shape == (lookup.SIZE,)
+    x = _probe()
+    assert torch.equal(_bits(lookup.round_scaled(x, lut)), _bits(fn(x)))
+    for k in (-20, -3, 0, 5, 40):      # the fused scale: lookup(x * s) / s
+        s = 2.0 ** k
+        assert torch.equal(_bits(lookup.round_scaled(x, lut, s)), _bits(fn(x * s) / s))
+
+
+@pytest.mark.parametrize("fmt", ["int8", "bf16", "fp16"])
+def test_no_table_where_the_rounding_needs_more_than_three_mantissa_bits(fmt):
+    assert lookup.build_table(_path(fmt, None, True)) is None
+
+
+def test_non_contiguous_and_empty_inputs():
+    lut = lookup.build_table(_path("e4m3", None, True))
+    x = torch.randn(7, 33).t()
+    assert torch.equal(lookup.round_scaled(x, lut), _path("e4m3", None, True)(x))
+    assert lookup.round_scaled(torch.empty(0, 3), lut).shape == (0, 3)
+
+
+@pytest.mark.parametrize("fmt,scaling", [("e4m3", Scaling.DELAYED), ("e5m2", Scaling.CURRENT),
+                                         ("hif8", Scaling.NONE), ("int4", Scaling.CURRENT)])
+def test_quantize_operand_same_with_and_without_the_loop(fmt, scaling, monkeypatch):
+    ts = TensorSpec(fmt, None, True, "contraction", scaling)
+    t = torch.randn(64, 50) * 7
+    t[3, 4] = float("inf")
+    out = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv("FLOATLAB_NATIVE", native)
+        st = QuantState(get_recipe("fp8").default, amax_history=torch.zeros(6, 4))
+        st.amax_history[0, 1] = 3.0
+        out[native] = (quantize_operand(t, ts, 0, st, Gemm.FPROP), st.amax_history.clone())
+    assert torch.equal(_bits(out["1"][0]), _bits(out["0"][0]))
+    assert torch.equal(out["1"][1], out["0"][1])
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+@pytest.mark.parametrize("rounding", [None, "sr"])
+@pytest.mark.parametrize("n", [7, 640, 5000])       # the eager, plain-sized and compiled paths
+def test_integer_loop_equals_fake_quantize_and_takes_the_same_draws(fmt, rounding, n):
+    from floatlab.formats.registry import get_format
+    spec = get_format(fmt)
+    assert lookup.int_format_fits(spec)
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=g) * 2.0 ** torch.randint(-12, 12, (n,), generator=g)
+    x[:6] = torch.tensor([0.0, -0.0, float("inf"), -float("nan"), 2.5, -3.5])[:min(6, n)]
+    if n > 100:
+        x[10:90] = torch.arange(-40, 40) * 0.5                       # ties
+        x[90:96] = torch.tensor([127.5, -128.5, 1e30, -1e30, 8388607.5, 1e-40])
+    for s in (None, 2.0 ** -3, 2.0 ** 6):
+        g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+        xs = x * s if s else x
+        want = fake_quantize(xs, fmt, rounding, True, -1, g1, grad="none")
+        want = want / s if s else want
+        draws = torch.rand(x.shape, dtype=torch.float64, generator=g2) if rounding else None
+        got = lookup.int_round(x, spec, draws, s)
+        assert torch.equal(_bits(got), _bits(want))
+        assert torch.equal(g1.get_state(), g2.get_state())
+
+
+@pytest.mark.parametrize("rounding", [None, "sr"])
+def test_int8_operand_same_with_and_without_the_loop(rounding, monkeypatch):
+    ts = TensorSpec("int8", rounding, True, "contraction", Scaling.CURRENT)
+    t = torch.randn(33, 70) * 3
+    out = {}
+    for native in ("1", "0"):
+        monkeypatch.setenv("FLOATLAB_NATIVE", native)
+        st = QuantState(get_recipe("int8").default, seed=3)
+        out[native] = (quantize_operand(t, ts, 0, st, Gemm.DGRAD), st.gen(t.device).get_state())
+    assert torch.equal(_bits(out["1"][0]), _bits(out["0"][0]))
+    assert torch.equal(out["1"][1], out["0"][1])
