@@ -111,3 +111,23 @@ def test_int8_operand_same_with_and_without_the_loop(rounding, monkeypatch):
         out[native] = (quantize_operand(t, ts, 0, st, Gemm.DGRAD), st.gen(t.device).get_state())
     assert torch.equal(_bits(out["1"][0]), _bits(out["0"][0]))
     assert torch.equal(out["1"][1], out["0"][1])
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,groups", [
+    ((2, 8, 11, 10), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((3, 8, 11, 10), (3, 3), (2, 2), (1, 1), (1, 1), 2),
+    ((3, 8, 11, 10), (3, 3), (1, 1), (2, 2), (2, 2), 1),
+    ((3, 8, 11, 10), (3, 3), (3, 3), (0, 0), (1, 1), 4),     # stride > kernel: uncovered pixels
+    ((4, 6, 1, 40), (1, 5), (1, 2), (0, 2), (1, 1), 3),      # a Conv1d
+    ((1, 2, 3, 3), (5, 5), (1, 1), (2, 2), (1, 1), 1)])      # windows mostly padding
+def test_unfold_rows_is_unfold_laid_out_as_rows(shape, kernel, stride, padding, dilation, groups):
+    from torch.nn import functional as F
+
+    from floatlab.nn.functional import _rows
+    x = torch.randn(shape)
+    x.view(-1)[::7] = -0.0
+    want = _rows(F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride), groups)
+    got = lookup.unfold_rows(x, kernel, stride, padding, dilation, groups)
+    assert got.shape == want.shape and got.is_contiguous()
+    assert torch.equal(_bits(got), _bits(want))
+    assert lookup.unfold_rows(x.double(), kernel, stride, padding, dilation, groups) is None

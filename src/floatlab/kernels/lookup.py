@@ -74,6 +74,9 @@ def _load() -> ctypes.CDLL | None:
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
                    ctypes.c_float, ctypes.c_int]
     fn.restype = None
+    fn = lib.floatlab_unfold_rows
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 17
+    fn.restype = None
     fn = lib.floatlab_int_round
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float,
                    ctypes.c_float, ctypes.c_float, ctypes.c_int]
@@ -188,5 +191,28 @@ def int_round(t: torch.Tensor, fmt, draws: torch.Tensor | None, scale: float | N
     return y
 
 
-__all__ = ["available", "build_table", "table", "round_scaled", "representatives", "int_format_fits",
+# ---- the implicit GEMM's unfolded input -------------------------------------------------------
+def unfold_rows(x: torch.Tensor, kernel, stride, padding, dilation, groups: int) -> torch.Tensor | None:
+    """``F.unfold(x, ...)`` laid out as the implicit GEMM's rows, ``(G, N*L, Kg)`` contiguous
+    (what :func:`floatlab.nn.functional._rows` makes of it), in one native gather; None where
+    the loop is unavailable or ``x`` is not a float32 CPU tensor of shape (N, C, H, W)."""
+    lib = library()
+    if lib is None or x.dtype is not torch.float32 or x.device.type != "cpu" or x.ndim != 4:
+        return None
+    x = x.contiguous()
+    N, C, H, W = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
+    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    if OH < 1 or OW < 1 or C % groups:
+        return None
+    Kg = C // groups * kh * kw
+    out = torch.empty((groups, N * OH * OW, Kg), dtype=torch.float32)
+    if out.numel():
+        px, po = x.data_ptr(), out.data_ptr()
+        lib.floatlab_unfold_rows(px, po, 0, N, N, C, H, W, groups, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
+    return out
+
+
+__all__ = ["unfold_rows", "available", "build_table", "table", "round_scaled", "representatives", "int_format_fits",
            "int_round"]

@@ -70,3 +70,35 @@ extern "C" void floatlab_int_round(const float* __restrict x, float* __restrict 
         for (int64_t i = 0; i < n; ++i) y[i] = int_round_one(x[i], false, 0.0, max_pos, max_neg);
     }
 }
+
+// im2col straight into the implicit GEMM's row layout: out (G, N*L, Kg) contiguous, row
+// (n, oh, ow), column c*kh*kw + i*kw + j of group g (c a channel of the group), zero where the
+// window reaches into the padding: exactly F.unfold's values, laid out as
+// unfold(x).view(N, G, Kg, L).permute(1, 0, 3, 2) made contiguous. A gather: no arithmetic.
+extern "C" void floatlab_unfold_rows(const float* __restrict x, float* __restrict out,
+                                     int64_t n0, int64_t n1, int64_t N, int64_t C, int64_t H,
+                                     int64_t W, int64_t G, int64_t kh, int64_t kw, int64_t sh,
+                                     int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                                     int64_t OH, int64_t OW) {
+    const int64_t Cg = C / G, Kg = Cg * kh * kw, L = OH * OW;
+    for (int64_t g = 0; g < G; ++g) {
+        for (int64_t n = n0; n < n1; ++n) {
+            for (int64_t oh = 0; oh < OH; ++oh) {
+                for (int64_t ow = 0; ow < OW; ++ow) {
+                    float* row = out + ((g * N + n) * L + oh * OW + ow) * Kg;
+                    for (int64_t c = 0; c < Cg; ++c) {
+                        const float* plane = x + ((n * C) + g * Cg + c) * H * W;
+                        for (int64_t i = 0; i < kh; ++i) {
+                            const int64_t ih = oh * sh - ph + i * dh;
+                            const bool hin = ih >= 0 && ih < H;
+                            for (int64_t j = 0; j < kw; ++j) {
+                                const int64_t iw = ow * sw - pw + j * dw;
+                                *row++ = (hin && iw >= 0 && iw < W) ? plane[ih * W + iw] : 0.0f;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -340,6 +340,19 @@ def _rows(cols: torch.Tensor, groups: int) -> torch.Tensor:
     return cols.view(n, groups, gk // groups, length).permute(1, 0, 3, 2).reshape(groups, n * length, -1)
 
 
+def _unfolded_rows(x: torch.Tensor, geom: "ConvGeometry") -> torch.Tensor:
+    """``_rows(F.unfold(x, ...), groups)``: the unfolded input as GEMM rows, by one native gather
+    where available (:func:`floatlab.kernels.lookup.unfold_rows`: the same values in the same
+    contiguous layout, without unfold's column matrix and the row copy), else by torch."""
+    if (resolve_backend(None) == "auto" and not torch.compiler.is_compiling()
+            and not (x.requires_grad and torch.is_grad_enabled())):
+        r = lookup.unfold_rows(x, geom.kernel, geom.stride, geom.padding, geom.dilation, geom.groups)
+        if r is not None:
+            return r
+    return _rows(F.unfold(x, kernel_size=geom.kernel, dilation=geom.dilation, padding=geom.padding,
+                          stride=geom.stride), geom.groups)
+
+
 def _unrows(rows: torch.Tensor, n: int) -> torch.Tensor:
     """``(G, N*L, C)`` -> ``(N, G*C, L)``, the inverse of :func:`_rows`."""
     g, nl, c = rows.shape
@@ -364,8 +377,6 @@ class _QConvFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, state: QuantState, geom: ConvGeometry):
         spec, G = state.spec, geom.groups
         n, size = x.shape[0], tuple(x.shape[2:])
-        unfold = functools.partial(F.unfold, kernel_size=geom.kernel, dilation=geom.dilation,
-                                   padding=geom.padding, stride=geom.stride)
         wg = weight.reshape(G, weight.shape[0] // G, -1)              # (G, Og, Kg), K channel-major
         wt = wg.transpose(1, 2).contiguous()   # operands contiguous: one matmul layout on every path
         fa = spec.fprop.a
@@ -376,15 +387,15 @@ class _QConvFunction(torch.autograd.Function):
                 history = state.amax_history[role_index(Gemm.FPROP, 0)].clone()   # before the push
             # quantize-then-unfold gives the same values (and amax) as unfold-then-quantize
             xq = quantize_operand(x, fa, 0, state, Gemm.FPROP)
-            a = _rows(unfold(xq), G)
+            a = _unfolded_rows(xq, geom)
             bq = quantize_operand(wt, spec.fprop.b, 1, state, Gemm.FPROP)
             y = _mm(a, bq)
         elif spec.fprop.quantized:
-            a, bq = prepare(_rows(unfold(x), G), wt, spec.fprop, state, Gemm.FPROP)
+            a, bq = prepare(_unfolded_rows(x, geom), wt, spec.fprop, state, Gemm.FPROP)
             y = _mm(a, bq)
         else:
             bq = None
-            y = _mm(_rows(unfold(x), G), wt)
+            y = _mm(_unfolded_rows(x, geom), wt)
         out = _unrows(y, n).reshape(n, weight.shape[0], *geom.out_size(size))
         if bias is not None:
             out = out + bias.view(1, -1, 1, 1)
@@ -411,8 +422,6 @@ class _QConvFunction(torch.autograd.Function):
         state: QuantState = ctx.state
         spec, geom = state.spec, ctx.geom
         G, n = geom.groups, x.shape[0]
-        unfold = functools.partial(F.unfold, kernel_size=geom.kernel, dilation=geom.dilation,
-                                   padding=geom.padding, stride=geom.stride)
         d = _rows(gy.reshape(n, gy.shape[1], -1), G)                     # (G, N*L, Og)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
@@ -439,9 +448,9 @@ class _QConvFunction(torch.autograd.Function):
             elif wgs.quantized and _elementwise(wgs.b, wgs) and covered:
                 aq = quantize_operand(dt, wgs.a, 0, state, Gemm.WGRAD)
                 xq = quantize_operand(x, wgs.b, 1, state, Gemm.WGRAD)
-                gwg = _mm(aq, _rows(unfold(xq), G))
+                gwg = _mm(aq, _unfolded_rows(xq, geom))
             else:
-                gwg = _qmm(dt, _rows(unfold(x), G), wgs, state, Gemm.WGRAD)
+                gwg = _qmm(dt, _unfolded_rows(x, geom), wgs, state, Gemm.WGRAD)
             gw = gwg.reshape(weight.shape)
             if spec.fprop.b.grad == "clipped":
                 gw = gw * clip_mask(weight)
