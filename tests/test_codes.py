@@ -273,3 +273,15 @@ def test_fp4_blocks_decode_by_arithmetic(name):
     s = q.scales["scale"].to(torch.int64)
     for dtype in DTYPES:
         assert fast_codes._block_arith(fmt, q, dtype, s, s.device) is not None, (name, dtype)
+
+
+@pytest.mark.parametrize("name", ["e4m3", "hif8", "e2m1", "int8", "ue4m3", "e8m0"])
+def test_raw_integer_codes_decode_like_plain(name):
+    fmt = floatlab.get_format(name)
+    codes = torch.arange(2 ** fmt.bits, dtype=torch.int64).reshape(-1, 2 ** (fmt.bits // 2))
+    for dtype in (None, *DTYPES):
+        fast = floatlab.decode(codes, name, dtype=dtype)
+        plain = floatlab.decode(codes, name, dtype=dtype, backend="plain")
+        same_bits(fast, plain, f"{name} raw codes {dtype}", nan_bits=dtype is not torch.bfloat16)
+    with pytest.raises(ValueError, match="out of range"):
+        floatlab.decode(torch.tensor([2 ** fmt.bits]), name)

@@ -208,6 +208,17 @@ def run_speed(size: int = 2 ** 24, reps: int = 5, cases: list[str] | None = None
 def _implementations(rows, case, fmt, rounding, peer_list, x, dst, log):
     fl = _floatlab(fmt, rounding)
     impls = [("floatlab", lambda: fl(x)), ("floatlab out=", lambda: fl(x, dst))]
+    if rounding not in ("sr", "sr_half"):
+        # packed codes (+ scales) and back: what floatlab.save, `floatlab ptq` and exports run
+        # (stochastic modes without a generator encode on the plain path: not timed here)
+        impls.append(("floatlab encode", lambda: floatlab.encode(x, fmt, rounding)))
+        codes = {}
+
+        def decode():
+            if "q" not in codes:
+                codes["q"] = floatlab.encode(x, fmt, rounding)
+            return codes["q"].dequantize()
+        impls.append(("floatlab decode", decode))
     for name, factory in peer_list:
         try:
             f = factory()

@@ -440,7 +440,8 @@ def _block_data(codes: torch.Tensor, cp: BlockCodePlan, eager: bool) -> torch.Te
 
 
 # ---- decode ----------------------------------------------------------------------------------
-def _scalar_table(fmt, dtype: torch.dtype, device) -> torch.Tensor:
+def scalar_table(fmt, dtype: torch.dtype, device) -> torch.Tensor:
+    """The plain decoder's value of every code (``2^bits`` of them) as ``dtype``."""
     return _scalar_table_cpu(fmt, dtype).to(device)
 
 
@@ -496,7 +497,7 @@ def decode(qt, dtype: torch.dtype, backend: str | None = None) -> torch.Tensor |
         return _decode_block(qt, dtype, backend)
     if getattr(fmt, "kind", None) != "scalar":
         return None
-    table = _scalar_table(fmt, dtype, qt.data.device)
+    table = scalar_table(fmt, dtype, qt.data.device)
     data = qt.data.reshape(-1)
     eager = not _use_compiler(backend, n)
     zero = torch.zeros((), dtype=torch.int32, device=data.device)

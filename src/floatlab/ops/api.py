@@ -266,4 +266,7 @@ def decode(codes, fmt=None, dtype: torch.dtype | None = None, *,
     if isinstance(spec, BlockFormat):
         raise TypeError(f"{spec.name!r} is a block format: decode its QTensor (from encode)")
     c = spec.codes_from(codes)  # int64 patterns; ValueError for codes out of range
-    return spec.decode(c).to(torch.float32 if dtype is None else dtype)
+    out_dtype = torch.float32 if dtype is None else dtype
+    if spec.bits <= 8 and dispatch.resolve_backend(backend) != "plain":
+        return fast_codes.scalar_table(spec, out_dtype, c.device)[c]   # the plain decoder's values
+    return spec.decode(c).to(out_dtype)
