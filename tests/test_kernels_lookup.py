@@ -131,3 +131,28 @@ def test_unfold_rows_is_unfold_laid_out_as_rows(shape, kernel, stride, padding, 
     assert got.shape == want.shape and got.is_contiguous()
     assert torch.equal(_bits(got), _bits(want))
     assert lookup.unfold_rows(x.double(), kernel, stride, padding, dilation, groups) is None
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,dilation,groups", [
+    ((2, 8, 11, 10), (3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((3, 8, 11, 10), (3, 3), (2, 2), (1, 1), (1, 1), 2),
+    ((3, 8, 11, 10), (3, 3), (1, 1), (2, 2), (2, 2), 1),
+    ((3, 8, 11, 10), (3, 3), (3, 3), (0, 0), (1, 1), 4),
+    ((4, 6, 1, 40), (1, 5), (1, 2), (0, 2), (1, 1), 3),
+    ((1, 2, 3, 3), (5, 5), (1, 1), (2, 2), (1, 1), 1)])
+def test_fold_rows_is_fold_bit_for_bit(shape, kernel, stride, padding, dilation, groups):
+    """Sums of values 2^40 apart and -0.0: only the same addition order gives the same bits."""
+    from torch.nn import functional as F
+
+    from floatlab.nn.functional import _unrows
+    n, c, h, w = shape
+    oh = (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1
+    g = torch.Generator().manual_seed(0)
+    shp = (groups, n * oh * ow, c // groups * kernel[0] * kernel[1])
+    rows = torch.randn(shp, generator=g) * 2.0 ** torch.randint(-20, 20, shp, generator=g)
+    rows.view(-1)[::5] = -0.0
+    want = F.fold(_unrows(rows, n), (h, w), kernel_size=kernel, dilation=dilation, padding=padding,
+                  stride=stride)
+    got = lookup.fold_rows(rows, n, (h, w), kernel, stride, padding, dilation, groups)
+    assert torch.equal(_bits(got), _bits(want))

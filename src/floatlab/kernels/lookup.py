@@ -77,6 +77,9 @@ def _load() -> ctypes.CDLL | None:
     fn = lib.floatlab_unfold_rows
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 17
     fn.restype = None
+    fn = lib.floatlab_fold_rows
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 15
+    fn.restype = None
     fn = lib.floatlab_int_round
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float,
                    ctypes.c_float, ctypes.c_float, ctypes.c_int]
@@ -214,5 +217,28 @@ def unfold_rows(x: torch.Tensor, kernel, stride, padding, dilation, groups: int)
     return out
 
 
-__all__ = ["unfold_rows", "available", "build_table", "table", "round_scaled", "representatives", "int_format_fits",
+def fold_rows(rows: torch.Tensor, n: int, size, kernel, stride, padding, dilation,
+              groups: int) -> torch.Tensor | None:
+    """``F.fold(_unrows(rows, n), size, ...)`` (col2im of the implicit GEMM's rows ``(G, N*L,
+    Kg)``) in one native pass with ATen's addition order, so the same bits; None where the loop
+    is unavailable or ``rows`` is not float32 on the CPU."""
+    lib = library()
+    if lib is None or rows.dtype is not torch.float32 or rows.device.type != "cpu" or rows.ndim != 3:
+        return None
+    rows = rows.contiguous()
+    (H, W), (kh, kw), (sh, sw), (ph, pw), (dh, dw) = size, kernel, stride, padding, dilation
+    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    G, NL, Kg = rows.shape
+    if G != groups or NL != n * OH * OW or Kg % (kh * kw) or OH < 1 or OW < 1:
+        return None
+    C = G * Kg // (kh * kw)
+    out = torch.empty((n, C, H, W), dtype=torch.float32)
+    if out.numel():
+        lib.floatlab_fold_rows(rows.data_ptr(), out.data_ptr(), n, C, H, W, G, kh, kw, sh, sw, ph, pw,
+                               dh, dw, OH, OW)
+    return out
+
+
+__all__ = ["fold_rows", "unfold_rows", "available", "build_table", "table", "round_scaled", "representatives", "int_format_fits",
            "int_round"]

@@ -102,3 +102,32 @@ extern "C" void floatlab_unfold_rows(const float* __restrict x, float* __restric
         }
     }
 }
+
+// col2im from the implicit GEMM's rows: rows (G, N*L, Kg) contiguous -> out (N, C, H, W),
+// F.fold(_unrows(rows, N), ...) bit for bit: ATen's col2im loop order (per sample: zero the
+// image, then for each column channel c_col = c*kh*kw + i*kw + j in order, each output position
+// in order, add the column value into its pixel), so every pixel sums its contributions in the
+// same order, in float32, starting from +0.
+extern "C" void floatlab_fold_rows(const float* __restrict rows, float* __restrict out,
+                                   int64_t N, int64_t C, int64_t H, int64_t W, int64_t G,
+                                   int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                                   int64_t pw, int64_t dh, int64_t dw, int64_t OH, int64_t OW) {
+    const int64_t Cg = C / G, Kg = Cg * kh * kw, L = OH * OW;
+    for (int64_t n = 0; n < N; ++n) {
+        float* im = out + n * C * H * W;
+        for (int64_t k = 0; k < C * H * W; ++k) im[k] = 0.0f;
+        for (int64_t c_col = 0; c_col < C * kh * kw; ++c_col) {
+            const int64_t j = c_col % kw, i = (c_col / kw) % kh, c = c_col / kh / kw;
+            const int64_t g = c / Cg, kk = c_col - g * Kg;
+            const float* col = rows + (g * N + n) * L * Kg + kk;
+            for (int64_t oh = 0; oh < OH; ++oh) {
+                const int64_t ih = oh * sh - ph + i * dh;
+                for (int64_t ow = 0; ow < OW; ++ow) {
+                    const int64_t iw = ow * sw - pw + j * dw;
+                    if (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                        im[(c * H + ih) * W + iw] += col[(oh * OW + ow) * Kg];
+                }
+            }
+        }
+    }
+}

@@ -353,6 +353,19 @@ def _unfolded_rows(x: torch.Tensor, geom: "ConvGeometry") -> torch.Tensor:
                           stride=geom.stride), geom.groups)
 
 
+def _folded_rows(rows: torch.Tensor, n: int, size: tuple[int, int], geom: "ConvGeometry") -> torch.Tensor:
+    """``F.fold(_unrows(rows, n), size, ...)`` (col2im): one native pass with ATen's addition
+    order where available (:func:`floatlab.kernels.lookup.fold_rows`, the same bits), else torch."""
+    if (resolve_backend(None) == "auto" and not torch.compiler.is_compiling()
+            and not (rows.requires_grad and torch.is_grad_enabled())):
+        r = lookup.fold_rows(rows, n, size, geom.kernel, geom.stride, geom.padding, geom.dilation,
+                             geom.groups)
+        if r is not None:
+            return r
+    return F.fold(_unrows(rows, n), size, kernel_size=geom.kernel, dilation=geom.dilation,
+                  padding=geom.padding, stride=geom.stride)
+
+
 def _unrows(rows: torch.Tensor, n: int) -> torch.Tensor:
     """``(G, N*L, C)`` -> ``(N, G*C, L)``, the inverse of :func:`_rows`."""
     g, nl, c = rows.shape
@@ -431,8 +444,7 @@ class _QConvFunction(torch.autograd.Function):
             else:
                 wg = weight.reshape(G, weight.shape[0] // G, -1)
                 dcols = _qmm(d, wg, spec.dgrad, state, Gemm.DGRAD)        # (G, N*L, Kg)
-            gx = F.fold(_unrows(dcols, n), ctx.size, kernel_size=geom.kernel, dilation=geom.dilation,
-                        padding=geom.padding, stride=geom.stride)
+            gx = _folded_rows(dcols, n, ctx.size, geom)
         if ctx.needs_input_grad[1]:
             wgs = spec.wgrad
             dt = d.transpose(1, 2).contiguous()                           # (G, Og, N*L)
