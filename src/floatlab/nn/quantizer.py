@@ -53,12 +53,12 @@ def fake_quantize(x: torch.Tensor, fmt: str, rounding=None, saturate: bool = Tru
         dt, mx = _native_dtype(fmt, rounding, saturate)
         if dt is not None:
             def cast(v):
-                y = v.to(dt).to(v.dtype)
-                # saturate: overflow and +-Inf become +-max (as floatlab.quantize(saturate=True))
-                over = ~torch.isnan(v) & ~torch.isfinite(y)
-                if bool(over.any()):
-                    y = torch.where(over, torch.copysign(torch.full_like(y, mx), v), y)
-                return y
+                # saturate: overflow and +-Inf become +-max (as floatlab.quantize(saturate=True)).
+                # Clamping first gives the same bits as casting and then replacing the non-finite
+                # results of non-NaN inputs by copysign(max, v): +-max is exact in the format,
+                # values in [-max, max] and NaN pass the clamp unchanged (checked on all 2^32
+                # float32 inputs for bf16, fp16, e4m3, e5m2); one pass instead of six
+                return v.clamp(-mx, mx).to(dt).to(v.dtype)
 
             def clipped(v):
                 return cast(v), (v >= -mx) & (v <= mx)
