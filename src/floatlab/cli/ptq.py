@@ -85,6 +85,7 @@ def ptq_command(
     from floatlab.models.loading import linear_layers
     from floatlab.ptq.apply import quantize_model
     from floatlab.ptq.compare import CompareOptions, calibration_batches, data_record, measure_single
+    from floatlab.parallel import release_memory
     from floatlab.ptq.io import save_quantized
 
     if blockwise:
@@ -97,6 +98,7 @@ def ptq_command(
     layers = linear_layers(lm.model)
     inputs.check_overrides(overrides, list(layers))
     inputs.check_layers(layers, cfg, "--format/--pad/--group-size")
+    del layers                  # quantize_model lets each fp32 layer go once it is swapped
     opts = CompareOptions(pairs=pairs, windows=windows, window=window, calib=calib, calib_data=cal_texts,
                           eval_data=eval_texts, nonfinite_tokens=policy, device=str(dev))
     compile_note()
@@ -104,6 +106,7 @@ def ptq_command(
         batches = calibration_batches(lm, calib, opts) if calibrates else []
         ref = copy.deepcopy(lm.model) if lm.kind == "encoder" else None
         qweights = quantize_model(lm.model, cfg, calib=batches)
+        release_memory()
         say(f"quantized {plural(len(qweights), 'layer')} ({cfg.label()}) in {time.time() - t0:.1f}s; measuring ...")
         metric = measure_single(lm, lm.model, opts, ref_model=ref)
     show_table(f"{cfg.label()} on {lm.name}", ("metric", "value"), [[k, str(v)] for k, v in metric.items()],

@@ -147,14 +147,34 @@ def perplexity(model: nn.Module, windows: torch.Tensor, *, batch_size: int = 4, 
     total, count = 0.0, 0
     for start in range(0, len(windows), batch_size):
         ids = windows[start:start + batch_size].to(device)
-        logits = model(input_ids=ids).logits.float()
-        pred, tgt = logits[:, skip:-1], ids[:, skip + 1:]
-        nll = torch.nn.functional.cross_entropy(pred.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum")
+        logits = model(input_ids=ids).logits
+        tgt = ids[:, skip + 1:]
+        nll = _nll_sum(logits, tgt, skip)
+        del logits
         total += float(nll)
         count += tgt.numel()
         if progress:
             progress(len(ids))
     return math.exp(total / count)
+
+
+def _nll_sum(logits: torch.Tensor, tgt: torch.Tensor, skip: int) -> torch.Tensor:
+    """``cross_entropy(logits[:, skip:-1].reshape(-1, vocab), tgt.reshape(-1), reduction="sum")``,
+    the same number bit for bit, without its two vocabulary-sized copies of the whole batch (the
+    reshape of the non-contiguous slice and the log-softmax: 2 x batch x window x vocab floats,
+    0.4 GiB for 4 windows of 256 tokens over a 49,152-token vocabulary).
+
+    ``cross_entropy`` is ``nll_loss(log_softmax(x))``; the log-softmax of a row does not depend on
+    the other rows, so it is taken one window at a time and only the target's value is kept;
+    ``nll_loss`` then sums those values in its own order (it reads nothing else of its input),
+    here from an ``(n, 1)`` input whose single class is every target."""
+    picked = torch.empty(tgt.shape, dtype=torch.float32, device=logits.device)
+    for b in range(logits.shape[0]):
+        logp = torch.log_softmax(logits[b, skip:-1].float(), dim=-1)
+        picked[b] = logp.gather(-1, tgt[b].unsqueeze(-1)).squeeze(-1)
+        del logp
+    zeros = torch.zeros(tgt.numel(), dtype=torch.long, device=logits.device)
+    return torch.nn.functional.nll_loss(picked.reshape(-1, 1), zeros, reduction="sum")
 
 
 def _device(model: nn.Module) -> torch.device:

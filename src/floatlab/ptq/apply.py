@@ -21,7 +21,7 @@ from floatlab.ptq.weights import QWeight, rtn_weight
 def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict] | None = None,
                    progress: Callable[[str], None] | None = None,
                    hessians: dict[str, torch.Tensor] | None = None,
-                   report: dict | None = None) -> dict[str, QWeight]:
+                   report: dict | None = None, keep: bool = True) -> dict[str, QWeight]:
     """Quantize ``model``'s linear layers (in place) and return their :class:`QWeight` by name.
 
     ``calib`` is a list of model input dicts (``input_ids``, ``attention_mask``), needed by GPTQ,
@@ -36,7 +36,13 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
     does a NaN/Inf in a calibrated layer's input (naming the layer) unless
     ``config.nonfinite_tokens == "exclude"``, which leaves those tokens out of that layer's
     statistics; so do calibration batches without a real token, and a quantized weight that came
-    out non-finite. Methods that do not calibrate (``rtn``, ``rotate``) never run ``calib``."""
+    out non-finite. Methods that do not calibrate (``rtn``, ``rotate``) never run ``calib``.
+
+    Memory: RTN and GPTQ put each layer's :class:`QuantLinear` in place as soon as its weight is
+    quantized (the model's own reference to the fp32 layer goes then), and GPTQ drops each
+    Hessian it collected itself once its layer is done. ``keep=False`` returns ``{}`` and keeps
+    no :class:`QWeight` (only the dequantized weight the model computes with), for callers that
+    do not save the result (``floatlab compare``)."""
     transforms, rounder = config.steps()
     calib = list(calib or [])
     check_parameters(model)
@@ -59,6 +65,17 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
                 pending.attach(transforms_done)
             layers = linear_layers(model)
             check_blocks(layers, config)
+            swapped: set[str] = set()
+
+            def done(name: str, qw: QWeight | None) -> None:
+                """Swap layer ``name`` for its QuantLinear now (RTN/GPTQ: nothing reads the fp32
+                model after its layer is quantized)."""
+                wq = _swap(model, name, layers[name], qw, config, transforms_done)
+                swapped.add(name)
+                layers[name] = None          # the fp32 layer can go, unless the caller holds it
+                if keep and qw is not None:
+                    qw.compact(wq)           # codes instead of float32 grid values
+                    qweights[name] = qw
             generator = torch.Generator().manual_seed(config.recon.seed)      # random salient masks
             if rounder in RECONSTRUCTING:
                 if not calib:
@@ -76,28 +93,40 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
                     if hessians is not None and transforms:
                         raise ValueError("precomputed hessians describe the untransformed model; "
                                          f"method {config.method!r} transforms it first")
-                    qweights = gptq_model(model, layers, calib, config, progress=progress, hessians=hessians,
-                                          stats=stats, generator=generator)
+                    qweights = {}
+                    gptq_model(model, layers, calib, config, progress=progress, hessians=hessians,
+                               stats=stats, generator=generator, done=done)
                 else:
                     qweights = {}
                     for name, lin in track(layers.items(), "rtn", unit="layers", note=lambda kv: kv[0]):
                         spec = config.weight_spec(name)
                         if spec is not None:
-                            qweights[name] = _named(name, rtn_weight, lin.weight, spec, stats.get(name), generator)
+                            done(name, _named(name, rtn_weight, lin.weight, spec, stats.get(name), generator))
         finally:
             pending.attach({})
     for name, lin in layers.items():
-        w_spec, a_spec = config.weight_spec(name), config.act_spec(name)
-        if w_spec is None and a_spec is None and name not in transforms_done:
-            continue
-        wq = qweights[name].dequantize() if name in qweights else lin.weight.detach()
-        if not bool(torch.isfinite(wq).all()):
-            raise CalibrationError(f"layer {name!r}: its weight quantized to {w_spec} by {config.method!r} has "
-                                   f"{int((~torch.isfinite(wq)).sum())} non-finite values (max |w| before: "
-                                   f"{float(lin.weight.detach().abs().max()):.3g}); the weight is beyond the "
-                                   "range this format's scales reach, or this is a floatlab bug: please report it")
-        set_module(model, name, QuantLinear(lin, wq, w_spec, a_spec, transforms_done.get(name)))
-    return qweights
+        if name not in swapped:
+            _swap(model, name, lin, qweights.get(name), config, transforms_done)
+    return qweights if keep else {}
+
+
+def _swap(model: nn.Module, name: str, lin: nn.Linear, qw: QWeight | None, config: PTQConfig,
+          transforms_done: dict[str, nn.Module]) -> torch.Tensor | None:
+    """Replace layer ``name`` by its :class:`QuantLinear` (weight ``qw`` dequantized; without
+    ``qw``: the layer's own weight) where it has a weight or activation format or a transform;
+    returns the weight it computes with (``None``: not replaced). Raises
+    :class:`CalibrationError` when the quantized weight is not finite."""
+    w_spec, a_spec = config.weight_spec(name), config.act_spec(name)
+    if w_spec is None and a_spec is None and name not in transforms_done:
+        return None
+    wq = qw.dequantize() if qw is not None else lin.weight.detach()
+    if not bool(torch.isfinite(wq).all()):
+        raise CalibrationError(f"layer {name!r}: its weight quantized to {w_spec} by {config.method!r} has "
+                               f"{int((~torch.isfinite(wq)).sum())} non-finite values (max |w| before: "
+                               f"{float(lin.weight.detach().abs().max()):.3g}); the weight is beyond the "
+                               "range this format's scales reach, or this is a floatlab bug: please report it")
+    set_module(model, name, QuantLinear(lin, wq, w_spec, a_spec, transforms_done.get(name)))
+    return wq
 
 
 def codec_statistics(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict],

@@ -154,18 +154,22 @@ def quantized_variant(model: torch.nn.Module, cfg: PTQConfig, calib: list[dict],
     block-wise reconstruction methods) quantizes a deep copy, dropped at the end."""
     from floatlab.ptq.modules import set_module
 
+    from floatlab.parallel import release_memory
+
     transforms, rounder = cfg.steps()
     if transforms or rounder not in ("rtn", "gptq"):
         variant = copy.deepcopy(model)
         try:
-            quantize_model(variant, cfg, calib=calib, hessians=hessians)
+            quantize_model(variant, cfg, calib=calib, hessians=hessians, keep=False)
+            release_memory()
             yield variant
         finally:
             del variant
         return
     originals = linear_layers(model)
     try:
-        quantize_model(model, cfg, calib=calib, hessians=hessians)
+        quantize_model(model, cfg, calib=calib, hessians=hessians, keep=False)   # only the model's weights
+        release_memory()
         yield model
     finally:
         for name, lin in originals.items():

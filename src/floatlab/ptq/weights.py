@@ -65,6 +65,18 @@ class QWeight:
             return self._qt
         return QTensor.from_codes(fmt.encode(self.values.double()), fmt, dtype=torch.float32)
 
+    def compact(self, wq: torch.Tensor | None = None) -> None:
+        """Hold the packed QTensor (codes, 1 byte or half a byte per value, and scales) and the
+        dequantized weight (``wq``: the tensor already computed from this record, e.g. the one
+        the model holds) instead of the float32 grid values: the same record, a smaller one.
+        No-op without a dequantized weight."""
+        if self.wq is None:
+            self.wq = wq
+        if self.values is None or self.wq is None:
+            return
+        self._qt = self.to_qtensor()
+        self.values = None
+
     def tensors(self, prefix: str) -> dict:
         """``{name: QTensor | Tensor}`` for :func:`floatlab.save`."""
         out = {f"{prefix}.qweight": self.to_qtensor()}
