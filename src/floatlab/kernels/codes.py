@@ -42,7 +42,7 @@ from floatlab.formats.hifloat8 import HiF8Format
 from floatlab.formats.integer import IntFormat
 from floatlab.kernels import block as kblock
 from floatlab.kernels import compiler, dispatch, memory, native
-from floatlab.kernels.scalar import F32, F64, Layout, pow2, quantize_kernel
+from floatlab.kernels.scalar import F32, Layout, pow2, quantize_kernel
 from floatlab.plain.blocking import Blocking, float32_input, to_blocks
 from floatlab.rounding import RoundingMode as M
 
