@@ -108,7 +108,12 @@ def _native_round(t: torch.Tensor, tspec: TensorSpec, state: QuantState,
     mode = parse_rounding(rounding).value if rounding is not None else None
     if saturate and mode in (None, "rne", "sr") and lookup.int_format_fits(spec):
         if mode == "sr":
-            draws = torch.rand(t.shape, dtype=torch.float64, generator=state.gen(t.device))
+            # torch.rand(t.shape, float64, generator) is empty(...).uniform_(0, 1, generator): the
+            # same draws into a buffer kept per size (no fresh pages for each gradient)
+            draws = state.cache.get(("draws", t.numel()))
+            if draws is None:
+                draws = state.cache[("draws", t.numel())] = torch.empty(t.numel(), dtype=torch.float64)
+            draws.uniform_(0, 1, generator=state.gen(t.device))
             return lookup.int_round(t, spec, draws, s)
         if mode == "rne" or parse_rounding(spec.default_rounding).value == "rne":
             return lookup.int_round(t, spec, None, s)
@@ -435,9 +440,10 @@ class _QConvFunction(torch.autograd.Function):
         state: QuantState = ctx.state
         spec, geom = state.spec, ctx.geom
         G, n = geom.groups, x.shape[0]
-        d = _rows(gy.reshape(n, gy.shape[1], -1), G)                     # (G, N*L, Og)
+        g3 = gy.reshape(n, gy.shape[1], -1)                                # (N, G*Og, L)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
+            d = _rows(g3, G)                                              # (G, N*L, Og)
             if ctx.wq is not None:
                 dq = quantize_operand(d, spec.dgrad.a, 0, state, Gemm.DGRAD)
                 dcols = _mm(dq, ctx.wq)
@@ -447,7 +453,9 @@ class _QConvFunction(torch.autograd.Function):
             gx = _folded_rows(dcols, n, ctx.size, geom)
         if ctx.needs_input_grad[1]:
             wgs = spec.wgrad
-            dt = d.transpose(1, 2).contiguous()                           # (G, Og, N*L)
+            # (G, Og, N*L), d transposed, copied from gy at once (no d where dgrad is not needed)
+            og, length = g3.shape[1] // G, g3.shape[2]
+            dt = g3.reshape(n, G, og, length).permute(1, 2, 0, 3).reshape(G, og, n * length).contiguous()
             covered = wgs.b.scaling is Scaling.NONE or geom.covers(ctx.size)
             xrows = ctx.xrows
             if xrows is not None and ctx.history is not None:     # delayed: the same history?
