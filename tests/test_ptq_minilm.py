@@ -90,13 +90,13 @@ def test_calibration_after_a_transform_sees_the_fp32_function(minilm, calib, met
     with torch.no_grad():
         ref = minilm.model(**calib[0]).last_hidden_state
     seen = []
-    real = gptq.collect_hessians
+    real = gptq._own_hessians          # gptq_model's Hessian pass (shared or per-layer tensors)
 
     def spy(model, layers, batches):
         with torch.no_grad():
             seen.append(model(**batches[0]).last_hidden_state)
         return real(model, layers, batches)
-    monkeypatch.setattr(gptq, "collect_hessians", spy)
+    monkeypatch.setattr(gptq, "_own_hessians", spy)
     monkeypatch.setattr(gptq, "gptq_weight", lambda w, H, spec, opts=None, **kw: rtn_weight(w, spec))
     model = copy.deepcopy(minilm.model)
     quantize_model(model, PTQConfig(weight="int8", method=method), calib=calib)
