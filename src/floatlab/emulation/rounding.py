@@ -291,7 +291,16 @@ class Rounder:
         if e is None or self.identity or self.mode is RoundingMode.HYBRID:
             return y
         nearest = self.mode.is_nearest
-        fix = (e != 0) if nearest else (y == s) & (e != 0)
+        if nearest:
+            # a boundary of round-to-nearest (a midpoint, or the overflow threshold) is not a value
+            # of the format and has at most p + 1 significant bits: in float64 (normal range) its
+            # low 52 - p significand bits are zero - a cheap superset, decided exactly below
+            fix = (e != 0) & (y != s)
+            if self.p is not None and self.p <= 52 and s.dtype is torch.float64:
+                low = (s.view(torch.int64) & ((1 << (52 - self.p)) - 1)) == 0
+                fix &= low | (s.abs() < 2.0 ** -1022)
+        else:
+            fix = (y == s) & (e != 0)
         if not bool(fix.any()):
             return y
         idx = fix.nonzero(as_tuple=True)
@@ -303,7 +312,7 @@ class Rounder:
             # s is a rounding boundary (a midpoint, or the overflow threshold) exactly when its
             # two float64 neighbours round apart and s is not a value of the format
             inf = torch.full_like(s_f, float("inf"))
-            boundary = (self(torch.nextafter(s_f, -inf)) != self(torch.nextafter(s_f, inf))) & (y[idx] != s_f)
+            boundary = self(torch.nextafter(s_f, -inf)) != self(torch.nextafter(s_f, inf))
             y[idx] = torch.where(boundary, self(nudged).to(y.dtype), y[idx])
             return y
         if self.mode in (RoundingMode.SR, RoundingMode.SR_HALF):
