@@ -285,3 +285,19 @@ def test_raw_integer_codes_decode_like_plain(name):
         same_bits(fast, plain, f"{name} raw codes {dtype}", nan_bits=dtype is not torch.bfloat16)
     with pytest.raises(ValueError, match="out of range"):
         floatlab.decode(torch.tensor([2 ** fmt.bits]), name)
+
+
+@pytest.mark.parametrize("fmt,rounding", [("mxfp4", "sr"), ("nvfp4", "sr"), ("e2m1", "sr"), ("e4m3", "sr")])
+def test_a_compile_that_fails_mid_call_leaves_the_same_codes(monkeypatch, fmt, rounding):
+    """The compiler fails after the stochastic draws were taken (first use on a machine without
+    one): the op-by-op retry must draw the same numbers, so the codes equal the plain path's,
+    and a format without NaN still encodes instead of raising CompileUnavailable."""
+    from floatlab.kernels import compiler
+
+    def fail(*args, **kwargs):
+        raise compiler.CompileUnavailable("simulated")
+    monkeypatch.setattr(compiler, "run", fail)
+    x = torch.randn(64, 1 << 12, generator=torch.Generator().manual_seed(1))
+    got = floatlab.encode(x, fmt, rounding=rounding, generator=torch.Generator().manual_seed(2))
+    want = floatlab.encode(x, fmt, rounding=rounding, generator=torch.Generator().manual_seed(2), backend="plain")
+    assert torch.equal(floatlab.decode(got), floatlab.decode(want))

@@ -221,8 +221,15 @@ def encode_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr_b
     rnd = rnd.reshape(-1) if rnd is not None and rnd.ndim else rnd
     if not fmt.has_nan:
         # the plain path refuses NaN results; check the rounded values before coding them
-        q = quantize_kernel(flat, rnd, plan) if not _use_compiler(backend, flat.numel()) else \
-            compiler.run((plan, False, "encode values"), lambda: dispatch._kernel(plan, False), flat, rnd)
+        q = None
+        if _use_compiler(backend, flat.numel()):
+            try:
+                q = compiler.run((plan, False, "encode values"), lambda: dispatch._kernel(plan, False), flat, rnd)
+            except compiler.CompileUnavailable:
+                if backend == "compiled":
+                    raise
+        if q is None:                 # the same draws, op by op
+            q = quantize_kernel(flat, rnd, plan)
         if bool(torch.isnan(q).any()):
             raise ValueError(f"format {fmt.name!r} has no NaN code, but the input holds NaN "
                              f"({int(torch.isnan(x).sum())} values); fake-quantize with "
@@ -408,9 +415,12 @@ def encode_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bits,
     xb, blocking = to_blocks(x, fmt.block, axis, pad)
     meta = {"axis": blocking.axis, "padded": list(blocking.padded)}
     eager = not (_use_compiler(backend, x.numel()) and xb.shape[0] >= 2)
+    # a compile that fails after the stochastic draws: the retry must draw the same numbers
+    saved = None if eager else dispatch.rng_snapshot(dispatch.STOCHASTIC_PLAN, generator, x.device)
     try:
         res = _encode_block_run(xb, generator, cp, fmt, eager)
     except compiler.CompileUnavailable:
+        dispatch.rng_restore(saved)
         if backend == "compiled":
             raise
         res = _encode_block_run(xb, generator, cp, fmt, True)
@@ -502,6 +512,15 @@ def _gather_fn(nibble: bool):
 def decode(qt, dtype: torch.dtype, backend: str | None = None) -> torch.Tensor | None:
     """Values of the QTensor ``qt`` as ``dtype``: the plain decoder's bits, or None."""
     backend = dispatch.resolve_backend(backend)
+    try:
+        return _decode(qt, dtype, backend)
+    except compiler.CompileUnavailable:
+        if backend == "compiled":
+            raise
+        return _decode(qt, dtype, "eager")      # no compiler here: the same code op by op
+
+
+def _decode(qt, dtype: torch.dtype, backend: str) -> torch.Tensor | None:
     if backend == "plain":
         return None
     fmt = qt.format

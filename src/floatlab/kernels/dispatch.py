@@ -107,6 +107,13 @@ def draws(p: Plan, shape, device, generator) -> torch.Tensor | None:
     return torch.randint(0, 2, shape, device=device, generator=generator)
 
 
+class _AnyDraws:
+    rng = "replay"
+
+
+STOCHASTIC_PLAN = _AnyDraws()     # rng_snapshot's plan where the caller does not know the plan's
+
+
 def rng_snapshot(p: Plan, generator, device):
     """The random state :func:`draws` is about to consume, for :func:`rng_restore`; None for the
     deterministic modes. A ``backend="compiled"`` call that fails to compile after drawing puts
