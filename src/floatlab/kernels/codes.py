@@ -77,7 +77,8 @@ def code_plan(fmt, layout: Layout) -> CodePlan | None:
     if isinstance(fmt, HiF8Format):
         return CodePlan("hif8", layout, 8)
     if isinstance(fmt, IntFormat):
-        if fmt.nbits > (24 if layout is F32 else 53) or fmt.nbits > 31:
+        if fmt.nbits > (24 if layout is F32 else 53) or fmt.nbits > 31 \
+                or not -1022 <= fmt.frac_bits <= 1023:     # 2^frac_bits must be a float64 number
             return None
         return CodePlan("int", layout, fmt.nbits, fmt.signed, frac_scale=2.0 ** fmt.frac_bits,
                         mask=(1 << fmt.nbits) - 1)
@@ -625,8 +626,9 @@ def _static_arith(fmt: BlockFormat, dtype: torch.dtype):
 def _decode_block(qt, dtype, backend):
     fmt = qt.format
     if fmt.rule not in (ScaleRule.FLOOR, ScaleRule.AMAX, ScaleRule.HIF4) or \
-            fmt.rule is ScaleRule.FLOOR and fmt.scale.bits > 8 or fmt.element_bits not in (4, 8):
-        return None
+            fmt.rule is ScaleRule.FLOOR and fmt.scale.bits > 8 or fmt.element_bits not in (4, 8) or \
+            fmt.rule is not ScaleRule.HIF4 and fmt.scale.bits > 16:
+        return None       # the tables hold every scale code: wide scales (e8m23) take the plain path
     dev = qt.data.device
     s = qt.scales["scale"].to(torch.int64)
     nb = s.shape[0]
