@@ -697,3 +697,104 @@ def test_results_of_the_mode_lose_their_mark_when_changed():
             s = a + tiny       # float32: 1 + 2^-11 (a tie, to even), the midpoint; exact: above it
         assert s[0].item() == 1 + 2.0 ** -10, how
         assert not em._in_format(a)
+
+
+# ---- the float32 lane's scans and the nudged redo (floatlab.emulation.scan, Emulation._nudged) --
+def _scan_fallback(monkeypatch, fn, *args):
+    from floatlab.emulation import scan
+    monkeypatch.setattr(scan, "library", lambda: None)
+    try:
+        return fn(*args)
+    finally:
+        monkeypatch.undo()
+
+
+def test_scans_equal_their_numpy_fallback_and_definition(monkeypatch):
+    from floatlab.emulation import scan
+    g = torch.Generator().manual_seed(3)
+    bits = torch.randint(-2 ** 31, 2 ** 31 - 1, (40000,), generator=g, dtype=torch.int64).to(torch.int32)
+    bits[::5] &= ~0x1FFF                                       # many low-bits-zero candidates
+    x = torch.cat([bits.view(torch.float32), torch.tensor([0.0, -0.0, math.inf, math.nan, 1e-45])])
+    y = floatlab.quantize(x, "fp16")
+    u = x.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    for yy, mask, value, tiny in [(y, 0x1FFF, 0, True), (y, 0x1FFF, 0, False), (None, 0xFFFF, 0x8000, False)]:
+        want = ((u & mask) == value)
+        if yy is not None:
+            want &= ~(x == yy)
+        if tiny:
+            want |= ~(x.abs() >= 2.0 ** -126)
+        want = want.nonzero().flatten().numpy()
+        assert (scan.bits(x, yy, mask, value, tiny) == want).all()
+        assert (_scan_fallback(monkeypatch, scan.bits, x, yy, mask, value, tiny) == want).all()
+    for shift, t in [(12, 32), (19, 32), (15, 7)]:
+        r = u & ((1 << shift) - 1)
+        e = (u >> 23) & 0xFF
+        want = ((r < t) | (r >= (1 << shift) - t) | (e == 0) | (e == 255)).nonzero().flatten().numpy()
+        assert (scan.grid(x, shift, t) == want).all()
+        assert (_scan_fallback(monkeypatch, scan.grid, x, shift, t) == want).all()
+
+
+def test_grid_check_holds_for_float_formats_and_can_fail():
+    from floatlab.emulation import scan
+    for name, mode in [("fp16", "rne"), ("bf16", "rne"), ("e4m3", "rtz"), ("e5m2", "rup"), ("hif8", "rna"),
+                       ("e3m2", "rne"), ("e4m3", "rne")]:
+        r = Rounder(name, mode)
+        assert scan.grid_bits(r) == r.p, (name, mode)
+    # a grid one bit too coarse for fp16: fp16's midpoints fall inside its intervals
+    fp16 = Rounder("fp16")
+    fake = type("CoarseFp16", (), {"p": 10, "mode": fp16.mode, "spec": "coarse-fp16", "saturate": False,
+                                   "backend": None, "__call__": lambda self, t: fp16(t)})()
+    assert scan.grid_bits(fake) is None
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "e4m3", "e5m2", "hif8", "e3m2"])
+def test_nudged_redo_equals_the_float64_path(name):
+    # results of + - * / reciprocal square that land on a midpoint of the format in float32, with
+    # tensor, broadcast and Python-number operands; rsub through `number - tensor`
+    g = torch.Generator().manual_seed(17)
+    spec = floatlab.get_format(name)
+    vals = floatlab.decode(torch.arange(2 ** min(spec.bits, 16)), name, dtype=torch.float64)
+    vals = torch.unique(vals[vals.isfinite()])
+    mid = ((vals[:-1] + vals[1:]) / 2).to(torch.float32)
+    n = mid.numel()
+    tiny = torch.randn(n, generator=g) * 2.0 ** torch.randint(-60, -22, (n,), generator=g)
+    a = torch.cat([mid, mid, mid - 0.75, torch.randn(n, generator=g)])
+    b = torch.cat([tiny, -tiny, torch.full((n,), 0.75), torch.randn(n, generator=g)])
+    row = torch.randn(1, 7, generator=g)
+    ops = {"add": lambda x, y: x + y, "sub": lambda x, y: x - y, "rsub": lambda x, y: 0.75 - x,
+           "mul": lambda x, y: x * (1 + y), "mul_scalar": lambda x, y: x * 1.5, "div": lambda x, y: x / (1 + y),
+           "div_scalar": lambda x, y: x / 3.0, "reciprocal": lambda x, y: torch.reciprocal(x),
+           "square": lambda x, y: torch.square(x), "add_row": lambda x, y: x[: (x.numel() // 7) * 7].view(-1, 7) + row,
+           "add_scalar": lambda x, y: x + 0.375}
+    for rounding, saturate in [("rne", None), ("rna", None), ("rne", True)]:
+        for op_name, op in ops.items():
+            with emulate(name, rounding=rounding, saturate=saturate) as em:
+                got = op(a, b)
+            assert em._lane, name
+            with emulate(name, rounding=rounding, saturate=saturate, working="float64"):
+                want = op(a, b)
+            assert torch.equal(_bits(got), _bits(want)), (name, rounding, saturate, op_name)
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "e4m3", "hif8"])
+def test_transcendentals_near_boundaries_equal_the_float64_path(name):
+    # inputs whose exp / log / tanh land within a few float32 ulps of the format's boundaries
+    spec = floatlab.get_format(name)
+    vals = floatlab.decode(torch.arange(2 ** min(spec.bits, 16)), name, dtype=torch.float64)
+    vals = torch.unique(vals[vals.isfinite() & (vals > 0)])
+    mid = (vals[:-1] + vals[1:]) / 2
+    pts = torch.cat([mid, vals])
+    pts = pts[(pts > 1e-30) & (pts < 1e30)]
+    wiggle = torch.tensor([-3e-7, -1e-7, 0.0, 1e-7, 3e-7], dtype=torch.float64)
+    x_exp = (pts.log()[:, None] + wiggle).flatten().float()
+    x_log = (pts.exp().clamp(max=3e38)[:, None] * (1 + wiggle)).flatten().float()
+    cases = {"exp": (torch.exp, x_exp), "log": (torch.log, x_log), "tanh": (torch.tanh, x_exp / 10),
+             "sigmoid": (torch.sigmoid, x_exp)}
+    for mode in ("rne", "rna", "rtz", "rup"):
+        for op_name, (op, x) in cases.items():
+            with emulate(name, rounding=mode) as em:
+                got = op(x)
+            assert em._lane or (name == "bf16" and mode in ("rtz", "rup"))   # bf16: RTZ keeps 3.4e38
+            with emulate(name, rounding=mode, working="float64"):
+                want = op(x)
+            assert torch.equal(_bits(got), _bits(want)), (name, mode, op_name)

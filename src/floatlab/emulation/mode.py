@@ -25,6 +25,7 @@ from floatlab.gemm.accumulate import Accumulator
 
 from .accumulate import accumulated_cumsum, accumulated_matmul, accumulated_sum, check_order
 from .ops import ACCUMULATED_REDUCTIONS, BASIC, TRANSCENDENTAL, Kind, base_name, classify, functional_variant, is_inplace
+from . import scan
 from .rounding import Rounder, holds_format, two_product, two_sum
 
 WORKING = ("auto", "float64", "input")
@@ -130,6 +131,7 @@ class Emulation(TorchDispatchMode):
         self._lane = self._fast32 and self.working == "auto"   # "input"/"float64" mean what they say
         self._nearest = mode.is_nearest
         self._inf_redo = not mode.is_nearest or not fits
+        self._grid = None     # scan.grid_bits of the rounder (0: unavailable), found on first use
         if self._fast32:      # see _verified: candidates for the format's rounding midpoints
             self._low_mask = (1 << (23 - p)) - 1
             self._below_f32_normal = self.spec.smallest_positive < 2 * _F32_MIN_NORMAL
@@ -293,6 +295,8 @@ class Emulation(TorchDispatchMode):
         return out
 
     def _convert(self, func, args, kwargs):
+        if len(args) == 2 and not kwargs and isinstance(args[0], torch.Tensor) and args[1] is args[0].dtype:
+            return func(*args)                      # a conversion to the same dtype: nothing narrows
         src = next((a for a in _flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)), None)
         out = func(*args, **kwargs)
         if src is None or not src.is_floating_point():
@@ -332,10 +336,18 @@ class Emulation(TorchDispatchMode):
             out = func(*args64, **kwargs64)
             with _quiet():
                 residual = self._residual(func, args64, kwargs64, out)
-                return self._round_outputs(out, natural, residual)
+                return self._marked(self._round_outputs(out, natural, residual))
         out = func(*args, **kwargs)
         with _quiet():
-            return self._round_outputs(out, None, None)
+            return self._marked(self._round_outputs(out, None, None))
+
+    def _marked(self, result):
+        """``result`` (rounded outputs, held in dtypes that hold the format) with its floating
+        tensors marked as values of the format (see :meth:`_mark`)."""
+        for t in _tensors(result):
+            if t.is_floating_point():
+                self._mark(t)
+        return result
 
     def _path(self, func, floats) -> str:
         """``"input"`` (the operands' dtype), ``"float32-verified"`` or ``"float64"``."""
@@ -394,6 +406,8 @@ class Emulation(TorchDispatchMode):
             # would be a float32 number nearer v: f rounds like v unless f is a midpoint itself,
             # and like the float64 path's result (same argument with 53 bits) - redone there.
             low, half = self._midpoint_bits
+            if out.device.type == "cpu" and out.dim():
+                return self._redo_at(func, args, kwargs, out, y, scan.bits(out, None, low, half, False))
             idx = _bits_equal(out, low, half)
             if idx is None:
                 return y
@@ -410,19 +424,16 @@ class Emulation(TorchDispatchMode):
             # superset: also values beyond the format's range or resolution; rare). Formats
             # reaching below float32's normal range redo float32 subnormal results too.
             v = out.detach()
+            if v.device.type == "cpu" and v.dim():
+                pos = scan.bits(v, y, self._low_mask, 0, self._below_f32_normal)
+                return self._redo_at(func, args, kwargs, out, y, pos)
             if v.device.type == "cpu":
                 o, yv = v.numpy(), y.detach().numpy()
                 with np.errstate(all="ignore"):
                     flag = ((o.view(np.int32) & self._low_mask) == 0) & (o != yv)
                     if self._below_f32_normal:
                         flag |= np.abs(o) < _F32_MIN_NORMAL
-                if o.ndim == 0:
-                    return self._redo(func, args, kwargs, out, y, ()) if bool(flag) else y
-                pos = np.flatnonzero(flag)
-                if pos.size == 0:
-                    return y
-                idx = tuple(torch.from_numpy(i) for i in np.unravel_index(pos, o.shape))
-                return self._redo(func, args, kwargs, out, y, idx)
+                return self._redo(func, args, kwargs, out, y, ()) if bool(flag) else y
             redo = ((v.view(torch.int32) & self._low_mask) == 0) & (v != y)
             if self._below_f32_normal:
                 redo |= v.abs() < _F32_MIN_NORMAL
@@ -431,6 +442,15 @@ class Emulation(TorchDispatchMode):
             # included) rounds to y. Zero and subnormal results may hide a tiny exact value
             # (exp(-110) > 0); NaN results are redone too (rare); an infinite float32 result
             # matters only to the directed modes (RTZ stops at the largest value).
+            if out.device.type == "cpu" and out.dim():
+                if self._grid is None:
+                    self._grid = scan.grid_bits(r) or 0
+                if self._grid:
+                    # the float32 error bound 2^-19 |out| is below 2^(E-18) = 32 float32 units
+                    # of out's binade: no multiple of 2^(E-p) within 32 units, no boundary of
+                    # the format between out and the exact value (scan.grid_bits checked it)
+                    pos = scan.grid(out, 23 - self._grid, 32)
+                    return self._redo_at(func, args, kwargs, out, y, pos)
             lo, hi = r(out * (1 - 2.0 ** -19)), r(out * (1 + 2.0 ** -19))
             if out.device.type == "cpu":          # the same test on NumPy views (cheaper reductions)
                 o, lo, hi = (v.detach().numpy() for v in (out, lo, hi))
@@ -453,6 +473,113 @@ class Emulation(TorchDispatchMode):
         if not bool(redo.any()):
             return y
         return self._redo(func, args, kwargs, out, y, redo.nonzero(as_tuple=True))
+
+    def _redo_at(self, func, args, kwargs, out, y, pos):
+        """``y`` with the elements at the flat positions ``pos`` (NumPy int64) redone: by
+        :meth:`_nudged` where it applies, else in float64 (:meth:`_redo`)."""
+        if pos.size == 0:
+            return y
+        done = self._nudged(func, args, out, y, pos)
+        if done is None and not kwargs and len(args) == 1 and _flat_like(args[0], out) and y.is_contiguous():
+            # one float32 operand of the result's layout (exp(x), tanh(x), ...): gather, redo in
+            # float64 and round, on flat positions (what _redo does, without its general bookkeeping)
+            with np.errstate(all="ignore"):
+                x64 = torch.from_numpy(args[0].detach().numpy().reshape(-1)[pos].astype(np.float64))
+            if y is out or y is args[0]:
+                y = y.clone()
+            y.detach().numpy().reshape(-1)[pos] = self.rounder(func(x64), out.dtype).numpy()
+            return y
+        if done is not None:
+            return done
+        idx = tuple(torch.from_numpy(i) for i in np.unravel_index(pos, out.shape))
+        return self._redo(func, args, kwargs, out, y, idx)
+
+    def _nudged(self, func, args, out, y, pos):
+        """The correct roundings of ``+ - * /`` (and ``reciprocal``, ``square``) of float32 operands at
+        the flat positions ``pos`` where the float32 result ``o`` may sit on a boundary of the
+        format (see :meth:`_verified`), without redoing the operation: None where this does not
+        apply (the caller redoes them in float64).
+
+        ``o`` is the correctly rounded float32 value of the exact result ``v`` (IEEE 754 section
+        5.4), so ``v`` lies within half a float32 ulp of ``o``, on the side given by the sign of
+        ``v - o``, decided exactly in float64: for a sum from TwoSum (Knuth) of the float64 sum
+        ``s`` (``sign(s - o)``, else the sign of the error term), for a product ``s = a b``
+        (exact in float64), for a quotient ``sign(a - o b) sign(b)`` (``o b`` exact). Where it is
+        0, ``o`` is exact and already rounded right. Otherwise ``v`` and ``o``'s float32 neighbour
+        ``o'`` on that side lie strictly between ``o`` and the float32 number after ``o'``; the
+        format's boundaries (values, midpoints, the overflow threshold: at most p + 1 <= 12
+        significant bits, so their lowest float32 significand bit is 0) are not there, so ``v``
+        rounds like ``o'``, in every nearest mode. The flagged ``o`` must have a 0 as lowest
+        significand bit (then ``o'`` is no boundary either): true of the candidates of the
+        midpoint tests, not of the float32 subnormal results that formats reaching below float32's
+        normal range also flag (those are redone), except for bf16 and tf32 (``_midpoint_bits``:
+        only their midpoints are flagged; float32 subnormal results are correctly rounded too)."""
+        name = _facts(func).name
+        arity = _NUDGE_ARITY.get(name)
+        if arity is None or len(args) != arity or out.device.type != "cpu" \
+                or (self._below_f32_normal and self._midpoint_bits is None):
+            return None
+        shape = out.shape
+        flat = out.is_contiguous() and y.is_contiguous()
+        nidx = None
+        ops = []
+        with np.errstate(all="ignore"):
+            for a in args:
+                if isinstance(a, torch.Tensor):
+                    if a.device.type != "cpu" or a.dtype is not torch.float32:
+                        return None
+                    v = a.detach().numpy()
+                    if not v.ndim:
+                        ops.append(np.full(pos.size, float(v)))
+                    elif flat and _flat_like(a, out):
+                        ops.append(v.reshape(-1)[pos].astype(np.float64))
+                    elif flat and a.is_contiguous() and v.shape == shape[len(shape) - v.ndim:]:
+                        ops.append(v.reshape(-1)[pos % v.size].astype(np.float64))   # trailing (bias)
+                    else:
+                        if nidx is None:
+                            nidx = np.unravel_index(pos, shape)
+                        ops.append(np.broadcast_to(v, shape)[nidx].astype(np.float64))
+                else:
+                    ops.append(np.full(pos.size, float(a)))
+            if flat:
+                o32 = out.detach().numpy().reshape(-1)[pos]
+            else:
+                nidx = np.unravel_index(pos, shape) if nidx is None else nidx
+                o32 = out.detach().numpy()[nidx]
+            o = o32.astype(np.float64)
+            if not np.isfinite(o.sum() + sum(v.sum() for v in ops)):
+                return None                         # a non-finite operand or result (sums of float32
+                                                    # values stay far below float64's range)
+            if name in ("add", "sub", "rsub"):
+                a, b = ops
+                if name == "sub":
+                    b = -b
+                elif name == "rsub":
+                    a, b = b, -a
+                s = a + b
+                bp = s - a
+                e = (a - (s - bp)) + (b - bp)
+                d = s - o
+                side = np.where(d != 0, np.sign(d), np.sign(e))
+            elif name in ("mul", "square"):
+                a = ops[0]
+                b = ops[1] if name == "mul" else a
+                side = np.sign(a * b - o)
+            else:                                   # div, reciprocal: v - o = (a - o b) / b
+                a, b = ops if name == "div" else (np.ones(pos.size), ops[0])
+                side = np.sign(a - o * b) * np.sign(b)
+            move = side != 0
+            if not move.any():
+                return y
+            stepped = np.nextafter(o32[move], np.where(side[move] > 0, np.float32(np.inf), np.float32(-np.inf)))
+        if y is out or any(y is a for a in args):
+            y = y.clone()
+        vals = self.rounder(torch.from_numpy(stepped), out.dtype)
+        if flat:
+            y.detach().numpy().reshape(-1)[pos[move]] = vals.numpy()
+        else:
+            y[tuple(torch.from_numpy(i[move]) for i in nidx)] = vals
+        return y
 
     def _redo(self, func, args, kwargs, out, y, idx):
         """``y`` with the elements at ``idx`` (a tuple of index tensors) computed again in float64."""
@@ -755,6 +882,9 @@ def _is_transcendental(func) -> bool:
     return name in TRANSCENDENTAL or name in _NOT_CORRECTLY_ROUNDED
 
 
+# BASIC operations that Emulation._nudged rounds without a float64 redo, with their arity
+_NUDGE_ARITY = {"add": 2, "sub": 2, "rsub": 2, "mul": 2, "div": 2, "reciprocal": 1, "square": 1}
+
 # BASIC operations whose result is one of their operands (or zero): exact in any precision
 _SELECTING = frozenset({"neg", "abs", "relu", "clamp", "clamp_min", "clamp_max", "hardtanh", "maximum",
                         "minimum", "fmax", "fmin", "threshold_backward"})
@@ -811,6 +941,12 @@ def _broadcasts_to(s, shape) -> bool:
     if len(s) <= len(shape) and all(a == b or a == 1 for a, b in zip(reversed(s), reversed(shape))):
         return True
     return torch.broadcast_shapes(s, shape) == shape
+
+
+def _flat_like(a, out: torch.Tensor) -> bool:
+    """``a`` is a contiguous float32 CPU tensor of ``out``'s shape (flat positions index both)."""
+    return (isinstance(a, torch.Tensor) and a.dtype is torch.float32 and a.device.type == "cpu"
+            and a.shape == out.shape and a.is_contiguous())
 
 
 def _bits_equal(x: torch.Tensor, mask: int, value: int):
