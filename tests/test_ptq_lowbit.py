@@ -259,3 +259,105 @@ def test_a_block_without_quantized_layers_passes_both_streams_on(llama, calib):
     assert sorted(qw) == sorted(n for n in linear_layers(llama) if n.startswith("model.layers.1."))
     assert [b["block"] for b in report["blocks"]] == ["model.layers.1"]
     assert isinstance(m.model.layers[0].mlp.down_proj, nn.Linear)
+
+
+# ---- training-step fast paths and mixed precision (issue 14's cost goal) ---------------------
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().contiguous().view(torch.int32)
+
+
+@pytest.mark.parametrize("fmt,shape", [("int2_asym_g64", (48, 192)), ("int3_asym", (20, 70)),
+                                       ("int2_asym_g48", (17, 100)), ("int8_asym_g16", (5, 40))])
+def test_lwc_fake_quant_equals_the_codec_path_bit_for_bit(fmt, shape):
+    """AffineFakeQuant gives the weight and the clip logits' gradients of
+    ``AffineInt.quantize(grad="clipped")`` exactly (padded groups, zero rows, one-signed rows,
+    logits that clip hard and not at all)."""
+    from floatlab.ptq.lwc import LWCLearner
+    from floatlab.ptq.quantizer import as_spec
+    g = torch.Generator().manual_seed(7)
+    for trial in range(4):
+        lin = nn.Linear(shape[1], shape[0], bias=False)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(shape, generator=g) ** 3 * 0.02)
+            if trial == 1:
+                lin.weight[0] = 0
+                lin.weight[1].abs_()
+                lin.weight[2] = -lin.weight[2].abs()
+        learner = LWCLearner("layer", lin, as_spec(fmt), 1e-2)
+        assert learner.fast
+        with torch.no_grad():
+            learner.gamma.uniform_(-3, 6, generator=g)
+            learner.beta.uniform_(-3, 6, generator=g)
+        grad_out = torch.randn(shape, generator=g)
+        got = []
+        for fast in (True, False):
+            learner.fast = fast
+            learner.gamma.grad = learner.beta.grad = None
+            w = learner.weight()
+            w.backward(grad_out)
+            got.append((_bits(w), _bits(learner.gamma.grad), _bits(learner.beta.grad)))
+        for a, b in zip(*got):
+            assert torch.equal(a, b), (fmt, trial)
+        assert learner.gamma.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fmt,shape", [("ptq161", (40, 90)), ("binary_mean_cf", (30, 70)),
+                                       ("binary_mean_cf_salient20rand", (64, 48))])
+def test_ptq161_weight_equals_the_autograd_expression_bit_for_bit(fmt, shape):
+    from floatlab.ptq.ptq161 import PTQ161Learner
+    from floatlab.ptq.quantizer import as_spec
+    g = torch.Generator().manual_seed(3)
+    lin = nn.Linear(shape[1], shape[0], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(shape, generator=g) * 0.05)
+    learner = PTQ161Learner("layer", lin, as_spec(fmt), {"act_max": torch.rand(shape[1], generator=g)},
+                            torch.Generator().manual_seed(0), None)
+    with torch.no_grad():
+        learner.r1.uniform_(0.5, 1.5, generator=g)
+        learner.r2.uniform_(0.5, 1.5, generator=g)
+    grad_out = torch.randn(shape, generator=g)
+    got = []
+    for fast in (True, False):
+        learner.fast = fast
+        for p in (learner.s, learner.r1, learner.r2):
+            p.grad = None
+        w = learner.weight()
+        w.backward(grad_out)
+        got.append((_bits(w), _bits(learner.s.grad), _bits(learner.r1.grad), _bits(learner.r2.grad)))
+    for a, b in zip(*got):
+        assert torch.equal(a, b), fmt
+
+
+@pytest.mark.parametrize("fmt,method,recon", [
+    ("int2_asym_g32", "lwc", {"epochs": 4, "lr": 0.1}),
+    ("ptq161", "ptq161", {"epochs": 3}),
+])
+def test_bf16_amp_lowers_every_blocks_output_error(llama, calib, fmt, method, recon):
+    """Training under bfloat16 autocast still ends every block below its starting point, stores
+    weights the model computes with exactly, and is reproducible."""
+    m, qw, report = _run(llama, fmt, method, calib, amp="bf16", **recon)
+    for b in report["blocks"]:
+        assert b["mse_end"] < b["mse_start"], b
+        assert b["loss_end"] < b["loss_start"], b
+    for name, w in qw.items():
+        assert torch.equal(m.get_submodule(name).weight, w.dequantize()), name
+        assert torch.equal(w.dequantize(), w.to_qtensor().dequantize()), name
+    _, again, report2 = _run(llama, fmt, method, calib, amp="bf16", **recon)
+    assert all(torch.equal(qw[n].dequantize(), again[n].dequantize()) for n in qw)
+    assert [b["epoch_losses"] for b in report["blocks"]] == [b["epoch_losses"] for b in report2["blocks"]]
+    # the first block's starting point is scored in float32 either way; the training differs
+    _, off, report_off = _run(llama, fmt, method, calib, **recon)
+    assert report["blocks"][0]["loss_start"] == report_off["blocks"][0]["loss_start"]
+    assert [b["epoch_losses"] for b in report["blocks"]] != [b["epoch_losses"] for b in report_off["blocks"]]
+
+
+def test_amp_is_recorded_in_the_config_and_bad_values_are_refused():
+    cfg = PTQConfig(weight="int2_asym_g64", method="lwc", recon=ReconOptions(amp="bf16"))
+    d = cfg.to_dict()
+    assert d["recon"]["amp"] == "bf16"
+    assert PTQConfig.from_dict(d).recon.amp == "bf16"
+    old = dict(d, recon={k: v for k, v in d["recon"].items() if k != "amp"})     # results written before
+    assert PTQConfig.from_dict(old).recon.amp == "off"
+    for bad in ("fp16", "BF16", True, None):
+        with pytest.raises(ValueError, match=r"ReconOptions\.amp must be one of 'off', 'bf16'"):
+            ReconOptions(amp=bad)

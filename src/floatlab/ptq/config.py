@@ -11,6 +11,8 @@ from floatlab.ptq.quantizer import QuantSpec, as_spec
 ROUNDERS = ("rtn", "gptq", "lwc", "ptq161")
 #: rounders that learn parameters by block-wise reconstruction (floatlab.ptq.reconstruct)
 RECONSTRUCTING = ("lwc", "ptq161")
+#: mixed precision of the reconstruction's training steps (ReconOptions.amp)
+AMP_MODES = ("off", "bf16")
 #: transforms applied before rounding (they keep the fp32 model's function)
 TRANSFORMS = ("rotate", "smoothquant", "awq")
 #: transforms that gather statistics from calibration data
@@ -47,6 +49,18 @@ class ReconOptions:
         weight_decay: AdamW's (0, as both papers' code).
         seed: seeds the order of the calibration sequences in each epoch and any random mask.
         sequences: calibration sequences per optimizer step.
+        amp: mixed precision of the training steps. ``"off"`` (default): everything in float32.
+            ``"bf16"``: the block's forward and backward in each AdamW step run under
+            ``torch.autocast(dtype=torch.bfloat16)`` (OmniQuant's and PTQ1.61's code train under
+            fp16 autocast on GPUs): its matmuls (linear, attention) multiply bfloat16 operands
+            with float32 accumulation. Kept in float32: the learnable parameters and AdamW's
+            state, the fake-quantized weight and every rounding decision that builds it (computed
+            outside autocast, then rounded to bfloat16 by the matmul), the targets, the loss, the
+            reported losses, and the frozen block that feeds the next one. The stored weights
+            are quantized by the codec exactly as with ``"off"``; only the parameters they are
+            quantized with differ (they were trained with bfloat16 products). Fast on CPUs
+            with AMX/AVX512-BF16 and on GPUs; slower than float32 where bfloat16 is emulated.
+            See docs/ptq.md.
     """
 
     epochs: int = 20
@@ -54,8 +68,13 @@ class ReconOptions:
     weight_decay: float = 0.0
     seed: int = 0
     sequences: int = 1
+    amp: str = "off"
 
     def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"ReconOptions.amp must be one of {', '.join(map(repr, AMP_MODES))} (the mixed precision "
+                             f"of the reconstruction's training steps: 'off' = float32, 'bf16' = bfloat16 "
+                             f"autocast), got {self.amp!r}")
         for name, v, lo in (("epochs", self.epochs, 0), ("sequences", self.sequences, 1), ("seed", self.seed, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"ReconOptions.{name} must be an int >= {lo}, got {v!r}")

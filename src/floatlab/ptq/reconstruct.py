@@ -20,6 +20,11 @@ order:
 4. the learned parameters are frozen into stored codes (:meth:`Learner.freeze`), and the block
    computes with those exact weights to produce ``q_in`` of the next block.
 
+Mixed precision (``ReconOptions.amp="bf16"``, off by default): only step 3's training forward
+and backward run under ``torch.autocast(dtype=torch.bfloat16)``; the learners' weights are built
+in float32 outside it (:class:`_ReconLinear`), the loss is taken in float32, and steps 1, 2 and 4
+(the targets, the starting and final losses, the frozen block's outputs) stay float32.
+
 Peak memory: the model once (never a copy), the block's learners, and the calibration
 activations (four ``(sequences, tokens, hidden)`` float32 streams). Progress goes through
 :mod:`floatlab.progress` (one step per epoch with its loss, one per block with its start and end
@@ -29,6 +34,7 @@ starting point, e.g. round-to-nearest), after each epoch, and of the frozen weig
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import warnings
@@ -196,13 +202,43 @@ class _ReconLinear(nn.Module):
         super().__init__()
         self.learner, self.a_spec, self.transform = learner, a_spec, transform
         self.bias = None if linear.bias is None else linear.bias.detach()
+        self.fixed: torch.Tensor | None = None      # the weight, computed once while no parameter moves
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.transform is not None:
-            x = self.transform(x)
-        if self.a_spec is not None:
-            x = fake_quant(x, self.a_spec, "act")
-        return F.linear(x, self.learner.weight(), self.bias)
+        # the fake-quantized weight (and an activation quantizer's rounding) in float32 even
+        # inside the training step's autocast; only the matmul below takes bfloat16 operands
+        with torch.autocast(x.device.type, enabled=False):
+            if (self.transform is not None or self.a_spec is not None) and x.dtype in (torch.bfloat16, torch.float16):
+                x = x.to(torch.float32)                      # exact
+            if self.transform is not None:
+                x = self.transform(x)
+            if self.a_spec is not None:
+                x = fake_quant(x, self.a_spec, "act")
+            w = self.learner.weight() if self.fixed is None else self.fixed
+        return F.linear(x, w, self.bias)
+
+
+@contextlib.contextmanager
+def _weights_fixed(block: nn.Module):
+    """Within the block, each learning linear computes its fake-quantized weight once (the same
+    tensor ``learner.weight()`` gives, detached) instead of once per calibration sequence: for
+    the no-grad passes that score the starting point."""
+    mods = [m for m in block.modules() if isinstance(m, _ReconLinear)]
+    try:
+        with torch.no_grad():
+            for m in mods:
+                m.fixed = m.learner.weight().detach()
+        yield
+    finally:
+        for m in mods:
+            m.fixed = None
+
+
+def _train_context(opts, x: torch.Tensor):
+    """The autocast of a training step (``ReconOptions.amp``), or a no-op context."""
+    if opts.amp == "bf16":
+        return torch.autocast(x.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _masked_mean(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -354,7 +390,8 @@ def _one_block(model, bname, names, b, seqs, fp_in, q_in, config, method, transf
     try:
         for n, lin in linears.items():
             set_module(block, rel[n], _ReconLinear(lin, learners[n], config.act_spec(n), transforms.get(n)))
-        loss0, mse0 = _block_loss(block, method, seqs, q_in, fp_out, fpq_out, keep)
+        with _weights_fixed(block):
+            loss0, mse0 = _block_loss(block, method, seqs, q_in, fp_out, fpq_out, keep)
         groups = [g for lr in learners.values() for g in lr.param_groups()]
         epochs = []
         if opts.epochs and groups:
@@ -368,7 +405,9 @@ def _one_block(model, bname, names, b, seqs, fp_in, q_in, config, method, transf
                         chunk = order[start:start + opts.sequences]
                         opt.zero_grad(set_to_none=True)
                         for k in chunk:
-                            out = _run(block, q_in[k], seqs[k])
+                            with _train_context(opts, q_in[k]):
+                                out = _run(block, q_in[k], seqs[k])
+                            out = out.to(torch.float32)
                             loss = method.loss(out, fp_out[k], fpq_out[k] if fpq_out else None, seqs[k].mask)
                             if not torch.isfinite(loss):
                                 raise CalibrationError(f"block {bname!r}: the {method.name} loss became non-finite in "
