@@ -1,7 +1,8 @@
 """Wall time and peak memory of the block-wise reconstruction methods (LWC, PTQ1.61) on SmolLM2.
 
 Usage: python benchmarks/ptq_lowbit.py [--windows 32] [--window 256] [--epochs 20] [--blocks N]
-                                       [--threads 2] [--method lwc|ptq161|both]
+                                       [--threads 2] [--method lwc|ptq161|both] [--amp bf16|off]
+                                       [--json data/lowbit_bench_smollm2.json]
 
 Each method runs in its own process (so each peak is its own): it loads SmolLM2-135M
 (``floatlab models --prepare smollm2`` first), builds ``--windows`` calibration windows of
@@ -10,7 +11,10 @@ Each method runs in its own process (so each peak is its own): it loads SmolLM2-
 blocks (the others stay fp32) to measure quickly; the time of the whole model is then about
 ``30 / N`` times the measured reconstruction time. Prints the wall time (model load,
 calibration, reconstruction), the process CPU time (readable on a loaded machine), the peak
-resident memory (``ru_maxrss``) and the model's own size.
+resident memory (``ru_maxrss``) and the model's own size. ``--amp``: the reconstruction's mixed
+precision (``ReconOptions.amp``; this benchmark's default is ``bf16``, the library's is ``off``).
+``--json PATH`` appends each run's record (with the command, the load average before and after,
+and the machine) to a JSON list.
 Goal (issue 14): under 15 minutes per method on 2 cores with 32 windows of 256 tokens.
 """
 
@@ -18,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 FORMATS = {"lwc": "int2_asym_g64", "ptq161": "ptq161"}
 
@@ -46,18 +53,20 @@ def run_one(args) -> dict:
     if args.blocks:
         n = lm.model.config.num_hidden_layers
         overrides = tuple((f"model.layers.{i}.*", None, None) for i in range(args.blocks, n))
-    cfg = PTQConfig(weight=fmt, method=args.method, overrides=overrides, recon=ReconOptions(epochs=args.epochs))
+    cfg = PTQConfig(weight=fmt, method=args.method, overrides=overrides,
+                    recon=ReconOptions(epochs=args.epochs, amp=args.amp))
     report = {}
     t1, c1 = time.perf_counter(), time.process_time()
     quantize_model(lm.model, cfg, calib=calib, report=report)
     t_rec, c_rec = time.perf_counter() - t1, time.process_time() - c1
     layers = len([n for n in linear_layers(lm.model)])
-    return {"method": args.method, "format": fmt, "windows": args.windows, "window": args.window,
+    return {"method": args.method, "format": fmt, "amp": args.amp, "windows": args.windows, "window": args.window,
             "epochs": args.epochs, "blocks": len(report["blocks"]), "threads": args.threads, "layers": layers,
             "seconds_load": t_load, "seconds_reconstruct": t_rec, "seconds_total": time.perf_counter() - t0,
             "cpu_seconds_reconstruct": c_rec, "cpu_seconds_total": time.process_time() - c0,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "model_mb": model_mb,
-            "block_seconds": [b["seconds"] for b in report["blocks"]]}
+            "block_seconds": [b["seconds"] for b in report["blocks"]],
+            "block_loss": [[b["loss_start"], b["loss_end"]] for b in report["blocks"]]}
 
 
 def main(argv: list[str]) -> None:
@@ -68,6 +77,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--blocks", type=int, default=0, help="reconstruct only the first N blocks (0: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--method", default="both", choices=["lwc", "ptq161", "both"])
+    p.add_argument("--amp", default="bf16", choices=["bf16", "off"], help="ReconOptions.amp (default here: bf16)")
+    p.add_argument("--json", default=None, help="append each run's record to this JSON list")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -76,11 +87,19 @@ def main(argv: list[str]) -> None:
     for method in (["lwc", "ptq161"] if args.method == "both" else [args.method]):
         cmd = [sys.executable, __file__, "--child", "--method", method, "--windows", str(args.windows),
                "--window", str(args.window), "--epochs", str(args.epochs), "--blocks", str(args.blocks),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--amp", args.amp]
+        load0 = os.getloadavg()
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
+        r.update(load_before=load0, load_after=os.getloadavg(), cpu=platform.processor() or platform.machine(),
+                 cores=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                 command="python benchmarks/ptq_lowbit.py " + " ".join(argv))
+        if args.json:
+            path = Path(args.json)
+            rows = json.loads(path.read_text()) if path.exists() else []
+            path.write_text(json.dumps(rows + [r], indent=1) + "\n")
         scale = 30 / r["blocks"] if args.blocks else 1
-        print(f"{method:7s} {r['format']:14s} {r['windows']}x{r['window']} tokens, {r['epochs']} epochs, "
+        print(f"{method:7s} {r['format']:14s} amp {r['amp']}, {r['windows']}x{r['window']} tokens, {r['epochs']} epochs, "
               f"{r['blocks']} blocks, {r['threads']} threads: reconstruction {r['seconds_reconstruct']:.0f} s"
               + (f" (not the whole model: its 30 blocks at this rate would take about "
                  f"{r['seconds_reconstruct'] * scale / 60:.1f} min, an estimate)" if args.blocks else
@@ -89,7 +108,8 @@ def main(argv: list[str]) -> None:
               + (f" (30 blocks: about {r['cpu_seconds_reconstruct'] * scale / 60:.1f} CPU-min, an estimate)"
                  if args.blocks else "")
               + f", total {r['cpu_seconds_total']:.0f} s; peak RSS {r['peak_rss_mb']:.0f} MB "
-              f"(model {r['model_mb']:.0f} MB)")
+              f"(model {r['model_mb']:.0f} MB); load average {r['load_before'][0]:.1f} before, "
+              f"{r['load_after'][0]:.1f} after")
 
 
 if __name__ == "__main__":

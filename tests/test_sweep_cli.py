@@ -85,3 +85,25 @@ def test_ptq_then_eval_reproduces_with_codecs(tmp_path, fmt):
 def test_ptq_refuses_a_calibrating_codec_without_calibration(tmp_path):
     r = runner.invoke(app, ["ptq", "--format", "ptq161", "--method", "rtn", "--calib", "0", "--out", str(tmp_path / "q")])
     assert r.exit_code == 2 and "--calib:" in r.output, r.output
+
+
+def test_ptq_amp_is_recorded_and_eval_reproduces(tmp_path):
+    """``floatlab ptq --method lwc --amp bf16`` records the option in config.json, and ``eval``
+    reproduces the result exactly (the stored weights are the codec's)."""
+    out = tmp_path / "q"
+    r = runner.invoke(app, ["ptq", "--format", "int3_asym_g64", "--method", "lwc", "--amp", "bf16", "--calib", "4",
+                            "--pairs", "6", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["ptq"]["recon"]["amp"] == "bf16", cfg["ptq"]["recon"]
+    r = runner.invoke(app, ["eval", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "reproduced exactly" in r.output and "DIFFERENT" not in r.output
+
+
+@pytest.mark.parametrize("command", ["ptq", "sweep"])
+def test_a_bad_amp_is_one_line_naming_the_flag(tmp_path, command):
+    r = runner.invoke(app, [command, "--method" if command == "ptq" else "--methods", "lwc", "--amp", "fp16",
+                            "--out", str(tmp_path / "q")])
+    assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
+    assert "--amp:" in r.output and "'off', 'bf16'" in r.output, r.output

@@ -29,6 +29,7 @@ def ptq_command(
     eval_data: Path = typer.Option(None, "--eval-data", help="your own text for the recorded metric, same kinds (default: the built-in text)"),
     text_field: str = typer.Option(None, "--text-field", help="the field holding the text in .jsonl/.parquet/datasets data (default: text)"),
     nonfinite_tokens: str = typer.Option("error", "--nonfinite-tokens", help="a NaN/Inf in a calibration token's input: error | exclude (leave the token out)"),
+    amp: str = typer.Option("off", "--amp", help="lwc/ptq161: mixed precision of the reconstruction's training steps: off (float32) | bf16 (bfloat16 autocast; fast on CPUs with AMX/AVX512-BF16 and on GPUs; stored weights quantized exactly as with off)"),
     device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N"),
     blockwise: bool = typer.Option(False, "--blockwise", help="causal LMs larger than memory: read the checkpoint and quantize one transformer block at a time (rtn/gptq, with smoothquant/awq; the same result as without it)"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
@@ -36,7 +37,8 @@ def ptq_command(
 ) -> None:
     """Quantize MODEL's linear layers and save them (QTensors in safetensors + config.json)."""
     from floatlab.cli import inputs
-    from floatlab.ptq.config import PTQConfig
+    from floatlab.cli.output import flag_errors
+    from floatlab.ptq.config import PTQConfig, ReconOptions
     from floatlab.ptq.io import CONFIG, WEIGHTS
 
     t0 = time.time()
@@ -52,6 +54,8 @@ def ptq_command(
     check_int(windows, "--windows", 1)
     check_int(window, "--window", 2)
     policy = inputs.nonfinite(nonfinite_tokens)
+    with flag_errors("--amp"):
+        recon = ReconOptions(amp=amp)
     dev = inputs.device(device)
     if blockwise and dev.type != "cpu":
         raise CliError("--blockwise runs on the CPU (one block in memory at a time); drop --device or --blockwise",
@@ -66,7 +70,8 @@ def ptq_command(
     name, folder, kind, _, mcfg = inputs.resolve(model)
     if kind == "causal_lm":
         inputs.check_window(window, mcfg)
-    cfg = PTQConfig(weight=w_spec, act=a_spec, method=method, overrides=overrides, nonfinite_tokens=policy)
+    cfg = PTQConfig(weight=w_spec, act=a_spec, method=method, overrides=overrides, nonfinite_tokens=policy,
+                    recon=recon)
     calibrates = cfg.needs_calibration()        # a salient-channel mask by activation max calibrates under rtn too
     if blockwise:
         from floatlab.ptq.blockwise import BlockwiseError, check_blockwise

@@ -3,6 +3,7 @@ exact bits per weight. Thin: check every input, call floatlab.ptq.sweep, print, 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def sweep_command(
     epochs: int = typer.Option(20, "--epochs", help="lwc/ptq161: reconstruction epochs per block"),
     lr: float = typer.Option(None, "--lr", help="lwc/ptq161: learning rate (default: each method's own)"),
     seed: int = typer.Option(0, "--seed", help="lwc/ptq161: seed of the sequence order and random masks"),
+    amp: str = typer.Option("off", "--amp", help="lwc/ptq161: mixed precision of the training steps: off (float32) | bf16 (bfloat16 autocast)"),
     pairs: int = typer.Option(64, "--pairs", help="encoders: retrieval pairs (0 = all 511)"),
     windows: int = typer.Option(16, "--windows", help="causal LMs: perplexity windows"),
     window: int = typer.Option(256, "--window", help="causal LMs: tokens per window"),
@@ -60,6 +62,8 @@ def sweep_command(
     check_int(epochs, "--epochs", 0)
     with flag_errors("--lr"):
         recon = ReconOptions(epochs=epochs, lr=lr, seed=check_int(seed, "--seed", 0))
+    with flag_errors("--amp"):
+        recon = dataclasses.replace(recon, amp=amp)
     opts = SweepOptions(methods=mlist if blist else (), bits=blist if mlist else (), group=group or None,
                         template=template, extra=tuple(extra), calib=calib, recon=recon, pairs=pairs,
                         windows=windows, window=window)
