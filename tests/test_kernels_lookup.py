@@ -119,7 +119,10 @@ def test_int8_operand_same_with_and_without_the_loop(rounding, monkeypatch):
     ((3, 8, 11, 10), (3, 3), (1, 1), (2, 2), (2, 2), 1),
     ((3, 8, 11, 10), (3, 3), (3, 3), (0, 0), (1, 1), 4),     # stride > kernel: uncovered pixels
     ((4, 6, 1, 40), (1, 5), (1, 2), (0, 2), (1, 1), 3),      # a Conv1d
-    ((1, 2, 3, 3), (5, 5), (1, 1), (2, 2), (1, 1), 1)])      # windows mostly padding
+    ((1, 2, 3, 3), (5, 5), (1, 1), (2, 2), (1, 1), 1),       # windows mostly padding
+    ((2, 4, 9, 13), (3, 3), (2, 1), (0, 2), (1, 2), 1),       # kw 3 dilated, border columns
+    ((2, 3, 7, 7), (1, 1), (2, 2), (1, 1), (1, 1), 1),        # kw 1, rows of padding only
+    ((2, 4, 5, 6), (3, 4), (1, 3), (3, 3), (1, 1), 2)])       # padding wider than the kernel
 def test_unfold_rows_is_unfold_laid_out_as_rows(shape, kernel, stride, padding, dilation, groups):
     from torch.nn import functional as F
 
@@ -139,7 +142,10 @@ def test_unfold_rows_is_unfold_laid_out_as_rows(shape, kernel, stride, padding, 
     ((3, 8, 11, 10), (3, 3), (1, 1), (2, 2), (2, 2), 1),
     ((3, 8, 11, 10), (3, 3), (3, 3), (0, 0), (1, 1), 4),
     ((4, 6, 1, 40), (1, 5), (1, 2), (0, 2), (1, 1), 3),
-    ((1, 2, 3, 3), (5, 5), (1, 1), (2, 2), (1, 1), 1)])
+    ((1, 2, 3, 3), (5, 5), (1, 1), (2, 2), (1, 1), 1),       # windows mostly padding
+    ((2, 4, 9, 13), (3, 3), (2, 1), (0, 2), (1, 2), 1),       # kw 3 dilated, border columns
+    ((2, 3, 7, 7), (1, 1), (2, 2), (1, 1), (1, 1), 1),        # kw 1, rows of padding only
+    ((2, 4, 5, 6), (3, 4), (1, 3), (3, 3), (1, 1), 2)])       # padding wider than the kernel
 def test_fold_rows_is_fold_bit_for_bit(shape, kernel, stride, padding, dilation, groups):
     """Sums of values 2^40 apart and -0.0: only the same addition order gives the same bits."""
     from torch.nn import functional as F

@@ -75,25 +75,39 @@ extern "C" void floatlab_int_round(const float* __restrict x, float* __restrict 
 // (n, oh, ow), column c*kh*kw + i*kw + j of group g (c a channel of the group), zero where the
 // window reaches into the padding: exactly F.unfold's values, laid out as
 // unfold(x).view(N, G, Kg, L).permute(1, 0, 3, 2) made contiguous. A gather: no arithmetic.
-extern "C" void floatlab_unfold_rows(const float* __restrict x, float* __restrict out,
-                                     int64_t n0, int64_t n1, int64_t N, int64_t C, int64_t H,
-                                     int64_t W, int64_t G, int64_t kh, int64_t kw, int64_t sh,
-                                     int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                                     int64_t OH, int64_t OW) {
+// The bounds are tested once per kernel row (ih) and once per output position (is the whole
+// window's width inside the image?), not per element; KW > 0 fixes the kernel width at compile
+// time (the usual 3, and 1), so that a window row is a few straight copies.
+template <int KW>
+static void unfold_rows_impl(const float* __restrict x, float* __restrict out, int64_t n0,
+                             int64_t n1, int64_t N, int64_t C, int64_t H, int64_t W, int64_t G,
+                             int64_t kh, int64_t kw_, int64_t sh, int64_t sw, int64_t ph,
+                             int64_t pw, int64_t dh, int64_t dw, int64_t OH, int64_t OW) {
+    const int64_t kw = KW > 0 ? KW : kw_;
     const int64_t Cg = C / G, Kg = Cg * kh * kw, L = OH * OW;
     for (int64_t g = 0; g < G; ++g) {
         for (int64_t n = n0; n < n1; ++n) {
+            const float* planes = x + (n * C + g * Cg) * H * W;
             for (int64_t oh = 0; oh < OH; ++oh) {
+                float* row = out + ((g * N + n) * L + oh * OW) * Kg;
                 for (int64_t ow = 0; ow < OW; ++ow) {
-                    float* row = out + ((g * N + n) * L + oh * OW + ow) * Kg;
+                    const int64_t iw0 = ow * sw - pw;
+                    const bool inside = iw0 >= 0 && iw0 + (kw - 1) * dw < W;
                     for (int64_t c = 0; c < Cg; ++c) {
-                        const float* plane = x + ((n * C) + g * Cg + c) * H * W;
+                        const float* plane = planes + c * H * W;
                         for (int64_t i = 0; i < kh; ++i) {
                             const int64_t ih = oh * sh - ph + i * dh;
-                            const bool hin = ih >= 0 && ih < H;
-                            for (int64_t j = 0; j < kw; ++j) {
-                                const int64_t iw = ow * sw - pw + j * dw;
-                                *row++ = (hin && iw >= 0 && iw < W) ? plane[ih * W + iw] : 0.0f;
+                            if (ih < 0 || ih >= H) {
+                                for (int64_t j = 0; j < kw; ++j) *row++ = 0.0f;
+                            } else if (inside) {
+                                const float* src = plane + ih * W + iw0;
+                                for (int64_t j = 0; j < kw; ++j) *row++ = src[j * dw];
+                            } else {
+                                const float* line = plane + ih * W;
+                                for (int64_t j = 0; j < kw; ++j) {
+                                    const int64_t iw = iw0 + j * dw;
+                                    *row++ = (iw >= 0 && iw < W) ? line[iw] : 0.0f;
+                                }
                             }
                         }
                     }
@@ -103,11 +117,26 @@ extern "C" void floatlab_unfold_rows(const float* __restrict x, float* __restric
     }
 }
 
+extern "C" void floatlab_unfold_rows(const float* __restrict x, float* __restrict out,
+                                     int64_t n0, int64_t n1, int64_t N, int64_t C, int64_t H,
+                                     int64_t W, int64_t G, int64_t kh, int64_t kw, int64_t sh,
+                                     int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                                     int64_t OH, int64_t OW) {
+    if (kw == 3)
+        unfold_rows_impl<3>(x, out, n0, n1, N, C, H, W, G, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW);
+    else if (kw == 1)
+        unfold_rows_impl<1>(x, out, n0, n1, N, C, H, W, G, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW);
+    else
+        unfold_rows_impl<0>(x, out, n0, n1, N, C, H, W, G, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW);
+}
+
 // col2im from the implicit GEMM's rows: rows (G, N*L, Kg) contiguous -> out (N, C, H, W),
 // F.fold(_unrows(rows, N), ...) bit for bit: ATen's col2im loop order (per sample: zero the
 // image, then for each column channel c_col = c*kh*kw + i*kw + j in order, each output position
 // in order, add the column value into its pixel), so every pixel sums its contributions in the
-// same order, in float32, starting from +0.
+// same order, in float32, starting from +0. The bounds are not tested per element: for each
+// (c_col, oh) inside the image, the output columns ow whose pixel lies inside are one range
+// [lo, hi), computed once (the positions outside add nothing in ATen's loop either).
 extern "C" void floatlab_fold_rows(const float* __restrict rows, float* __restrict out,
                                    int64_t N, int64_t C, int64_t H, int64_t W, int64_t G,
                                    int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
@@ -120,13 +149,17 @@ extern "C" void floatlab_fold_rows(const float* __restrict rows, float* __restri
             const int64_t j = c_col % kw, i = (c_col / kw) % kh, c = c_col / kh / kw;
             const int64_t g = c / Cg, kk = c_col - g * Kg;
             const float* col = rows + (g * N + n) * L * Kg + kk;
+            // iw = ow * sw + off lies in [0, W) for ow in [lo, hi)
+            const int64_t off = j * dw - pw;
+            const int64_t lo = off >= 0 ? 0 : (-off + sw - 1) / sw;
+            const int64_t hi_raw = W - 1 - off < 0 ? 0 : (W - 1 - off) / sw + 1;
+            const int64_t hi = hi_raw < OW ? hi_raw : OW;
             for (int64_t oh = 0; oh < OH; ++oh) {
                 const int64_t ih = oh * sh - ph + i * dh;
-                for (int64_t ow = 0; ow < OW; ++ow) {
-                    const int64_t iw = ow * sw - pw + j * dw;
-                    if (ih >= 0 && ih < H && iw >= 0 && iw < W)
-                        im[(c * H + ih) * W + iw] += col[(oh * OW + ow) * Kg];
-                }
+                if (ih < 0 || ih >= H) continue;
+                float* line = im + (c * H + ih) * W;
+                const float* src = col + oh * OW * Kg;
+                for (int64_t ow = lo; ow < hi; ++ow) line[ow * sw + off] += src[ow * Kg];
             }
         }
     }
