@@ -133,6 +133,10 @@ def test_unfold_rows_is_unfold_laid_out_as_rows(shape, kernel, stride, padding, 
     got = lookup.unfold_rows(x, kernel, stride, padding, dilation, groups)
     assert got.shape == want.shape and got.is_contiguous()
     assert torch.equal(_bits(got), _bits(want))
+    for layout in (x.contiguous(memory_format=torch.channels_last), x[:, :, :, :-1] if x.shape[3] > 1 else x):
+        want = _rows(F.unfold(layout, kernel, dilation=dilation, padding=padding, stride=stride), groups)
+        got = lookup.unfold_rows(layout, kernel, stride, padding, dilation, groups)
+        assert got.shape == want.shape and torch.equal(_bits(got), _bits(want))
     assert lookup.unfold_rows(x.double(), kernel, stride, padding, dilation, groups) is None
 
 

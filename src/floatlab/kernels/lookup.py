@@ -75,7 +75,7 @@ def _load() -> ctypes.CDLL | None:
                    ctypes.c_float, ctypes.c_int]
     fn.restype = None
     fn = lib.floatlab_unfold_rows
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 17
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 21
     fn.restype = None
     fn = lib.floatlab_fold_rows
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 15
@@ -197,12 +197,14 @@ def int_round(t: torch.Tensor, fmt, draws: torch.Tensor | None, scale: float | N
 # ---- the implicit GEMM's unfolded input -------------------------------------------------------
 def unfold_rows(x: torch.Tensor, kernel, stride, padding, dilation, groups: int) -> torch.Tensor | None:
     """``F.unfold(x, ...)`` laid out as the implicit GEMM's rows, ``(G, N*L, Kg)`` contiguous
-    (what :func:`floatlab.nn.functional._rows` makes of it), in one native gather; None where
-    the loop is unavailable or ``x`` is not a float32 CPU tensor of shape (N, C, H, W)."""
+    (what :func:`floatlab.nn.functional._rows` makes of it), in one native gather reading ``x``
+    in its own layout (contiguous or channels-last; any other is copied to contiguous first);
+    None where the loop is unavailable or ``x`` is not a float32 CPU tensor of shape (N, C, H, W)."""
     lib = library()
     if lib is None or x.dtype is not torch.float32 or x.device.type != "cpu" or x.ndim != 4:
         return None
-    x = x.contiguous()
+    if not x.is_contiguous(memory_format=torch.channels_last):   # read through either layout
+        x = x.contiguous()
     N, C, H, W = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
@@ -213,7 +215,8 @@ def unfold_rows(x: torch.Tensor, kernel, stride, padding, dilation, groups: int)
     out = torch.empty((groups, N * OH * OW, Kg), dtype=torch.float32)
     if out.numel():
         px, po = x.data_ptr(), out.data_ptr()
-        lib.floatlab_unfold_rows(px, po, 0, N, N, C, H, W, groups, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
+        lib.floatlab_unfold_rows(px, po, 0, N, N, C, H, W, groups, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW,
+                                 *x.stride())
     return out
 
 

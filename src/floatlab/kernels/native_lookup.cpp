@@ -75,6 +75,7 @@ extern "C" void floatlab_int_round(const float* __restrict x, float* __restrict 
 // (n, oh, ow), column c*kh*kw + i*kw + j of group g (c a channel of the group), zero where the
 // window reaches into the padding: exactly F.unfold's values, laid out as
 // unfold(x).view(N, G, Kg, L).permute(1, 0, 3, 2) made contiguous. A gather: no arithmetic.
+// x is read through its strides (sn, sc, sh_, sw_ in elements: NCHW or channels-last alike).
 // The bounds are tested once per kernel row (ih) and once per output position (is the whole
 // window's width inside the image?), not per element; KW > 0 fixes the kernel width at compile
 // time (the usual 3, and 1), so that a window row is a few straight copies.
@@ -82,31 +83,32 @@ template <int KW>
 static void unfold_rows_impl(const float* __restrict x, float* __restrict out, int64_t n0,
                              int64_t n1, int64_t N, int64_t C, int64_t H, int64_t W, int64_t G,
                              int64_t kh, int64_t kw_, int64_t sh, int64_t sw, int64_t ph,
-                             int64_t pw, int64_t dh, int64_t dw, int64_t OH, int64_t OW) {
+                             int64_t pw, int64_t dh, int64_t dw, int64_t OH, int64_t OW,
+                             int64_t sn, int64_t sc, int64_t sy, int64_t sx) {
     const int64_t kw = KW > 0 ? KW : kw_;
     const int64_t Cg = C / G, Kg = Cg * kh * kw, L = OH * OW;
     for (int64_t g = 0; g < G; ++g) {
         for (int64_t n = n0; n < n1; ++n) {
-            const float* planes = x + (n * C + g * Cg) * H * W;
+            const float* planes = x + n * sn + g * Cg * sc;
             for (int64_t oh = 0; oh < OH; ++oh) {
                 float* row = out + ((g * N + n) * L + oh * OW) * Kg;
                 for (int64_t ow = 0; ow < OW; ++ow) {
                     const int64_t iw0 = ow * sw - pw;
                     const bool inside = iw0 >= 0 && iw0 + (kw - 1) * dw < W;
                     for (int64_t c = 0; c < Cg; ++c) {
-                        const float* plane = planes + c * H * W;
+                        const float* plane = planes + c * sc;
                         for (int64_t i = 0; i < kh; ++i) {
                             const int64_t ih = oh * sh - ph + i * dh;
                             if (ih < 0 || ih >= H) {
                                 for (int64_t j = 0; j < kw; ++j) *row++ = 0.0f;
                             } else if (inside) {
-                                const float* src = plane + ih * W + iw0;
-                                for (int64_t j = 0; j < kw; ++j) *row++ = src[j * dw];
+                                const float* src = plane + ih * sy + iw0 * sx;
+                                for (int64_t j = 0; j < kw; ++j) *row++ = src[j * dw * sx];
                             } else {
-                                const float* line = plane + ih * W;
+                                const float* line = plane + ih * sy;
                                 for (int64_t j = 0; j < kw; ++j) {
                                     const int64_t iw = iw0 + j * dw;
-                                    *row++ = (iw >= 0 && iw < W) ? line[iw] : 0.0f;
+                                    *row++ = (iw >= 0 && iw < W) ? line[iw * sx] : 0.0f;
                                 }
                             }
                         }
@@ -121,13 +123,14 @@ extern "C" void floatlab_unfold_rows(const float* __restrict x, float* __restric
                                      int64_t n0, int64_t n1, int64_t N, int64_t C, int64_t H,
                                      int64_t W, int64_t G, int64_t kh, int64_t kw, int64_t sh,
                                      int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
-                                     int64_t OH, int64_t OW) {
+                                     int64_t OH, int64_t OW, int64_t sn, int64_t sc,
+                                     int64_t sy, int64_t sx) {
     if (kw == 3)
-        unfold_rows_impl<3>(x, out, n0, n1, N, C, H, W, G, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW);
+        unfold_rows_impl<3>(x, out, n0, n1, N, C, H, W, G, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, sn, sc, sy, sx);
     else if (kw == 1)
-        unfold_rows_impl<1>(x, out, n0, n1, N, C, H, W, G, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW);
+        unfold_rows_impl<1>(x, out, n0, n1, N, C, H, W, G, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, sn, sc, sy, sx);
     else
-        unfold_rows_impl<0>(x, out, n0, n1, N, C, H, W, G, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW);
+        unfold_rows_impl<0>(x, out, n0, n1, N, C, H, W, G, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW, sn, sc, sy, sx);
 }
 
 // col2im from the implicit GEMM's rows: rows (G, N*L, Kg) contiguous -> out (N, C, H, W),

@@ -339,6 +339,18 @@ def _elementwise(tspec: TensorSpec, gspec: GemmSpec) -> bool:
     return get_format(tspec.format).kind == "scalar"
 
 
+def _quantize_in_place_order(x: torch.Tensor, tspec: TensorSpec, which: int, state: QuantState,
+                             gemm: Gemm) -> torch.Tensor:
+    """``quantize_operand(x, tspec, which, state, gemm)`` for an operand that :func:`_elementwise`
+    accepts, read in ``x``'s memory order when ``x`` is channels-last (as a conv's output is
+    here, and so the next conv's input): each value rounds alone and the amax is one of the set,
+    so the values are the same, without the copy to contiguous that the rounding pass would make;
+    the result has ``x``'s layout (the unfold reads either)."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return quantize_operand(x.permute(0, 2, 3, 1), tspec, which, state, gemm).permute(0, 3, 1, 2)
+    return quantize_operand(x, tspec, which, state, gemm)
+
+
 def _rows(cols: torch.Tensor, groups: int) -> torch.Tensor:
     """``(N, G*Kg, L)`` -> ``(G, N*L, Kg)``: one row per (sample, output position)."""
     n, gk, length = cols.shape
@@ -404,7 +416,7 @@ class _QConvFunction(torch.autograd.Function):
             if fa.scaling is Scaling.DELAYED and state.amax_history is not None:
                 history = state.amax_history[role_index(Gemm.FPROP, 0)].clone()   # before the push
             # quantize-then-unfold gives the same values (and amax) as unfold-then-quantize
-            xq = quantize_operand(x, fa, 0, state, Gemm.FPROP)
+            xq = _quantize_in_place_order(x, fa, 0, state, Gemm.FPROP)
             a = _unfolded_rows(xq, geom)
             bq = quantize_operand(wt, spec.fprop.b, 1, state, Gemm.FPROP)
             y = _mm(a, bq)
@@ -467,7 +479,7 @@ class _QConvFunction(torch.autograd.Function):
                     scaling.delayed_amax_and_push(row, ctx.x_amax)
             elif wgs.quantized and _elementwise(wgs.b, wgs) and covered:
                 aq = quantize_operand(dt, wgs.a, 0, state, Gemm.WGRAD)
-                xq = quantize_operand(x, wgs.b, 1, state, Gemm.WGRAD)
+                xq = _quantize_in_place_order(x, wgs.b, 1, state, Gemm.WGRAD)
                 gwg = _mm(aq, _unfolded_rows(xq, geom))
             else:
                 gwg = _qmm(dt, _unfolded_rows(x, geom), wgs, state, Gemm.WGRAD)
