@@ -798,3 +798,36 @@ def test_transcendentals_near_boundaries_equal_the_float64_path(name):
             with emulate(name, rounding=mode, working="float64"):
                 want = op(x)
             assert torch.equal(_bits(got), _bits(want)), (name, mode, op_name)
+
+
+def test_marks_follow_selections_and_views_only_from_values_of_the_format():
+    # y is a float32 number just above a fp16 midpoint (not a fp16 value): y - 2^-24 is a tie in
+    # float32 that lands on the midpoint 1 + 2^-11, while the exact difference lies above it and
+    # rounds to 1 + 2^-10. A move of y that wrongly kept a "value of the format" mark would take
+    # the double rounding shortcut and give 1.0.
+    y = torch.tensor([[1 + 2.0 ** -11 + 2.0 ** -23]])
+    moves = {"view": lambda t: t.view(-1), "reshape": lambda t: t.reshape(1, 1, 1), "clone": torch.clone,
+             "t": lambda t: t.t(), "amax": lambda t: t.amax(-1), "max.dim": lambda t: t.max(-1).values,
+             "expand": lambda t: t.expand(2, 1), "slice": lambda t: t[:, :1], "squeeze": torch.squeeze}
+    with emulate("fp16") as em:
+        x = y * 1.0                                     # a result of the mode: fp16 values
+        for name, op in moves.items():
+            assert float((op(y) - 2.0 ** -24).flatten()[0]) == 1 + 2.0 ** -10, name
+            assert em._in_format(op(x)), name
+        both = torch.ops.aten.max.other(x, y)           # an elementwise op: y's value, rounded
+        assert float(both.flatten()[0]) == 1 + 2.0 ** -10
+        assert float((both - 2.0 ** -24).flatten()[0]) == 1 + 2.0 ** -10
+
+
+def test_selections_of_format_values_skip_rounding_but_neg_makes_no_negative_zero():
+    # e4m3fnuz has no -0: neg of a +0 result must round to +0 (as the float64 path does), while
+    # relu / abs / maximum of results of the mode are returned as they are
+    a = torch.tensor([0.0, 1.5, -2.0, 0.3])
+    for working in ("auto", "float64"):
+        with emulate("e4m3fnuz", working=working):
+            x = a * 1.0
+            n = torch.neg(x)
+            r = torch.relu(x)
+            m = torch.maximum(x, n)
+        assert n.tolist()[0] == 0.0 and math.copysign(1, n.tolist()[0]) == 1.0, working
+        assert r.tolist() == [0.0, 1.5, 0.0, x.tolist()[3]] and m.tolist() == [0.0, 1.5, 2.0, x.tolist()[3]]

@@ -170,9 +170,18 @@ class Emulation(TorchDispatchMode):
         stack = _active()
         if not stack or stack[-1] is not self:   # an inner emulation is in charge
             return func(*args, **kwargs)
-        kind = _facts(func).kind
-        if kind in (Kind.MOVE, Kind.SOURCE):
+        facts = _facts(func)
+        kind = facts.kind
+        if kind is Kind.SOURCE:
             return func(*args, **kwargs)
+        if kind is Kind.MOVE:
+            out = func(*args, **kwargs)
+            if facts.name in _MOVES_KEEPING_MARKS and args and all(
+                    self._in_format(a) for a in args if isinstance(a, torch.Tensor)):
+                for t in _tensors(out):       # values (or views) of a tensor of format values
+                    if t.is_floating_point():
+                        self._mark(t)
+            return out
         if kind is Kind.CONVERT:
             return self._convert(func, args, kwargs)
         if kind is Kind.FUSED:
@@ -369,9 +378,15 @@ class Emulation(TorchDispatchMode):
           where the float32 result is subnormal (below 2^-126: fewer than 24 bits) - redone.
         * transcendental functions (:data:`~floatlab.emulation.ops.TRANSCENDENTAL`: exp, tanh,
           silu, ...): their float32 versions are accurate to a few float32 ulps; an element is
-          kept when its float32 result and the two values 2^-19 (8 to 16 float32 ulps) below and
-          above it round alike, so the exact value rounds alike too; others (and zero, subnormal
-          or non-finite results) are redone in float64 - for 16-bit formats about 2^-8 of them.
+          kept when every value within 2^-19 (8 to 16 float32 ulps) of its float32 result rounds
+          alike, so the exact value rounds alike too: on the CPU, when no multiple of 2^(E - p)
+          lies within 32 float32 units of it (:func:`scan.grid`; the format's boundaries are such
+          multiples, checked by :func:`scan.grid_bits`), elsewhere when the two values 2^-19
+          below and above it round alike; others (and zero, subnormal or non-finite results) are
+          redone in float64 - for fp16 about 1.6% of them, for 8-bit formats almost none.
+        * selections (relu, abs, maximum, clamp, ... but not neg) of values of the format are
+          returned as they are; a result on one of the format's midpoints of ``+ - * /`` with
+          operands not in the format is rounded by :meth:`_nudged` without a float64 redo.
         """
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             return None
@@ -381,11 +396,13 @@ class Emulation(TorchDispatchMode):
             return None
         self._check_dtype(out.dtype)
         r = self.rounder
-        y = r(out)
         facts = _facts(func)
         if facts.basic and (kwargs or not all(isinstance(a, torch.Tensor) or _exact_in_float32(a)
                                               for a in args)):
             return None     # Python floats and alpha would enter float32 arithmetic rounded
+        if facts.name in _KEEPS_VALUES and all(self._in_format(a) for a in args):
+            return out      # picks among values of the format (or +0): nothing to round
+        y = r(out)
         if facts.basic and (facts.name in _SELECTING or all(self._in_format(a) for a in args)):
             # the result is one of the operands (exact), or every operand is a value of the format:
             # the double rounding theorem covers + - * / sqrt (24 >= 2p + 2, Figueroa 1995) where
@@ -888,6 +905,17 @@ _NUDGE_ARITY = {"add": 2, "sub": 2, "rsub": 2, "mul": 2, "div": 2, "reciprocal":
 # BASIC operations whose result is one of their operands (or zero): exact in any precision
 _SELECTING = frozenset({"neg", "abs", "relu", "clamp", "clamp_min", "clamp_max", "hardtanh", "maximum",
                         "minimum", "fmax", "fmin", "threshold_backward"})
+
+
+# moves whose floating outputs hold only values of their tensor arguments (selections, views,
+# copies; max.other picks from two): their outputs stay marked as values of the format (see Emulation._in_format)
+_MOVES_KEEPING_MARKS = frozenset({"amax", "amin", "max", "min", "view", "_unsafe_view", "reshape", "expand",
+                                  "t", "transpose", "permute", "unsqueeze", "squeeze", "clone", "select",
+                                  "slice", "detach", "alias", "contiguous"})
+
+# _SELECTING operations whose result is one of their operands or +0 (neg is not: -0 from +0, which
+# formats without a negative zero do not hold)
+_KEEPS_VALUES = _SELECTING - {"neg"}
 
 
 def _float32_layout_midpoint(spec) -> tuple[int, int] | None:
