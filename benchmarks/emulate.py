@@ -1,10 +1,11 @@
 """Cost of floatlab.emulate over plain float32: a 3-layer MLP forward and a 256x256 LU.
 
 Usage: python benchmarks/emulate.py [--quick] [--reps N] [--only=elementwise] [--only=LU ...]
-One thread, one process; each case is timed after a warm-up call (which also compiles floatlab's
-kernels), best and median of the repeats. Printed: milliseconds and the ratio to plain float32,
-and the mean process CPU time per call with its ratio (the least load-sensitive number on a
-shared machine).
+One thread, one process; every setting of a case is warmed up once (which also compiles floatlab's
+kernels), then the settings take turns within each repeat (plain float32, fp16, bf16, ...), so a
+change of load on a shared machine falls on all alike. Printed: best and median milliseconds and
+their ratios to plain float32, and the median process CPU time per call with its ratio (the least
+load-sensitive number on a shared machine).
 
 Cases
 * elementwise: the MLP's non-matmul work (bias adds, ReLU, a softmax over the output) on
@@ -43,6 +44,22 @@ def timeit(fn, repeats: int) -> tuple[float, float]:
 
 
 CPU = [0.0]
+
+
+def interleaved(fns, repeats: int) -> list[tuple[float, float, float]]:
+    """(best wall, median wall, median process CPU time) of each of ``fns`` over ``repeats``
+    rounds, each round calling every function once in turn (after one warm-up call each)."""
+    for fn in fns:
+        fn()
+    wall = [[] for _ in fns]
+    cpu = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            c, t = time.process_time(), time.perf_counter()
+            fn()
+            wall[i].append(time.perf_counter() - t)
+            cpu[i].append(time.process_time() - c)
+    return [(min(w), statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
 
 
 def right_looking_lu(a: torch.Tensor) -> torch.Tensor:
@@ -99,18 +116,16 @@ def main(argv: list[str]) -> None:
     cases = [("elementwise", elementwise), ("matmul", matmuls), ("MLP forward", mlp),
              ("LU 256 (torch code)", lambda: right_looking_lu(A))]
     print(f"torch {torch.__version__}, 1 thread; MLP {batch}x{width} -> {width} -> {width} -> 64; "
-          "ms best/median of %d (LU: 2); ratio = emulated median / float32 median, best/best the same for the "
-          "best times (less sensitive to machine load)" % reps)
+          "%d repeats (elementwise: %d; LU: 2), the settings of a case taking turns within each repeat so that "
+          "a change of machine load falls on all alike; ratio = emulated median / float32 median, best/best "
+          "the same for the best times; cpu = median process CPU time per call" % (reps, 8 * reps))
     print(f"{'case':22s} {'setting':30s} {'ms best':>9s} {'ms median':>10s} {'ratio':>7s} {'best/best':>9s} "
           f"{'cpu ms':>8s} {'cpu ratio':>9s}")
     for name, fn in cases:
         if only and not any(name.startswith(o) for o in only):
             continue
-        reps_here = (1 if quick else 2) if name.startswith("LU") else reps
-        best0, base = timeit(fn, reps_here)
-        cpu0 = CPU[0]
-        print(f"{name:22s} {'float32 (plain)':30s} {best0 * 1e3:9.2f} {base * 1e3:10.2f} {1.0:7.2f} {1.0:9.2f} "
-              f"{cpu0 * 1e3:8.2f} {1.0:9.2f}", flush=True)
+        reps_here = (1 if quick else 2) if name.startswith("LU") else reps * (8 if name == "elementwise" else 1)
+        runs = [("float32 (plain)", fn)]
         for fmt, opts in settings:
             if name.startswith("LU") and opts.get("accumulator"):
                 continue
@@ -123,9 +138,12 @@ def main(argv: list[str]) -> None:
                 with floatlab.emulate(fmt, **kw):
                     return fn()
 
-            b, m = timeit(run, reps_here)
-            print(f"{name:22s} {label:30s} {b * 1e3:9.2f} {m * 1e3:10.2f} {m / base:7.2f} {b / best0:9.2f} "
-                  f"{CPU[0] * 1e3:8.2f} {CPU[0] / cpu0:9.2f}", flush=True)
+            runs.append((label, run))
+        stats = interleaved([f for _, f in runs], reps_here)
+        (best0, med0, cpu0) = stats[0]
+        for (label, _), (b, m, c) in zip(runs, stats):
+            print(f"{name:22s} {label:30s} {b * 1e3:9.2f} {m * 1e3:10.2f} {m / med0:7.2f} {b / best0:9.2f} "
+                  f"{c * 1e3:8.2f} {c / cpu0:9.2f}", flush=True)
     if only and not any(o.startswith("LU") for o in only):
         return
     # LU with every operation rounded, without the dispatch layer
