@@ -3,6 +3,8 @@ in the training layers: fake_quantize, alone and between a power-of-two scale an
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -166,3 +168,36 @@ def test_fold_rows_is_fold_bit_for_bit(shape, kernel, stride, padding, dilation,
                   stride=stride)
     got = lookup.fold_rows(rows, n, (h, w), kernel, stride, padding, dilation, groups)
     assert torch.equal(_bits(got), _bits(want))
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 100, 4099])
+def test_amax_is_scaling_amax(n):
+    from floatlab.nn import scaling
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, generator=g) * 2.0 ** torch.randint(-140, 120, (n,), generator=g)
+    cases = [x, -x.abs(), torch.zeros(n), -torch.zeros(n), torch.full((n,), float("inf")),
+             torch.full((n,), float("nan"))]
+    if n > 3:
+        y = x.clone()
+        y[1], y[2], y[-1] = float("inf"), float("nan"), -float("inf")
+        cases.append(y)
+        z = x.clone()
+        z[n // 2] = -torch.finfo(torch.float32).max
+        cases.append(z)
+    for t in cases:
+        want = float(scaling.amax(t))
+        got = lookup.amax(t)
+        assert got == want and math.copysign(1.0, got) == math.copysign(1.0, want), (got, want)
+
+
+def test_amax_reads_dense_layouts_and_refuses_others():
+    from floatlab.nn import scaling
+    x = torch.randn(4, 6, 5, 7) * 10
+    x[1, 2, 3, 4] = -1e30
+    cl = x.contiguous(memory_format=torch.channels_last)
+    for t in (cl, x.transpose(0, 3), x.reshape(24, 35).t(), x[1:3], cl[2:]):
+        assert lookup.amax(t) == float(scaling.amax(t))
+    assert lookup.amax(x[:, :, :, :3]) is None        # not dense: the caller's path takes it
+    assert lookup.amax(x[::2]) is None and lookup.amax(x[:, :1]) is None
+    assert lookup.amax(x.double()) is None
+    assert lookup.amax(torch.randn(3).expand(4, 3)) is None

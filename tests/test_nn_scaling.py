@@ -55,3 +55,14 @@ def test_delayed_amax_and_push_is_delayed_amax_then_push():
             got = delayed_amax_and_push(h2, c)
             assert torch.equal(h1, h2) or torch.allclose(h1, h2, rtol=0, atol=0, equal_nan=True)
             assert got == float(want) or (got != got and float(want) != float(want))
+
+
+def test_delayed_amax_and_push_takes_a_python_float_as_its_float32_value():
+    from floatlab.nn.scaling import delayed_amax_and_push
+    for hist in ([0.0] * 4, [1.0, 5.0, 3.0, 0.5], [1.0, NAN, 3.0, 0.5]):
+        for cur in (0.0, 4.0, 1.0 + 2.0 ** -30, 3.4e38, 1e-45):    # the last three round in float32
+            h1, h2 = torch.tensor(hist), torch.tensor(hist)
+            want = delayed_amax_and_push(h1, torch.tensor(cur, dtype=torch.float64))
+            got = delayed_amax_and_push(h2, cur)
+            assert torch.equal(h1.view(torch.int32), h2.view(torch.int32))
+            assert got == want or (got != got and want != want)

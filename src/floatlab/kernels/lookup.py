@@ -80,6 +80,9 @@ def _load() -> ctypes.CDLL | None:
     fn = lib.floatlab_fold_rows
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 15
     fn.restype = None
+    fn = lib.floatlab_amax
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = ctypes.c_float
     fn = lib.floatlab_int_round
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float,
                    ctypes.c_float, ctypes.c_float, ctypes.c_int]
@@ -194,6 +197,32 @@ def int_round(t: torch.Tensor, fmt, draws: torch.Tensor | None, scale: float | N
     return y
 
 
+# ---- per-tensor amax ---------------------------------------------------------------------------
+def _dense(t: torch.Tensor) -> bool:
+    """Do ``t``'s elements fill ``numel`` consecutive storage slots (any order of dimensions)?"""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def amax(t: torch.Tensor) -> float | None:
+    """The largest finite magnitude of a float32 CPU tensor as a Python float (0.0 when it has
+    none), the value of ``float(floatlab.nn.scaling.amax(t))``, in one native pass over its
+    storage; None where the loop is unavailable or ``t`` is not float32 on the CPU with its
+    elements in ``numel`` consecutive slots (contiguous in some order of its dimensions)."""
+    if t.dtype is not torch.float32 or t.device.type != "cpu" or not _dense(t):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    return float(lib.floatlab_amax(t.data_ptr(), t.numel())) if t.numel() else 0.0
+
+
 # ---- the implicit GEMM's unfolded input -------------------------------------------------------
 def unfold_rows(x: torch.Tensor, kernel, stride, padding, dilation, groups: int) -> torch.Tensor | None:
     """``F.unfold(x, ...)`` laid out as the implicit GEMM's rows, ``(G, N*L, Kg)`` contiguous
@@ -243,5 +272,5 @@ def fold_rows(rows: torch.Tensor, n: int, size, kernel, stride, padding, dilatio
     return out
 
 
-__all__ = ["fold_rows", "unfold_rows", "available", "build_table", "table", "round_scaled", "representatives", "int_format_fits",
+__all__ = ["amax", "fold_rows", "unfold_rows", "available", "build_table", "table", "round_scaled", "representatives", "int_format_fits",
            "int_round"]

@@ -167,3 +167,33 @@ extern "C" void floatlab_fold_rows(const float* __restrict rows, float* __restri
         }
     }
 }
+
+// The largest finite magnitude of n float32 values (0 when there is none): max |x| over the
+// values that are neither infinite nor NaN, the value floatlab.nn.scaling.amax returns (a max
+// involves no rounding, so any order of comparisons gives it). 16 running maxima in a GCC/Clang
+// vector (the compiler maps it to the CPU's registers): `m > v ? m : v` is a lane-wise max here
+// (neither operand is ever NaN: v is |x| or 0, m starts at 0).
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
+extern "C" float floatlab_amax(const float* __restrict x, int64_t n) {
+    const float big = 3.40282346638528859812e+38f;   // FLT_MAX
+    const i32x16 nosign = (i32x16){} + 0x7fffffff;
+    f32x16 m = {};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        f32x16 v;
+        std::memcpy(&v, x + i, sizeof v);
+        const f32x16 a = (f32x16)((i32x16)v & nosign);
+        const f32x16 f = (a <= big) ? a : (f32x16){};   // false for inf and NaN
+        m = (m > f) ? m : f;
+    }
+    float r = 0.0f;
+    for (int k = 0; k < 16; ++k) r = r > m[k] ? r : m[k];
+    for (; i < n; ++i) {
+        const float a = __builtin_fabsf(x[i]);
+        const float f = (a <= big) ? a : 0.0f;
+        r = r > f ? r : f;
+    }
+    return r;
+}

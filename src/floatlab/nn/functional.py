@@ -132,8 +132,10 @@ def operand_scale(t: torch.Tensor, tspec: TensorSpec, which: int, state: QuantSt
     same value as :func:`scaling.pow2_scale`), elsewhere a float32 0-d tensor on ``t``'s device."""
     if tspec.scaling is Scaling.NONE:
         return None
-    cur = scaling.amax(t)
     cpu = t.device.type == "cpu"
+    cur = _native_amax(t) if cpu else None
+    if cur is None:
+        cur = scaling.amax(t)
     if tspec.scaling is Scaling.DELAYED:
         if state.amax_history is None:
             raise RuntimeError("delayed scaling needs an amax history (use QLinear)")
@@ -149,6 +151,14 @@ def operand_scale(t: torch.Tensor, tspec: TensorSpec, which: int, state: QuantSt
     if cpu:
         return scaling.pow2_scale_value(float(ref), target)
     return scaling.pow2_scale(ref, target).to(t.device)
+
+
+def _native_amax(t: torch.Tensor) -> float | None:
+    """``float(scaling.amax(t))`` in one native pass (:func:`floatlab.kernels.lookup.amax`: a max
+    involves no rounding, so the same value), where available on the default backend; else None."""
+    if resolve_backend(None) != "auto" or torch.compiler.is_compiling():
+        return None
+    return lookup.amax(t)
 
 
 def block_length(fmt: str) -> int | None:

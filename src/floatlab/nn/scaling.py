@@ -9,6 +9,7 @@ GEMM would apply ``1 / (s_a s_b)`` to its output with no extra rounding.
 from __future__ import annotations
 
 import math
+from array import array
 
 import torch
 
@@ -84,16 +85,23 @@ def push(history: torch.Tensor, current: torch.Tensor) -> None:
         history[0] = current.to(history.dtype)
 
 
-def delayed_amax_and_push(history: torch.Tensor, current: torch.Tensor) -> float:
+def delayed_amax_and_push(history: torch.Tensor, current: torch.Tensor | float) -> float:
     """``float(delayed_amax(history, current))`` followed by ``push(history, current)``, on
     Python floats for a CPU history (the same values: a max over float32 numbers and a copy;
     a NaN in the history makes its max NaN, as ``history.max()`` does). One small tensor
-    operation instead of six per operand."""
+    operation instead of six per operand. ``current`` may be a Python float (a CPU history only),
+    taken as rounded to the history's dtype."""
     if history.device.type != "cpu":
+        current = torch.as_tensor(current, device=history.device)
         ref = float(delayed_amax(history, current))
         push(history, current)
         return ref
-    cur = float(current.to(history.dtype))
+    if isinstance(current, torch.Tensor):
+        cur = float(current.to(history.dtype))
+    elif history.dtype is torch.float32:
+        cur = array("f", [current])[0]      # the C cast: round to nearest even, as .to(float32)
+    else:
+        cur = float(torch.tensor(current, dtype=torch.float64).to(history.dtype))
     old = history.tolist()
     h = math.nan if any(v != v for v in old) else max(old)
     with torch.no_grad():
