@@ -139,3 +139,16 @@ def test_bad_option_values_list_the_valid_ones(make, valid):
 def test_bad_option_value_suggests_the_close_one():
     with pytest.raises(ValueError, match=r"'FLOOR' is not a valid ScaleRule; did you mean 'floor'\?"):
         floatlab.block_format("e2m1", "e8m0", 32, rule="FLOOR")
+
+
+def test_generator_with_a_deterministic_mode_is_refused():
+    import floatlab
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64)
+    for fn in (floatlab.quantize, floatlab.encode):
+        for fmt, rounding in [("e4m3", "rne"), ("e4m3", None), ("mxfp4", None), ("int8", "rtz")]:
+            with pytest.raises(ValueError, match="deterministic"):
+                fn(x, fmt, rounding, generator=g)
+        fn(x, "e4m3", "sr", generator=g)            # the stochastic modes draw from it
+    with floatlab.emulate("fp16", generator=g):     # the Rounder passes it to stochastic modes only
+        torch.exp(x)

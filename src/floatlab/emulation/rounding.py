@@ -276,7 +276,8 @@ class Rounder:
 
     def _quantize(self, t: torch.Tensor) -> torch.Tensor:
         from floatlab.ops.api import quantize
-        return quantize(t, self.spec, self.mode, self.saturate or None, self.generator,
+        return quantize(t, self.spec, self.mode, self.saturate or None,
+                        self.generator if self.mode.is_stochastic else None,
                         self.sr_bits, backend=self.backend, grad="none")
 
     def round_exact(self, s: torch.Tensor, e: torch.Tensor | None) -> torch.Tensor:

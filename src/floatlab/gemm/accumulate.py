@@ -110,7 +110,11 @@ def round_to(x: torch.Tensor, fmt: str, rounding: str = "rne", generator: torch.
         return x.float().double()
     from floatlab import quantize  # imported lazily: the core package imports nothing from here
 
-    return quantize(x, fmt, rounding=rounding, generator=generator).double()
+    from floatlab.rounding import resolve_rounding
+    from floatlab.formats.registry import get_format
+
+    stochastic = resolve_rounding(get_format(fmt), rounding, None).is_stochastic
+    return quantize(x, fmt, rounding=rounding, generator=generator if stochastic else None).double()
 
 
 def accumulate(
