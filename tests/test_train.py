@@ -159,3 +159,14 @@ def test_train_run_refuses_other_settings_and_fresh_restarts(tmp_path, corpus):
     other = train_run("mxfp8", 0, short, tmp_path, corpus, fresh=True)
     assert other.recipe == "mxfp8" and len(other.train_loss) == 4
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["config"]["recipe"]["name"] == "mxfp8"
+
+
+def test_corpus_files_that_cannot_train_say_why(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        Corpus.load(f"file:{empty}")
+    with pytest.raises(ValueError, match="does not exist"):
+        Corpus.load(f"file:{tmp_path / 'missing.txt'}")
+    with pytest.raises(ValueError, match="is a folder"):
+        Corpus.load(f"file:{tmp_path}")

@@ -24,7 +24,7 @@ def load_text(corpus: str = "pydoc") -> str:
 
     Raises:
         ValueError: an unknown corpus name (a path given without ``file:`` says so), a file that
-            does not exist, is a folder or cannot be read.
+            does not exist, is a folder, cannot be read or is empty.
     """
     if not isinstance(corpus, str):
         raise TypeError(f"corpus must be a string ('pydoc' or 'file:PATH'), got {type(corpus).__name__}")
@@ -37,9 +37,13 @@ def load_text(corpus: str = "pydoc") -> str:
             what = "is a folder" if path.is_dir() else "does not exist"
             raise ValueError(f"corpus file {str(path)!r} {what}; give 'file:PATH' to a text file")
         try:
-            return path.read_text(encoding="utf-8", errors="replace")
+            text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as err:
             raise ValueError(f"cannot read corpus file {str(path)!r}: {err.strerror or err}") from None
+        if not text:
+            raise ValueError(f"corpus file {str(path)!r} is empty; give 'file:PATH' to a text file with "
+                             "the training text (a few KB at least)")
+        return text
     hint = f" (to use the file {corpus!r}, write 'file:{corpus}')" if Path(corpus).is_file() else ""
     raise ValueError(f"unknown corpus {corpus!r}: use 'pydoc' or 'file:PATH'{hint}")
 
