@@ -102,10 +102,11 @@ def test_integer_loop_equals_fake_quantize_and_takes_the_same_draws(fmt, roundin
         assert torch.equal(g1.get_state(), g2.get_state())
 
 
+@pytest.mark.parametrize("shape", [(33, 70), (301, 250)])     # the second: 2.3 draw slices
 @pytest.mark.parametrize("rounding", [None, "sr"])
-def test_int8_operand_same_with_and_without_the_loop(rounding, monkeypatch):
+def test_int8_operand_same_with_and_without_the_loop(rounding, shape, monkeypatch):
     ts = TensorSpec("int8", rounding, True, "contraction", Scaling.CURRENT)
-    t = torch.randn(33, 70) * 3
+    t = torch.randn(shape) * 3
     out = {}
     for native in ("1", "0"):
         monkeypatch.setenv("FLOATLAB_NATIVE", native)
@@ -201,3 +202,27 @@ def test_amax_reads_dense_layouts_and_refuses_others():
     assert lookup.amax(x[::2]) is None and lookup.amax(x[:, :1]) is None
     assert lookup.amax(x.double()) is None
     assert lookup.amax(torch.randn(3).expand(4, 3)) is None
+
+
+@pytest.mark.parametrize("n,chunk", [(lookup.DRAW_CHUNK * 2 + 5, lookup.DRAW_CHUNK), (1000, 7), (64, 64)])
+def test_uniform_draws_slice_by_slice_are_the_draws_of_one_call(n, chunk):
+    """What int_round_drawn relies on: torch's CPU uniform_ continues one stream across calls."""
+    g1, g2 = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+    whole = torch.empty(n, dtype=torch.float64).uniform_(0, 1, generator=g1)
+    parts = torch.empty(n, dtype=torch.float64)
+    for s in range(0, n, chunk):
+        parts[s:s + chunk].uniform_(0, 1, generator=g2)
+    assert torch.equal(whole, parts) and torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_int_round_drawn_is_int_round_with_all_draws():
+    from floatlab.formats.registry import get_format
+    spec = get_format("int8")
+    t = torch.randn(5000) * 100
+    t[::97] = float("inf")
+    t[1::89] = float("nan")
+    g1, g2 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    want = lookup.int_round(t, spec, torch.empty(5000, dtype=torch.float64).uniform_(0, 1, generator=g1), 0.5)
+    got = lookup.int_round_drawn(t, spec, lambda d: d.uniform_(0, 1, generator=g2),
+                                 torch.empty(333, dtype=torch.float64), 0.5)
+    assert torch.equal(_bits(got), _bits(want)) and torch.equal(g1.get_state(), g2.get_state())

@@ -197,6 +197,35 @@ def int_round(t: torch.Tensor, fmt, draws: torch.Tensor | None, scale: float | N
     return y
 
 
+DRAW_CHUNK = 1 << 15     # float64 draws per slice of int_round_drawn: 256 KiB, cache-resident
+
+
+def int_round_drawn(t: torch.Tensor, fmt, draw: Callable[[torch.Tensor], object],
+                    buffer: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """:func:`int_round` with stochastic rounding against draws made slice by slice: ``draw(d)``
+    fills ``d`` (a float64 slice of ``buffer``, at most ``buffer.numel()`` values) with the
+    draws of the next ``d.numel()`` elements, in row-major order, and the slice is rounded at
+    once, while its draws are still in the cache, instead of writing all draws and reading them
+    back. The caller's ``draw`` must give the same values slice by slice as in one call
+    (``uniform_`` on a CPU generator does: one 64-bit draw per float64 value, in order; tested
+    in tests/test_kernels_lookup.py)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native loop is not available (check lookup.available())")
+    if buffer.dtype is not torch.float64 or not buffer.is_contiguous() or buffer.numel() < 1:
+        raise ValueError("buffer must be a contiguous float64 tensor of at least one value")
+    x = t.contiguous()
+    y = torch.empty(t.shape, dtype=torch.float32)
+    n, chunk = x.numel(), buffer.numel()
+    px, py, pu = x.data_ptr(), y.data_ptr(), buffer.data_ptr()
+    hi, lo, sc = float(fmt.max_value), float(fmt.max_negative), float(scale or 1.0)
+    for s in range(0, n, chunk):
+        k = min(chunk, n - s)
+        draw(buffer[:k])
+        lib.floatlab_int_round(px + 4 * s, py + 4 * s, k, pu, hi, lo, sc, scale is not None)
+    return y
+
+
 # ---- per-tensor amax ---------------------------------------------------------------------------
 def _dense(t: torch.Tensor) -> bool:
     """Do ``t``'s elements fill ``numel`` consecutive storage slots (any order of dimensions)?"""
@@ -273,4 +302,4 @@ def fold_rows(rows: torch.Tensor, n: int, size, kernel, stride, padding, dilatio
 
 
 __all__ = ["amax", "fold_rows", "unfold_rows", "available", "build_table", "table", "round_scaled", "representatives", "int_format_fits",
-           "int_round"]
+           "int_round", "int_round_drawn", "DRAW_CHUNK"]

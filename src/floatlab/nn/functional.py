@@ -109,12 +109,13 @@ def _native_round(t: torch.Tensor, tspec: TensorSpec, state: QuantState,
     if saturate and mode in (None, "rne", "sr") and lookup.int_format_fits(spec):
         if mode == "sr":
             # torch.rand(t.shape, float64, generator) is empty(...).uniform_(0, 1, generator): the
-            # same draws into a buffer kept per size (no fresh pages for each gradient)
-            draws = state.cache.get(("draws", t.numel()))
+            # same draws, made a cache-sized slice at a time into one kept buffer and rounded
+            # slice by slice (uniform_ on consecutive slices continues the same stream)
+            draws = state.cache.get("draws")
             if draws is None:
-                draws = state.cache[("draws", t.numel())] = torch.empty(t.numel(), dtype=torch.float64)
-            draws.uniform_(0, 1, generator=state.gen(t.device))
-            return lookup.int_round(t, spec, draws, s)
+                draws = state.cache["draws"] = torch.empty(lookup.DRAW_CHUNK, dtype=torch.float64)
+            gen = state.gen(t.device)
+            return lookup.int_round_drawn(t, spec, lambda d: d.uniform_(0, 1, generator=gen), draws, s)
         if mode == "rne" or parse_rounding(spec.default_rounding).value == "rne":
             return lookup.int_round(t, spec, None, s)
     if tspec.stochastic:
