@@ -1,11 +1,12 @@
 """Built-in recipes (see docs/training.md for the sources and the choices made).
 
 Keep rules (what :func:`floatlab.nn.quantize_model` leaves in float32): every built-in recipe
-keeps, *by name*, each ``nn.Linear`` whose qualified name matches
+keeps, *by name*, each ``nn.Linear``, ``nn.Conv1d`` or ``nn.Conv2d`` whose qualified name matches
 ``*embed*``, ``*wte*``, ``*wpe*``, ``*lm_head*``, ``*head``, ``*norm*`` or ``*ln*``
-(:data:`floatlab.nn.recipe.DEFAULT_KEEP`); ``nvfp4`` also keeps the last 2 remaining linear
-layers (``keep_last=2``, NVIDIA's recipe), so on a model with only 2 linear layers it quantizes
-none. Only plain ``nn.Linear`` layers are quantized (not convolutions). ``quantize_model``
+(:data:`floatlab.nn.recipe.DEFAULT_KEEP`); ``nvfp4`` also keeps the last 2 remaining such
+layers (``keep_last=2``, NVIDIA's recipe), so on a model with only 2 of them it quantizes
+none. Only those plain module types are quantized (see :func:`floatlab.nn.quantize_model` for
+what is left and why). ``quantize_model``
 returns a report of what it did and warns when little or nothing was quantized; change the
 rules with ``get_recipe("nvfp4").replace(keep_last=0, keep=())``.
 
