@@ -9,8 +9,13 @@ environment variable when the argument is None):
            (and everywhere once ``torch.compile`` failed, with one warning)
 ``compiled`` the compiled kernel; raises if the case is not supported or cannot compile
 ``eager``  the same kernel run op by op without a compiler (for tests and debugging)
+``native`` the native C++ scalar kernel (:mod:`floatlab.kernels.native_scalar`: float32 CPU
+           tensors, float formats, modes rne/rna/rnz/sr/sr_half); raises where it does not apply
 ``plain``  the plain reference path (:mod:`floatlab.plain.scalar`, :mod:`floatlab.plain.block`)
 ========== ============================================================================
+
+``auto`` runs the native scalar kernel first wherever it applies (any size, with or without
+``out=``; built on first use, ``FLOATLAB_NATIVE=0`` turns it off), then the compiled kernel.
 
 ``FLOATLAB_FAST=0`` (or ``plain``) selects ``plain``, ``FLOATLAB_FAST=eager`` selects ``eager``.
 
@@ -32,12 +37,12 @@ import torch
 from floatlab.formats.floating import FloatFormat
 from floatlab.formats.hifloat8 import HiF8Format
 from floatlab.formats.integer import IntFormat
-from floatlab.kernels import compiler, memory
+from floatlab.kernels import compiler, memory, native_scalar
 from floatlab.kernels.rng import draw_seed
 from floatlab.kernels.scalar import F32, F64, Plan, quantize_kernel
 from floatlab.rounding import RoundingMode as M
 
-BACKENDS = ("auto", "compiled", "eager", "plain")
+BACKENDS = ("auto", "compiled", "eager", "native", "plain")
 COMPILE_MIN_NUMEL = 1 << 16   # "auto" runs smaller tensors through the same kernel uncompiled:
                               # compiling a new plan (0.3-10 s) only pays off on large tensors
 _ENV = "FLOATLAB_FAST"
@@ -159,6 +164,15 @@ def quantize_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr
     if backend == "plain":
         return None
     plan = scalar_plan(fmt, mode, saturate, x.dtype, sr_bits, generator)
+    if backend in ("auto", "native"):
+        y = _quantize_native(x, plan, fmt, mode, saturate, generator, sr_bits, out)
+        if y is not None:
+            return y
+        if backend == "native":
+            raise FastPathUnsupported(f"the native kernel does not support {fmt.name!r} with "
+                                      f"{mode.value!r} for {x.dtype} inputs on {x.device} "
+                                      "(float32 CPU tensors and float formats only), or it "
+                                      "could not be built")
     use_compiler = (backend == "compiled" and x.numel() >= 2) or \
         (backend == "auto" and x.numel() >= COMPILE_MIN_NUMEL)
     if plan is None or (backend == "auto" and not compiler.compile_available()):
@@ -191,3 +205,25 @@ def quantize_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr
     if out is not None:
         return out.copy_(y)
     return y
+
+
+def _quantize_native(x, plan, fmt, mode, saturate, generator, sr_bits, out):
+    """The native scalar kernel's result (written into ``out`` where given), or None where it
+    does not apply: not float32 on the CPU, a format or mode it lacks, inside torch.compile's
+    tracing, or no library (``FLOATLAB_NATIVE=0``, no compiler, a failed build)."""
+    if (plan is None or x.dtype is not torch.float32 or x.device.type != "cpu"
+            or torch.compiler.is_compiling()):
+        return None
+    nplan = native_scalar.plan(fmt, mode, bool(saturate), sr_bits, plan.rng)
+    if nplan is None or not native_scalar.available():
+        return None
+    rnd = draws(plan, x.shape, x.device, generator)       # the compiled/plain path's draws
+    src = x.contiguous()
+    direct = out is not None and out.is_contiguous()
+    dst = out if direct else memory.large_output(x)
+    if dst is None:
+        dst = torch.empty(x.shape, dtype=x.dtype)
+    native_scalar.round_into(src, dst, nplan, rnd if rnd is None or not rnd.ndim else rnd.reshape(-1))
+    if out is not None and not direct:
+        return out.copy_(dst)
+    return dst

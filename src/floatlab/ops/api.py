@@ -68,9 +68,11 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
             exact probability.
         out: a preallocated tensor of ``x``'s shape, dtype and device to write the result into
             (returned); saves the allocation (page faults dominate a fresh 64 MB output).
-        backend: ``"auto"`` (default: the fused compiled kernel where it applies, else the
-            plain path), ``"compiled"``, ``"eager"`` (the fused kernel without a compiler) or
-            ``"plain"`` (the reference path). ``None`` reads ``FLOATLAB_FAST`` (``0`` = plain).
+        backend: ``"auto"`` (default: the native C++ kernel for float32 CPU tensors in a float
+            format with rne/rna/rnz/sr/sr_half, else the fused compiled kernel where it applies,
+            else the plain path), ``"compiled"``, ``"eager"`` (the fused kernel without a
+            compiler), ``"native"`` (the native kernel only; scalar formats) or ``"plain"``
+            (the reference path). ``None`` reads ``FLOATLAB_FAST`` (``0`` = plain).
             All return the same bits; with ``generator=None`` the stochastic modes of the fast
             path draw from an in-kernel hash instead of ``torch.rand`` (see
             :mod:`floatlab.kernels.dispatch`); pass a generator for draws identical to the plain
@@ -99,8 +101,8 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
             ``rounding="sr"``; a ``generator`` with a deterministic mode; ``saturate=False`` for a block format; a block axis out of range
             or a length that is not a multiple of the block with ``pad=False``; ``out=`` when a
             gradient must be recorded; a bad ``grad`` or ``backend``.
-        FastPathUnsupported: ``backend="compiled"`` or ``"eager"`` for a case the fused kernels
-            do not cover (``"auto"`` falls back to the plain path instead).
+        FastPathUnsupported: ``backend="compiled"``, ``"eager"`` or ``"native"`` for a case
+            those kernels do not cover (``"auto"`` falls back to the plain path instead).
 
     Example:
         >>> import torch, floatlab
@@ -120,6 +122,9 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     spec = get_format(fmt)
     if isinstance(spec, BlockFormat):
         mode, axis, pad = _block_args(spec, rounding, saturate, sr_bits, block_options)
+        if backend == "native":
+            raise dispatch.FastPathUnsupported(f"backend='native' covers scalar formats; "
+                                               f"{spec.name!r} is a block format (use 'auto')")
     else:
         _reject_block_options(spec, block_options)
         mode = resolve_rounding(spec, rounding, sr_bits)
@@ -208,6 +213,7 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     _check_input(x)
     saturate = check_flag(saturate, "saturate", optional=True)
     backend = dispatch.resolve_backend(backend)
+    backend = "auto" if backend == "native" else backend   # codes: no native kernel of their own
     spec = get_format(fmt)
     if isinstance(spec, BlockFormat):
         mode, axis, pad = _block_args(spec, rounding, saturate, sr_bits, block_options)
