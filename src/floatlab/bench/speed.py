@@ -69,6 +69,10 @@ def _torch_f8():
     return lambda x: x.to(torch.float8_e4m3fn).to(torch.float32)
 
 
+def _torch_cast(dtype):
+    return lambda x: x.to(dtype).to(torch.float32)
+
+
 def _torchao_f8():
     from torchao.quantization.quant_primitives import (_dequantize_affine_float8,
                                                        _quantize_affine_float8)
@@ -155,6 +159,10 @@ CASES: dict[str, tuple[str, str | None, list[tuple[str, Callable]]]] = {
                                  ("ml_dtypes", lambda: _ml_dtypes_cast("float8_e4m3fn")),
                                  ("pychop", _pychop_e4m3), ("gfloat", _gfloat_e4m3),
                                  ("brevitas", _brevitas_e4m3)]),
+    "e5m2 rne": ("e5m2", "rne", [("torch cast", lambda: _torch_cast(torch.float8_e5m2)),
+                                 ("ml_dtypes", lambda: _ml_dtypes_cast("float8_e5m2"))]),
+    "fp16 rne": ("fp16", "rne", [("torch cast", lambda: _torch_cast(torch.float16))]),
+    "bf16 rne": ("bf16", "rne", [("torch cast", lambda: _torch_cast(torch.bfloat16))]),
     "hif8 rna": ("hif8", "rna", [("en_dtypes", _en_dtypes_hif8)]),
     "e4m3 sr": ("e4m3", "sr", [("qtorch", lambda: _qtorch(4, 3, "stochastic"))]),
     "bf16 sr": ("bf16", "sr", [("torchao", _torchao_bf16_sr),
@@ -165,6 +173,19 @@ CASES: dict[str, tuple[str, str | None, list[tuple[str, Callable]]]] = {
                               ("torchao", _torchao_nvfp4)]),
     "hif4": ("hif4", None, []),
 }
+
+
+# issue 20's goals for ``floatlab out=`` against ``dst.copy_(x)`` (2^24 float32 values, 2 threads)
+GOALS = {"e4m3 rne": 0.8, "e5m2 rne": 0.8, "fp16 rne": 0.8, "bf16 rne": 0.8, "hif8 rna": 0.8,
+         "e4m3 sr": 0.5, "bf16 sr": 0.5, "mxfp4": 0.5, "nvfp4": 0.5, "hif4": 0.5}
+
+
+def goal_note(case: str, impl: str, vs_copy: float | None) -> str:
+    """``">= 0.8: met"`` (or ``not met``) for a ``floatlab out=`` row with a goal, else ``""``."""
+    goal = GOALS.get(case)
+    if impl != "floatlab out=" or goal is None or vs_copy is None:
+        return ""
+    return f"copy_ >= {goal}: {'met' if vs_copy >= goal else 'not met'}"
 
 
 def fresh_pages() -> bool:
@@ -254,6 +275,7 @@ def _measure(impls, rows, case, x, dst, reps, log) -> None:
     for name, _ in live:
         t = best[name]
         row = Row(case, name, t, best["clone"] / t, best["copy"] / t)
+        row.note = goal_note(case, name, row.vs_copy)
         rows.append(row)
         log(format_row(row, x.numel()))
 
@@ -267,10 +289,10 @@ def _skip(rows: list[Row], case: str, name: str, err: Exception, n: int, log) ->
 
 def format_row(r: Row, n: int) -> str:
     if r.seconds is None:
-        return f"| {r.case} | {r.impl} | - | - | - | {r.note} |"
+        return f"| {r.case} | {r.impl} | - | - | - | - | {r.note} |"
     return (f"| {r.case} | {r.impl} | {r.seconds * 1e3:.1f} | {n / r.seconds / 1e6:.0f} | "
-            f"{r.vs_clone:.2f} | {r.vs_copy:.2f} |")
+            f"{r.vs_clone:.2f} | {r.vs_copy:.2f} | {r.note} |")
 
 
-HEADER = ("| case | implementation | ms | Melem/s | vs x.clone() | vs dst.copy_(x) |\n"
-          "|---|---|---:|---:|---:|---:|")
+HEADER = ("| case | implementation | ms | Melem/s | vs x.clone() | vs dst.copy_(x) | goal (issue 20) |\n"
+          "|---|---|---:|---:|---:|---:|---|")

@@ -11,7 +11,7 @@ def speed_command(
     size: int = typer.Option(2 ** 24, help="elements of the float32 test tensor (rounded down to whole rows of the block width)"),
     reps: int = typer.Option(5, help="timed runs per implementation (the best counts)"),
     case: list[str] = typer.Option(None, help="cases to run (default: all): "
-                                   "'e4m3 rne', 'hif8 rna', 'e4m3 sr', 'bf16 sr', mxfp4, nvfp4, hif4"),
+                                   "'e4m3 rne', 'e5m2 rne', 'fp16 rne', 'bf16 rne', 'hif8 rna', 'e4m3 sr', 'bf16 sr', mxfp4, nvfp4, hif4"),
     peers: bool = typer.Option(True, help="also time the installed peers"),
 ) -> None:
     """Elements/s and the ratio to x.clone() and to dst.copy_(x) for every implementation."""
