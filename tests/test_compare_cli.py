@@ -153,3 +153,69 @@ def test_a_group_size_that_does_not_divide_a_layer_is_refused_before_work(tmp_pa
     assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
     assert "--group-size" in r.output and "group_size 7 does not divide the last dimension (384)" in r.output
     assert "Traceback" not in r.output and not (tmp_path / "q").exists()
+
+
+def test_compare_threads_and_profile(tmp_path):
+    """--threads sets torch's threads for the run (recorded, said, and the caller's count put back
+    afterwards); --profile prints where the time went and stores it in results.json, its phases
+    adding up from the cells' own seconds."""
+    import gc
+
+    import torch
+
+    before = torch.get_num_threads()
+    want = 2 if before == 1 else 1                           # differs from the caller's count
+    r = runner.invoke(app, ["compare", "--formats", "bf16,int4", "--pairs", "4", "--threads", str(want),
+                            "--profile", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert torch.get_num_threads() == before and gc.get_freeze_count() == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["threads"] == want
+    assert f"{want} torch thread{'s' if want != 1 else ''} per process (--threads)" in r.output
+    prof = res["profile"]
+    assert [c[0] for c in prof["formats"]] == ["bf16", "int4"]
+    phases = dict(prof["phases"])
+    assert phases["load model"] == res["seconds_load"] > 0
+    assert phases["quantize (2 cells)"] == sum(row["seconds_quantize"] for row in res["rows"])
+    assert phases["evaluate (2 cells)"] == sum(row["seconds_evaluate"] for row in res["rows"])
+    for row in res["rows"]:
+        assert 0 < row["seconds_quantize"] + row["seconds_evaluate"] + row["seconds_sqnr"] <= row["seconds"]
+    assert "where the time went" in r.output and "report (results.json, plots, report.md)" in r.output
+
+
+def test_compare_without_profile_stores_none_and_bad_threads_are_refused(tmp_path):
+    r = runner.invoke(app, ["compare", "--threads", "-1", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "--threads" in r.output, r.output
+    r = runner.invoke(app, ["compare", "--formats", "int8", "--pairs", "4", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert "profile" not in res and "where the time went" not in r.output
+    assert res["threads"] == 1                               # the default, as the training CLI's
+
+
+def test_compare_leaves_a_callers_gc_freeze_alone():
+    """run_compare freezes the objects surviving each cell (cheaper collections) and unfreezes at the
+    end, unless the caller had frozen objects: then it leaves the collector as it found it.
+    (gc.get_objects() lists the collector's generations, not the frozen objects.)"""
+    import gc
+
+    from floatlab.ptq.compare import _survivors_frozen
+
+    def tracked(x):
+        return any(o is x for o in gc.get_objects())
+
+    assert gc.get_freeze_count() == 0
+    with _survivors_frozen() as freeze:
+        a = []
+        freeze()
+        assert not tracked(a)                                # frozen
+    assert gc.get_freeze_count() == 0 and tracked(a)          # unfrozen at the end
+    gc.freeze()
+    try:
+        with _survivors_frozen() as freeze:
+            b = []
+            freeze()
+            assert tracked(b)                                # the caller froze: no freeze here
+        assert gc.get_freeze_count() > 0 and not tracked(a)  # and the caller's freeze stays
+    finally:
+        gc.unfreeze()

@@ -34,9 +34,10 @@ def compare_command(
     device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N (under torchrun: each process its local GPU)"),
     out: Path = typer.Option(Path("results/compare"), "--out", "-o", help="folder for results.json, report.md, plots"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
+    threads: int = typer.Option(1, "--threads", help="torch CPU threads; 0 keeps torch's default (one per core). 1 is the default: on shared cores OpenMP barriers stall when cores are oversubscribed (on a loaded 2-core machine the default run took 3x as long on 2 threads as on 1); results.json records the count"),
+    profile: bool = typer.Option(False, "--profile", help="print where the time went (load, fp32 reference, calibration, quantize / evaluate / layer SQNR per format, report) and store it in results.json under \"profile\""),
 ) -> None:
     """Quantize a real model into many formats (weights and activations, RTN by default) and rank them."""
-    from floatlab import parallel
     from floatlab.cli import inputs
 
     t0 = time.time()
@@ -51,6 +52,7 @@ def compare_command(
     inputs.check_text_field(text_field, calib_data, eval_data)
     check_int(windows, "--windows", 1)
     check_int(window, "--window", 2)
+    check_int(threads, "--threads", 0, hint="0 keeps torch's default")
     policy = inputs.nonfinite(nonfinite_tokens)
     dev = inputs.device(device)
     out = check_out_dir(out)
@@ -64,19 +66,43 @@ def compare_command(
         warn(f"--calib-data is not read: method {method!r} does not calibrate")
     check_earlier_result(out, ("results.json", "report.md"), overwrite)   # last: a mistake is named before any prompt
 
+    import torch
+
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        _run(model, dev, opts_kw=dict(formats=fmts, method=method, weights_only=weights_only, calib=calib,
+                                      pairs=pairs, windows=windows, window=window, calib_data=cal_texts,
+                                      eval_data=eval_texts, nonfinite_tokens=policy, device=str(dev)),
+             checks=dict(pairs=pairs, windows=windows, window=window, calib=calib, calibrates=calibrates,
+                         calib_data=cal_texts, eval_data=eval_texts),
+             threads=threads, profile=profile, out=out, t0=t0, title_bits=(weights_only, method))
+    finally:
+        torch.set_num_threads(before)    # called in-process (tests, notebooks): the caller's threads back
+
+
+def _run(model, dev, opts_kw, checks, threads, profile, out, t0, title_bits) -> None:
+    """Load, run the grid, print and write (the inputs are checked)."""
+    import torch
+
+    from floatlab import parallel
+    from floatlab.cli import inputs
     from floatlab.ptq.compare import CompareOptions, run_compare
     from floatlab.ptq.report import compare_table, render_compare
 
+    weights_only, method = title_bits
     rank, size = parallel.init_from_env(dev)
     lm = inputs.load(model, device=dev)
-    inputs.check_data(lm, pairs=pairs, windows=windows, window=window, calib=calib, calibrates=calibrates,
-                      calib_data=cal_texts, eval_data=eval_texts)
-    opts = CompareOptions(formats=fmts, method=method, weights_only=weights_only, calib=calib, pairs=pairs,
-                          windows=windows, window=window, calib_data=cal_texts, eval_data=eval_texts,
-                          nonfinite_tokens=policy, device=str(dev))
+    inputs.check_data(lm, **checks)
+    opts = CompareOptions(**opts_kw)
+    t_load = time.time() - t0
     if rank == 0:
-        say(f"{lm.name} ({lm.model_type}, {lm.kind}) loaded in {time.time() - t0:.1f}s; baseline: {lm.baseline_note}"
-            + (f"; {size} processes" if size > 1 else ""))
+        n = torch.get_num_threads()
+        say(f"{lm.name} ({lm.model_type}, {lm.kind}) loaded in {t_load:.1f}s; baseline: {lm.baseline_note}"
+            + (f"; {size} processes" if size > 1 else "")
+            + f"; {n} torch thread{'s' if n != 1 else ''} per process ("
+            + ("--threads" if threads > 0 else "torch's default, --threads 0") + ")")
         compile_note()
     try:
         if rank == 0:
@@ -89,12 +115,32 @@ def compare_command(
     if rank != 0:
         return
     results["seconds_wall"] = time.time() - t0
+    results["seconds_load"] = t_load
     results["command"] = command_line()
+    if profile:
+        from floatlab.ptq.compare import compare_profile
+        results["profile"] = compare_profile(results, seconds_load=t_load)
     table_rows = compare_table(results)            # printed first: a failed write cannot hide it
     title = f"floatlab compare: {results['model']} ({'W-only' if weights_only else 'W+A'}, {method})"
     show_table(title, table_rows[0], table_rows[1:], right=[c for c in table_rows[0] if c not in ("format", "method")])
+    t_report = time.time()
     render_compare(results, out)
-    say(f"wrote {out}/results.json, {out}/report.md and plots; total {results['seconds_wall']:.1f}s")
+    t_report = time.time() - t_report
+    if profile:
+        _show_profile(results, t_report, time.time() - t0)
+    say(f"wrote {out}/results.json, {out}/report.md and plots; total {time.time() - t0:.1f}s")
+
+
+def _show_profile(results: dict, t_report: float, wall: float) -> None:
+    """The ``--profile`` tables: phases, then each cell (wall-clock seconds)."""
+    prof = results["profile"]
+    phases = [*prof["phases"], ["report (results.json, plots, report.md)", t_report]]
+    body = [[name, f"{s:.1f}", f"{100 * s / wall:.0f}%"] for name, s in phases]
+    show_table(f"where the time went: {wall:.1f} s wall on {results['threads']} torch thread(s)",
+               ["phase", "s", "of wall"], body, right=["s", "of wall"])
+    show_table("per cell", ["cell", "quantize s", "evaluate s", "SQNR s", "total s"],
+               [[c[0], *(f"{v:.1f}" for v in c[1:])] for c in prof["formats"]],
+               right=["quantize s", "evaluate s", "SQNR s", "total s"])
 
 
 def register(app: typer.Typer) -> None:

@@ -176,6 +176,25 @@ def quantized_variant(model: torch.nn.Module, cfg: PTQConfig, calib: list[dict],
             set_module(model, name, lin)
 
 
+@contextlib.contextmanager
+def _survivors_frozen():
+    """Yield ``freeze()``, called after each cell's memory release: what survives a cell lives
+    for the whole run (the model, the tokenizer, torch.compile's graphs and guards), and moving it
+    out of the garbage collector's view (:func:`gc.freeze`) makes each later ``gc.collect`` in
+    :func:`floatlab.parallel.release_memory` scan only the newer objects (0.5 s -> ~0 per call on
+    MiniLM: 10 s of a default run). Unfrozen at the end; a no-op when the caller froze objects
+    already (their freeze is theirs to undo)."""
+    import gc
+
+    if gc.get_freeze_count():
+        yield lambda: None
+        return
+    try:
+        yield gc.freeze
+    finally:
+        gc.unfreeze()
+
+
 def grid_cells(opts: CompareOptions) -> list[tuple[str, str]]:
     """``(method, format)`` of every cell, methods outer: the order of ``results["rows"]``."""
     return [(m, f) for m in opts.methods for f in opts.formats]
@@ -260,49 +279,60 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
 
     cells = grid_cells(opts)
     mine = parallel.my_share(len(cells), rank, size)
+    t0 = time.time()
     calib = calibration_batches(lm, opts.calib, opts) if any(needs_calibration(cells[i][0]) for i in mine) else []
+    results["seconds_calibration"] = time.time() - t0        # tokenizing the calibration batches
     hessians = None
     rows = []
-    for i in mine:
-        method, fmt = cells[i]
-        t0 = time.time()
-        spec = QuantSpec(fmt)
-        cfg = PTQConfig(weight=spec, act=None if opts.weights_only else spec, method=method,
-                        nonfinite_tokens=opts.nonfinite_tokens)
-        shared = None
-        if cfg.steps() == ((), "gptq"):                 # the same for every format
-            if hessians is None:      # one tensor per distinct input (q/k/v, gate/up share), kept for every format
-                from floatlab.ptq import hessians as _hessians
-                from floatlab.ptq.calibration import nonfinite_policy
-                with _progress.scope("gptq hessians (shared by every format)"), nonfinite_policy(opts.nonfinite_tokens):
-                    hessians = _hessians.shared_hessians(lm.model, linear_layers(lm.model), calib)
-            shared = hessians
-        label = fmt if len(opts.methods) == 1 else f"{method} {fmt}"
-        row = {"format": fmt, "method": method, "bits_per_value": spec.bits_per_value, "config": cfg.label()}
-        with _progress.scope(label), quantized_variant(lm.model, cfg, calib, shared) as model:
-            t_quant = time.time() - t0
-            if lm.kind == "encoder":
-                e = evaluate(model, label)
-                cos = metrics.cosine_to_reference(e, ref)
-                row.update({"cos_mean": cos["mean"], "cos_min": cos["min"], "cos_p05": cos["p05"]})
-                if n:
-                    ret, ranks = metrics.retrieval_metrics(e[:n], e[n:])
-                    d1 = metrics.paired_bootstrap_delta(ranks < 1, ref_ranks < 1)
-                    row.update({"retrieval": ret.to_dict(), "recall_at_1": ret.recall_at_1,
-                                "recall_at_10": ret.recall_at_10, "delta_recall_at_1": d1[0],
-                                "delta_recall_at_1_ci": [d1[1], d1[2]],
-                                "delta_recall_at_10": ret.recall_at_10 - ref_ret.recall_at_10})
-            else:
-                ppl_q = evaluate_ppl(model, label)
-                row.update({"perplexity": ppl_q, "delta_perplexity": ppl_q - results["fp32"]["perplexity"]})
-            sq = metrics.layer_sqnr(ref_out, model, sq_in, mask)
-        row["layer_sqnr_db"] = sq
-        finite = [v for v in sq.values() if math.isfinite(v)]
-        row["min_layer_sqnr_db"] = min(finite) if finite else float("inf")
-        row["seconds_quantize"] = t_quant
-        row["seconds"] = time.time() - t0
-        rows.append((i, row))
-        parallel.release_memory()
+    with _survivors_frozen() as freeze:
+        for i in mine:
+            method, fmt = cells[i]
+            t0 = time.time()
+            spec = QuantSpec(fmt)
+            cfg = PTQConfig(weight=spec, act=None if opts.weights_only else spec, method=method,
+                            nonfinite_tokens=opts.nonfinite_tokens)
+            shared = None
+            if cfg.steps() == ((), "gptq"):                 # the same for every format
+                if hessians is None:      # one tensor per distinct input (q/k/v, gate/up share), kept for every format
+                    from floatlab.ptq import hessians as _hessians
+                    from floatlab.ptq.calibration import nonfinite_policy
+                    t_h = time.time()
+                    with _progress.scope("gptq hessians (shared by every format)"), nonfinite_policy(opts.nonfinite_tokens):
+                        hessians = _hessians.shared_hessians(lm.model, linear_layers(lm.model), calib)
+                    results["seconds_hessians"] = time.time() - t_h     # also inside this cell's seconds_quantize
+                shared = hessians
+            label = fmt if len(opts.methods) == 1 else f"{method} {fmt}"
+            row = {"format": fmt, "method": method, "bits_per_value": spec.bits_per_value, "config": cfg.label()}
+            with _progress.scope(label), quantized_variant(lm.model, cfg, calib, shared) as model:
+                t_quant = time.time() - t0
+                t_eval = time.time()
+                if lm.kind == "encoder":
+                    e = evaluate(model, label)
+                    cos = metrics.cosine_to_reference(e, ref)
+                    row.update({"cos_mean": cos["mean"], "cos_min": cos["min"], "cos_p05": cos["p05"]})
+                    if n:
+                        ret, ranks = metrics.retrieval_metrics(e[:n], e[n:])
+                        d1 = metrics.paired_bootstrap_delta(ranks < 1, ref_ranks < 1)
+                        row.update({"retrieval": ret.to_dict(), "recall_at_1": ret.recall_at_1,
+                                    "recall_at_10": ret.recall_at_10, "delta_recall_at_1": d1[0],
+                                    "delta_recall_at_1_ci": [d1[1], d1[2]],
+                                    "delta_recall_at_10": ret.recall_at_10 - ref_ret.recall_at_10})
+                else:
+                    ppl_q = evaluate_ppl(model, label)
+                    row.update({"perplexity": ppl_q, "delta_perplexity": ppl_q - results["fp32"]["perplexity"]})
+                t_sq = time.time()
+                sq = metrics.layer_sqnr(ref_out, model, sq_in, mask)
+                t_done = time.time()
+            row["layer_sqnr_db"] = sq
+            finite = [v for v in sq.values() if math.isfinite(v)]
+            row["min_layer_sqnr_db"] = min(finite) if finite else float("inf")
+            row["seconds_quantize"] = t_quant
+            row["seconds_evaluate"] = t_sq - t_eval
+            row["seconds_sqnr"] = t_done - t_sq
+            rows.append((i, row))
+            parallel.release_memory()
+            freeze()
+            row["seconds"] = time.time() - t0          # also: the fp32 layers back, memory released
     del hessians
     merged = parallel.gather(rows)
     if merged is None:                       # a rank other than 0: its own rows
@@ -312,6 +342,27 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
         results["rows"] = [r for _, r in sorted((c for part in merged for c in part), key=lambda c: c[0])]
     results["seconds_total"] = time.time() - t_all
     return results
+
+
+def compare_profile(results: dict, *, seconds_load: float | None = None) -> dict:
+    """Where a :func:`run_compare` run spent its time, from the seconds it records: ``{"phases":
+    [[phase, seconds], ...], "formats": [[cell, quantize s, evaluate s, SQNR s, total s], ...]}``
+    (wall-clock seconds; ``seconds_load``: the caller's model loading, put first). A cell's
+    ``quantize`` includes the shared GPTQ Hessians where it collected them (its first GPTQ
+    cell); its ``total`` also putting the fp32 layers back and returning freed memory."""
+    rows = results["rows"]
+    many = len(results.get("methods", ())) > 1
+    cells = [[f"{r['method']} {r['format']}" if many else r["format"], r.get("seconds_quantize", 0.0),
+              r.get("seconds_evaluate", 0.0), r.get("seconds_sqnr", 0.0), r["seconds"]] for r in rows]
+    phases = [] if seconds_load is None else [["load model", seconds_load]]
+    phases.append(["fp32 reference (evaluate, layer outputs)", results["fp32"]["seconds"]])
+    phases.append(["calibration batches", results.get("seconds_calibration", 0.0)])
+    if "seconds_hessians" in results:
+        phases.append(["GPTQ Hessians (shared; within the quantize below)", results["seconds_hessians"]])
+    for k, name in ((1, "quantize"), (2, "evaluate"), (3, "layer SQNR")):
+        phases.append([f"{name} ({len(cells)} cells)", sum(c[k] for c in cells)])
+    phases.append(["other in cells (restore layers, free memory)", sum(c[4] - c[1] - c[2] - c[3] for c in cells)])
+    return {"phases": phases, "formats": cells}
 
 
 def measure_single(lm: LoadedModel, model, opts: CompareOptions, ref_model=None) -> dict:
@@ -345,6 +396,6 @@ def _tensor_digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
-__all__ = ["CompareOptions", "run_compare", "measure_single", "calibration_batches", "evaluation_windows",
+__all__ = ["CompareOptions", "run_compare", "compare_profile", "measure_single", "calibration_batches", "evaluation_windows",
            "evaluation_texts", "quantized_variant", "grid_cells", "data_record", "needs_calibration",
            "DEFAULT_FORMATS"]
