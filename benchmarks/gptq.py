@@ -11,7 +11,10 @@ lazy batches of 128 columns, act-order off, one scale per ``--group`` columns:
 * ``floatlab cold``: :func:`floatlab.ptq.gptq.gptq_weight` including the Cholesky factorization
   of the damped Hessian (its factor cache emptied before each run);
 * ``floatlab warm``: the same call with the factor reused (what q/k/v, gate/up and every further
-  format of ``floatlab compare`` get);
+  format of ``floatlab compare`` get); its column loop is the native one
+  (:mod:`floatlab.ptq.gptq_native`) where a C++ compiler is found;
+* ``floatlab warm, Python column loop``: the same with the native loop off (the table rounder's
+  eight tensor operations per column; same bits);
 * ``floatlab per-column quantize``: the column loop calling :func:`floatlab.quantize` for every
   column and no factor reuse (the implementation before the table rounder; same bits);
 * ``llm-compressor``: ``llmcompressor.modifiers.gptq.gptq_quantize.quantize_weight`` (its eager
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from floatlab.models.loading import linear_layers, load_model
-    from floatlab.ptq import gptq
+    from floatlab.ptq import gptq, gptq_native
     from floatlab.ptq.compare import CompareOptions, calibration_batches
     from floatlab.ptq.config import GPTQOptions
     from floatlab.ptq.quantizer import QuantSpec
@@ -132,8 +135,18 @@ def main(argv: list[str] | None = None) -> None:
 
     def warm():
         gptq._factor(H, opts.damp, False)        # factored before (untimed): reused by the call
+
+    def python_loop():              # warm, the table rounder's Python column loop (no native loop)
+        warm()
+        avail = gptq_native.available
+        gptq_native.available = lambda: False
+
+        def restore():
+            gptq_native.available = avail
+        return restore
     cases = [("floatlab cold (with Cholesky)", run, gptq._factors.clear),
              ("floatlab warm (factor reused)", run, warm),
+             ("floatlab warm, Python column loop", run, python_loop),
              ("floatlab per-column quantize", run, plain)]
 
     peer = None
@@ -173,7 +186,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, b, m in rows_out:
         ratio = f"{b / peer_b:12.2f}" if peer else f"{'-':>12s}"
         print(f"{name:34s} {b:8.3f} {m:9.3f} {ratio}")
-    print(f"floatlab per-column quantize vs table rounder: {'bit for bit' if same_old else 'DIFFERENT'}")
+    py = res["floatlab warm, Python column loop"][2]
+    same_py = torch.equal(py.dequantize(), wq) and torch.equal(py.values.view(torch.int32), ours.values.view(torch.int32))
+    print(f"floatlab per-column quantize vs table rounder: {'bit for bit' if same_old else 'DIFFERENT'}; "
+          f"Python column loop vs {'native' if gptq_native.available() else 'Python (no compiler)'} loop: "
+          f"{'bit for bit' if same_py else 'DIFFERENT'}")
     if peer:
         n, mx = _steps(pq, wq, scale, args.group)
         print("llm-compressor (own float32 Cholesky) vs floatlab: "

@@ -213,3 +213,33 @@ def test_gptq_not_positive_definite_not_cached():
         with pytest.raises(ValueError, match="not positive definite"):
             gptq_weight(w, H, QuantSpec("int8"), GPTQOptions(damp=0.0))
     assert len(gptq._factors) == 0
+
+
+TABLE_CASES = [c for c in CASES if _TableRounder.build(c[0], c[3]) is not None and not QuantSpec(c[0]).is_block]
+
+
+@pytest.mark.parametrize("fmt,group,act_order,rounding", TABLE_CASES)
+def test_gptq_native_column_loop_equals_python_loop(fmt, group, act_order, rounding, monkeypatch):
+    """The native column loop (gptq_native) gives the Python loop's bits, on a block width that
+    leaves a partial last block and on weights with exact zeros, ties and a dead input."""
+    from floatlab.kernels import native
+    from floatlab.ptq import gptq_native
+
+    if native.compiler() is None or not gptq_native.available():
+        pytest.skip("no C++ compiler: GPTQ runs its Python loop (tested above)")
+    w, H = _layer()
+    w = w.clone()
+    w[0, :8] = 0.0
+    w[1, :8] = -0.0
+    spec = QuantSpec(fmt, group_size=group, rounding=rounding)
+    opts = GPTQOptions(act_order=act_order, block_size=64 if group else 40)
+    calls = []
+    real = gptq_native.run_columns
+    monkeypatch.setattr(gptq_native, "run_columns", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast = gptq_weight(w, H, spec, opts)
+    assert calls, "the native loop was not used"
+    monkeypatch.setattr(gptq_native, "available", lambda: False)
+    slow = gptq_weight(w, H, spec, opts)
+    _assert_same(fast, slow)
+    _assert_same(fast, reference_gptq(w, H, spec, opts))
+

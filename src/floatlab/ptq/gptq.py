@@ -13,7 +13,10 @@ rounding with its scales fixed). Choices:
   :func:`floatlab.quantize` when built; nearest modes) instead of a full ``quantize`` call; each
   block of columns is held transposed, so a column is contiguous; the damped Hessian's inverse Cholesky factor is computed once per
   Hessian tensor and reused while that tensor lives (q/k/v and gate/up share one; ``floatlab
-  compare`` reuses the Hessians for every format), up to :data:`FACTOR_CACHE_BYTES`.
+  compare`` reuses the Hessians for every format), up to :data:`FACTOR_CACHE_BYTES`. The
+  column loop of a table-rounded scalar format runs in C++ where a compiler is found
+  (:mod:`floatlab.ptq.gptq_native`: the same float32 operations in the same order, one call per
+  group), else in Python; NaN/Inf checks are one ``max |x| < inf`` reduction each.
 * Groups: block formats use their own block as the group: when GPTQ reaches a block of columns
   it computes that block's scales (per row) from the *current, already updated* weights, then
   rounds the block's columns one by one on that fixed grid (GPTQ-with-groups). NVFP4's per-tensor
@@ -46,6 +49,7 @@ from floatlab.codecs.affine import AffineInt
 from floatlab.codecs.base import ColumnGrid, WeightCodec
 from floatlab.formats.block import ScaleRule
 from floatlab.ptq.calibration import CalibrationError, check_finite, for_each_input
+from floatlab.ptq import gptq_native
 from floatlab.ptq.config import GPTQOptions, PTQConfig
 from floatlab.ptq.quantizer import FrozenGrid, QuantSpec, absmax_scale
 from floatlab.ptq.weights import QWeight, codec_weight
@@ -186,6 +190,13 @@ class _TableRounder:
         return t if torch.equal(want.view(torch.int32), t(probe).view(torch.int32)) else None
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """``torch.isfinite(t).all()`` for a floating-point tensor, as ``max |t| < inf`` (a NaN
+    propagates through ``amax``): one vectorized reduction, about 10x faster than ``isfinite`` on
+    CPU (10 ms -> 1 ms for a 1536 x 1536 Hessian, checked on every call)."""
+    return t.numel() == 0 or bool(t.abs().amax() < math.inf)
+
+
 @torch.no_grad()
 def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOptions = GPTQOptions(), *,
                 stats: dict | None = None, generator: torch.Generator | None = None) -> QWeight:
@@ -194,9 +205,9 @@ def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOpt
 
     Raises :class:`CalibrationError` (a ``ValueError``) when ``w`` or ``H`` holds a NaN/Inf, and
     ``ValueError`` when the damped Hessian is not positive definite (raise ``opts.damp``)."""
-    if not bool(torch.isfinite(w).all()):
+    if not _all_finite(w):
         raise CalibrationError("GPTQ: the weight has non-finite values; quantize a finite weight")
-    if not bool(torch.isfinite(H).all()):
+    if not _all_finite(H):
         raise CalibrationError("GPTQ: the input Hessian has non-finite values (NaN/Inf in the calibration "
                                "inputs, or inputs whose products overflow float32); damping cannot fix it: "
                                "check the calibration data (collect_hessians names the layer)")
@@ -231,6 +242,7 @@ def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOpt
     values = torch.zeros_like(W)
     grids: list[FrozenGrid] = []
     bs = opts.block_size if group is None else max(group, (opts.block_size // group) * group)
+    native = table is not None and W.device.type == "cpu" and gptq_native.available()
     for i1 in range(0, cols, bs):
         i2 = min(i1 + bs, cols)
         # the block transposed, (width, rows): each column is a contiguous row (the same values
@@ -238,18 +250,37 @@ def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOpt
         W1 = W[:, i1:i2].t().contiguous()
         Q1, V1, Err1 = torch.empty_like(W1), torch.empty_like(W1), torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        d = Hinv1.diagonal().tolist()
         grid = row_grid
         s = None if row_grid is None or not spec.scaled else row_grid.scale.reshape(-1)
+        if native and (s is None or s.dtype == torch.float32):
+            i = 0
+            while i < i2 - i1:           # one native call per stretch of columns on one grid
+                if group is not None:    # i1 and i are multiples of the group here
+                    grid = FrozenGrid(W1[i:i + group].t(), spec, tensor_amax=tensor_amax)
+                    grids.append(grid)
+                    s = grid.scale.reshape(-1)
+                end = i2 - i1 if group is None else min(i2 - i1, i + group)
+                gptq_native.run_columns(W1, Q1, V1, Err1, Hinv1, i, end, s, table.values, table.bounds,
+                                        table.signed_zero)
+                i = end
+            _finish_block(W, Q, values, Q1, V1, Err1, Hinv, i1, i2)
+            continue
+        d = Hinv1.diagonal().tolist()
+        # per-column views made in one call each, and one buffer for the rank-1 products (a fresh
+        # (width, rows) tensor per column cost an allocation, often fresh pages, every column)
+        w_rows, q_rows, v_rows, e_rows = W1.unbind(0), Q1.unbind(0), V1.unbind(0), Err1.unbind(0)
+        h_cols = Hinv1.unsqueeze(2).unbind(0)          # h_cols[i][k] = Hinv1[i, k], shape (width, 1)
+        prod = torch.empty_like(W1)
+        scaled = torch.empty_like(W1[0])
         for i in range(i2 - i1):
             col = i1 + i
             if group is not None and col % group == 0:
                 grid = FrozenGrid(W1[i:i + group].t(), spec, tensor_amax=tensor_amax)
                 grids.append(grid)
                 s = grid.scale.reshape(-1) if spec.scaled else None
-            wcol, q, err = W1[i], Q1[i], Err1[i]
+            wcol, q, err = w_rows[i], q_rows[i], e_rows[i]
             if table is not None:        # = _round(grid, wcol, j) for a scaled format, bit for bit
-                torch.mul(table(wcol / s, out=V1[i]), s, out=q)
+                torch.mul(table(torch.div(wcol, s, out=scaled), out=v_rows[i]), s, out=q)
             elif etable is not None:     # = _round(grid, wcol, j): BlockGrid.elements, then decode
                 bg, j = grid.grid, col % group
                 mul = bg.encode_mul[:, j]
@@ -262,17 +293,23 @@ def gptq_weight(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, opts: GPTQOpt
             else:
                 V1[i], q[:] = _round(grid, wcol, col % group if group is not None else col)
             torch.sub(wcol, q, out=err).div_(d[i])
-            W1[i + 1:] -= torch.outer(Hinv1[i, i + 1:], err)
-        if not bool(torch.isfinite(Err1).all()):
-            raise ValueError("GPTQ: the updated weights overflowed float32 (non-finite rounding errors); the "
-                             "weight or its Hessian is out of range: check the layer and its calibration data")
-        Q[:, i1:i2], values[:, i1:i2] = Q1.t(), V1.t()
-        Err1 = Err1.t().contiguous()
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            if i + 1 < i2 - i1:          # W1[i + 1:] -= outer(Hinv1[i, i + 1:], err): the same products
+                p = torch.mul(h_cols[i][i + 1:], err, out=prod[i + 1:])
+                W1[i + 1:].sub_(p)
+        _finish_block(W, Q, values, Q1, V1, Err1, Hinv, i1, i2)
     if perm is not None:
         inv = torch.argsort(perm)
         Q, values = Q[:, inv], values[:, inv]
     return _assemble(spec, w.shape, Q, values, grids, row_grid, group)
+
+
+def _finish_block(W, Q, values, Q1, V1, Err1, Hinv, i1: int, i2: int) -> None:
+    """A lazy block's results into ``Q``/``values`` and its errors into the later columns of ``W``."""
+    if not _all_finite(Err1):
+        raise ValueError("GPTQ: the updated weights overflowed float32 (non-finite rounding errors); the "
+                         "weight or its Hessian is out of range: check the layer and its calibration data")
+    Q[:, i1:i2], values[:, i1:i2] = Q1.t(), V1.t()
+    W[:, i2:] -= Err1.t().contiguous() @ Hinv[i1:i2, i2:]
 
 
 def _gptq_codec(W, Hinv, perm, spec: QuantSpec, opts: GPTQOptions, group, stats, generator) -> QWeight:
@@ -307,7 +344,7 @@ def _gptq_codec(W, Hinv, perm, spec: QuantSpec, opts: GPTQOptions, group, stats,
             err = (wcol - Q[:, col]) / Hinv1[i, i]
             W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
             Err1[:, i] = err
-        if not bool(torch.isfinite(Err1).all()):
+        if not _all_finite(Err1):
             raise ValueError("GPTQ: the updated weights overflowed float32 (non-finite rounding errors); the "
                              "weight or its Hessian is out of range: check the layer and its calibration data")
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
