@@ -243,3 +243,25 @@ def test_gptq_native_column_loop_equals_python_loop(fmt, group, act_order, round
     _assert_same(fast, slow)
     _assert_same(fast, reference_gptq(w, H, spec, opts))
 
+
+
+def test_gptq_native_loop_falls_back_without_a_compiler_or_when_off(monkeypatch):
+    """No compiler, a failing build, or FLOATLAB_NATIVE=0: available() is False and GPTQ takes its
+    Python loop (the bits are tested equal above)."""
+    from floatlab.kernels import native
+    from floatlab.ptq import gptq_native
+
+    monkeypatch.setattr(gptq_native, "_state", {})
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    assert gptq_native.available() is False
+    monkeypatch.setattr(gptq_native, "_state", {})
+    monkeypatch.setattr(native, "compiler", lambda: "/nonexistent/c++")
+    monkeypatch.setattr(native, "library_path", lambda *a, **k: (_ for _ in ()).throw(OSError("no such compiler")))
+    with pytest.warns(RuntimeWarning, match="Python loop instead"):
+        assert gptq_native.available() is False
+    monkeypatch.setattr(gptq_native, "_state", {})
+    monkeypatch.setenv("FLOATLAB_NATIVE", "0")
+    assert gptq_native.available() is False
+    w, H = _layer()
+    spec = QuantSpec("int4", group_size=32)
+    _assert_same(gptq_weight(w, H, spec, GPTQOptions(block_size=64)), reference_gptq(w, H, spec, GPTQOptions(block_size=64)))
