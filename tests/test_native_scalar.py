@@ -133,6 +133,14 @@ def test_layouts_shapes_and_out():
                          floatlab.quantize(t, "hif8", backend="plain"), str(shape))
 
 
+def test_in_place_out_equals_plain():
+    x = _stress("hif8", 200_000, 12)
+    want = floatlab.quantize(x, "hif8", backend="plain")
+    y = x.clone()
+    assert floatlab.quantize(y, "hif8", out=y, backend="native") is y
+    assert_same_bits(y, want, "out=x")
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 def test_other_dtypes_refused_by_native_and_served_by_auto(dtype):
     x = _stress("e4m3", 2000, 4).to(dtype)
