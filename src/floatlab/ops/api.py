@@ -32,17 +32,14 @@ def _check_input(x, what: str = "x") -> None:
             "(float16, bfloat16, float32, float64). Convert integers with x.float() first.")
 
 
-def _check_generator(generator, x: torch.Tensor, mode) -> None:
+def _check_generator(generator, x: torch.Tensor) -> None:
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if generator.device.type != x.device.type:
         raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
-    if not mode.is_stochastic:
-        raise ValueError(f"generator= is only drawn from by the stochastic modes, and rounding "
-                         f"{mode.value!r} is deterministic: pass rounding='sr' for stochastic rounding, "
-                         "or drop generator=")
+
 
 
 def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
@@ -63,7 +60,8 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
             (e4m3: NaN, e5m2/fp16/bf16/hif8: Inf, FP6/FP4/int: saturate). Block formats always
             clamp elements to the element range (OCP MX); ``saturate=False`` is refused there.
         generator: a ``torch.Generator`` for the stochastic modes (reproducible draws), on
-            ``x``'s device type.
+            ``x``'s device type. The deterministic modes neither draw from it nor advance it (so
+            one generator can be passed through a sweep over modes).
         sr_bits: with ``rounding="sr"``, the number of random bits (1..52); ``None`` draws the
             exact probability.
         out: a preallocated tensor of ``x``'s shape, dtype and device to write the result into
@@ -98,7 +96,7 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
             scalar format, an unknown option for a block format); a bad ``generator`` or ``out``.
         ValueError: an unknown format (with the closest names) or rounding mode; a mode the
             format does not define (``hybrid`` outside hif8); ``sr_bits`` outside 1..52 or without
-            ``rounding="sr"``; a ``generator`` with a deterministic mode; ``saturate=False`` for a block format; a block axis out of range
+            ``rounding="sr"``; ``saturate=False`` for a block format; a block axis out of range
             or a length that is not a multiple of the block with ``pad=False``; ``out=`` when a
             gradient must be recorded; a bad ``grad`` or ``backend``.
         FastPathUnsupported: ``backend="compiled"``, ``"eager"`` or ``"native"`` for a case
@@ -128,7 +126,7 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     else:
         _reject_block_options(spec, block_options)
         mode = resolve_rounding(spec, rounding, sr_bits)
-    _check_generator(generator, x, mode)
+    _check_generator(generator, x)
     if x.requires_grad and torch.is_grad_enabled() and grad != "none":
         if out is not None:
             raise ValueError("out= cannot record a gradient: x requires grad. Call quantize without "
@@ -217,7 +215,7 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     spec = get_format(fmt)
     if isinstance(spec, BlockFormat):
         mode, axis, pad = _block_args(spec, rounding, saturate, sr_bits, block_options)
-        _check_generator(generator, x, mode)
+        _check_generator(generator, x)
         fast = fast_codes.encode_block(x, spec, mode, generator, sr_bits, backend, axis, pad)
         if fast is not None:
             data, scales, meta = fast
@@ -226,7 +224,7 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
         return QTensor.from_codes(codes, spec, dtype=x.dtype, scales=scales, meta=meta, shape=x.shape)
     _reject_block_options(spec, block_options)
     mode = resolve_rounding(spec, rounding, sr_bits)
-    _check_generator(generator, x, mode)
+    _check_generator(generator, x)
     data = fast_codes.encode_scalar(x, spec, mode, bool(saturate), generator, sr_bits, backend)
     if data is not None:
         return QTensor(data, spec, tuple(x.shape), x.dtype)
