@@ -138,7 +138,9 @@ def run_columns(W1: torch.Tensor, Q1: torch.Tensor, V1: torch.Tensor, E1: torch.
     for t in (W1, Q1, V1, E1):
         assert t.dtype == torch.float32 and t.is_contiguous() and t.shape == (width, rows) and t.device.type == "cpu"
     assert Hinv1.dtype == torch.float32 and Hinv1.shape == (width, width) and Hinv1.device.type == "cpu"
-    s, values, bounds = (t.to(torch.float32).contiguous() for t in (s, values, bounds))
+    # float32 scales only: the Python loop divides by the scale in its own dtype (no silent cast here)
+    assert s.dtype == values.dtype == bounds.dtype == torch.float32, (s.dtype, values.dtype, bounds.dtype)
+    s, values, bounds = s.contiguous(), values.contiguous(), bounds.contiguous()
     assert s.shape == (rows,) and bounds.numel() == values.numel() - 1
     _state["fn"](W1.data_ptr(), Q1.data_ptr(), V1.data_ptr(), E1.data_ptr(), Hinv1.data_ptr(), Hinv1.stride(0), Hinv1.stride(1),
                  width, rows, c0, c1, s.data_ptr(), values.data_ptr(), bounds.data_ptr(), bounds.numel(),
