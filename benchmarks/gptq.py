@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/gptq.py [--layer model.layers.0.mlp.down_proj] [--format int4] [--group 128]
                                  [--windows 8] [--window 256] [--threads 1] [--repeats 3] [--profile]
+       python benchmarks/gptq.py --whole-model [--format int4] [--block-group 64]
 
 Loads SmolLM2-135M (``floatlab models --prepare smollm2`` first), collects the input Hessian
 ``2/n X^T X`` of ``--layer`` over ``--windows`` calibration windows of ``--window`` tokens
@@ -84,7 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--profile", action="store_true", help="print where a cold floatlab call spends its time")
+    p.add_argument("--whole-model", action="store_true",
+                   help="instead: GPTQ of every linear layer (--format, --block-group), native vs Python column loop")
     args = p.parse_args(argv)
+    if args.whole_model:
+        return _whole_model(args)
 
     import torch
 
@@ -242,6 +247,47 @@ def main(argv: list[str] | None = None) -> None:
         pr = cProfile.Profile()
         pr.runcall(run)
         pstats.Stats(pr).sort_stats("tottime").print_stats(12)
+
+
+def _whole_model(args) -> None:
+    """GPTQ of every linear layer of SmolLM2, each layer's factor computed afresh, with the native
+    column loop and with the Python loop (in turn per layer); total seconds and bit-equality."""
+    import torch
+
+    from floatlab.models.loading import linear_layers, load_model
+    from floatlab.ptq import gptq, gptq_native
+    from floatlab.ptq import hessians as hessians_mod
+    from floatlab.ptq.compare import CompareOptions, calibration_batches
+    from floatlab.ptq.config import GPTQOptions
+    from floatlab.ptq.quantizer import QuantSpec
+
+    torch.set_num_threads(args.threads)
+    lm = load_model("smollm2", log=lambda *a: None)
+    layers = linear_layers(lm.model)
+    calib = calibration_batches(lm, args.windows, CompareOptions(window=args.window, windows=2, calib=args.windows))
+    t0 = time.perf_counter()
+    hs = hessians_mod.shared_hessians(lm.model, layers, calib)
+    t_hess = time.perf_counter() - t0
+    spec, opts = QuantSpec(args.format, group_size=args.block_group), GPTQOptions()
+    real = gptq_native.available
+    tot, same = {"native": 0.0, "python": 0.0}, True
+    try:
+        for n, lin in layers.items():
+            w = lin.weight.detach().float()
+            out = {}
+            for k in tot:
+                gptq._factors.clear()
+                gptq_native.available = real if k == "native" else (lambda: False)
+                t = time.perf_counter()
+                out[k] = gptq.gptq_weight(w, hs[n], spec, opts)
+                tot[k] += time.perf_counter() - t
+            same = same and torch.equal(out["native"].dequantize(), out["python"].dequantize())
+    finally:
+        gptq_native.available = real
+    print(f"{len(layers)} layers, {args.format} group {args.block_group}, {torch.get_num_threads()} thread(s); Hessians "
+          f"from {args.windows} windows of {args.window} tokens: {t_hess:.1f} s; GPTQ with the native column loop "
+          f"{tot['native']:.1f} s{'' if real() else ' (not available: Python loop)'}, Python loop {tot['python']:.1f} s; "
+          f"{'bit for bit' if same else 'DIFFERENT'}")
 
 
 if __name__ == "__main__":
