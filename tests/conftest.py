@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import os
+import numpy as np
+import pytest
+import torch
 
-# MKL's AVX-512 sgemm kernels sum in an order that depends on the matrix shapes, so a product of
-# the same rows can differ in its last bits between two batchings (floatlab ptq --blockwise
-# against the whole-model run, tests/test_blockwise.py, on Intel CPUs with AVX-512). MKL's
-# conditional numerical reproducibility branch (read at MKL's first call) makes them agree.
-os.environ.setdefault("MKL_CBWR", "AVX2")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-import floatlab  # noqa: E402
+import floatlab
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 en_dtypes = pytest.importorskip("en_dtypes")
