@@ -45,7 +45,7 @@ def _ptq(root, out, arch, *args):
 
 
 def _ptq_reproducible(root, out, arch, *args):
-    """:func:`_ptq` in a fresh process with ``MKL_CBWR=AVX2``: MKL's AVX-512 sgemm kernels (Intel
+    """:func:`_ptq` in a fresh process with ``MKL_CBWR=AVX2`` on one thread: MKL's AVX-512 sgemm kernels (Intel
     CPUs) sum in an order that depends on the matrix shapes, so the whole-model and block-by-block
     runs can differ in a product's last bits and, with int8 activations, in a rounding decision
     (docs/workflow.md section 4); MKL reads the setting when it starts."""
@@ -53,7 +53,8 @@ def _ptq_reproducible(root, out, arch, *args):
     import subprocess
     import sys
     data = ["--eval-data", str(root / "text.txt"), "--calib-data", str(root / "text.txt")]
-    env = {**os.environ, "MKL_CBWR": "AVX2"}
+    env = {**os.environ, "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}   # one thread:
+    # MKL splits a product over threads by its shape too
     r = subprocess.run([sys.executable, "-m", "floatlab.cli", "ptq", "--model", str(root / arch), *SMALL, *data,
                         *args, "--out", str(out)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
