@@ -92,6 +92,40 @@ def test_reconstruction_is_seeded_and_leaves_no_gradients(llama, calib):
             assert torch.equal(p, ref[n]), n
 
 
+@pytest.mark.parametrize("fmt,method", [("int2_asym_g32", "lwc"), ("int2", "lwc"), ("ptq161", "ptq161")])
+def test_each_block_is_swapped_as_soon_as_it_is_done(llama, calib, fmt, method):
+    """quantize_model swaps a block's layers (dropping its fp32 ones) when that block is done,
+    not at the end, and the weights are the ones reconstruct_model returns holding every
+    block to the end (issue 14's peak memory: one block, not the fp32 model plus every
+    dequantized weight)."""
+    from floatlab.ptq import reconstruct
+
+    cfg = PTQConfig(weight=fmt, method=method, recon=ReconOptions(epochs=1, lr=0.1))
+    held = copy.deepcopy(llama)
+    ref = reconstruct.reconstruct_model(held, linear_layers(held), calib, cfg,
+                                        generator=torch.Generator().manual_seed(cfg.recon.seed))
+    assert all(isinstance(held.get_submodule(n), nn.Linear) for n in ref)     # left as they were
+    seen = []
+    real = reconstruct._one_block
+
+    def spy(model, bname, *args, **kw):
+        seen.append((bname, sorted(n for n, mod in model.named_modules() if isinstance(mod, QuantLinear))))
+        return real(model, bname, *args, **kw)
+
+    m = copy.deepcopy(llama)
+    try:
+        reconstruct._one_block = spy
+        qw = quantize_model(m, cfg, calib=calib)
+    finally:
+        reconstruct._one_block = real
+    assert seen[0] == ("model.layers.0", [])
+    assert seen[1][0] == "model.layers.1" and seen[1][1] == sorted(n for n in ref if n.startswith("model.layers.0."))
+    assert sorted(qw) == sorted(ref)
+    for n, w in ref.items():
+        assert torch.equal(m.get_submodule(n).weight, w.dequantize()), n
+        assert torch.equal(qw[n].dequantize(), w.dequantize()), n
+
+
 def test_reconstruction_changes_the_quantized_weights(llama, calib):
     """The learned parameters move the result away from plain round-to-nearest."""
     _, rtn, _ = _run(llama, "int2_asym_g32", "rtn", calib)

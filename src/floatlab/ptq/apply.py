@@ -82,8 +82,9 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
                     raise ValueError(f"method {rounder!r} learns by block-wise reconstruction: it needs calibration "
                                      "data (calib)")
                 from floatlab.ptq.reconstruct import reconstruct_model
-                qweights = reconstruct_model(model, layers, calib, config, transforms_done, report=report,
-                                             generator=generator)
+                qweights = {}
+                reconstruct_model(model, layers, calib, config, transforms_done, report=report,
+                                  generator=generator, done=done)
             else:
                 stats = codec_statistics(model, layers, calib, config)
                 if rounder == "gptq":

@@ -39,7 +39,7 @@ import re
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -271,10 +271,17 @@ def _block_loss(block, method, seqs, q_in, fp_out, fpq_out, keep, outs=None) -> 
 
 def reconstruct_model(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict], config: PTQConfig,
                       transforms: dict[str, nn.Module] | None = None, *, report: dict | None = None,
-                      generator: torch.Generator | None = None, method: Method | None = None) -> dict[str, QWeight]:
+                      generator: torch.Generator | None = None, method: Method | None = None,
+                      done: Callable[[str, QWeight], None] | None = None) -> dict[str, QWeight]:
     """Quantize ``layers`` block by block with the method of ``config`` (``lwc`` or ``ptq161``,
     or ``method`` given directly) and return their :class:`QWeight` by name. The model's own
     modules are left as they were (``quantize_model`` then swaps in the stored weights).
+
+    ``done``: called as ``done(name, qweight)`` for each layer of a block as soon as that block
+    is finished (nothing reads its fp32 layers after that: the next blocks' inputs are already
+    computed), so the caller can swap the layer and free its fp32 weight then; the returned dict
+    is then empty. Without it, every block's results are held until the end (the fp32 model and
+    all dequantized weights at once: +0.9 GB over SmolLM2's 30 blocks).
 
     ``transforms``: the pending online input transforms of the linears (rotation, smoothing
     scales), applied by the learning linears as the model's pre-hooks apply them. ``report``:
@@ -318,6 +325,9 @@ def reconstruct_model(model: nn.Module, layers: dict[str, nn.Linear], calib: lis
             for b, (bname, names) in enumerate(blocks):
                 fp_in, q_in = _one_block(model, bname, names, b, seqs, fp_in, q_in, config, method, transforms,
                                          generator, qweights, report, outer)
+                if done is not None:
+                    for n in names:
+                        done(n, qweights.pop(n))
     finally:
         if use_cache is not None:
             cfg.use_cache = use_cache
