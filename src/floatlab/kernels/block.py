@@ -14,6 +14,10 @@ which is what a float32 operation does). The element rounding is
 :func:`floatlab.kernels.scalar.quantize_kernel`, so the stochastic modes take the same draws as
 the plain path when a generator is given. ``encode(x).dequantize()`` of the plain pipeline is
 returned; a non-finite value poisons its block with NaN, as there.
+
+On float32 CPU tensors the backends ``auto`` and ``native`` run the native block kernel first
+(:mod:`floatlab.kernels.native_block`: the same three rules in C++, every element mode, the same
+bits), then these kernels.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 
 from floatlab.formats.block import BlockFormat, ScaleRule
 from floatlab.formats.hifloat4 import E6M2, ONE_SEVENTH_BF16, SF_MAX, SF_MIN
-from floatlab.kernels import compiler, dispatch, memory, native
+from floatlab.kernels import compiler, dispatch, memory, native, native_block
 from floatlab.kernels.scalar import F32, F64, Layout, Plan, pow2, quantize_kernel
 from floatlab.plain.block import float64_elements_exact
 from floatlab.plain.blocking import F32_MAX, check_blockable, float32_input, to_blocks
@@ -273,6 +277,15 @@ def quantize_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bit
         return None
     check_blockable(x.shape, fmt.block, axis, pad)   # a shape error is the same on every backend
     plan = block_plan(fmt, mode, x.dtype, sr_bits, generator)
+    if backend in ("auto", "native"):
+        y = _quantize_native(x, fmt, plan, generator, out, axis, pad)
+        if y is not None:
+            return y
+        if backend == "native":
+            raise dispatch.FastPathUnsupported(
+                f"the native block kernel does not support {fmt.name!r} with {mode.value!r} for "
+                f"{x.dtype} inputs on {x.device} (float32 CPU tensors; the MX, AMAX and HiF4 "
+                "rules), or it could not be built; backend='auto' runs it on another path")
     if plan is None or (backend == "auto" and not compiler.compile_available()):
         if backend in ("compiled", "eager"):
             why = "" if plan is not None else _unsupported_reason(fmt, x.dtype)
@@ -290,7 +303,7 @@ def quantize_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bit
             (backend == "auto" and x.numel() >= dispatch.COMPILE_MIN_NUMEL and xb.shape[0] >= 2):
         # blocks that are plain rows of x (last axis, no padding) are written straight into the
         # output: the caller's contiguous ``out`` or a huge-page backed buffer (kernels/memory.py)
-        rows = len(fmt.block) == 1 and blocking.axis == x.ndim - 1 and blocking.padded[0] == x.shape[-1]
+        rows = _rows(x, fmt, blocking)
         if rows and out is None:
             out = memory.large_output(x)
         try:
@@ -305,4 +318,39 @@ def quantize_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bit
     if y is None:
         y = _KERNELS[fmt.rule](xb, rnd, plan)
     y = blocking.unblock(y)
+    return y if out is None else out.copy_(y)
+
+
+def _rows(x: torch.Tensor, fmt: BlockFormat, blocking) -> bool:
+    """Blocks that are plain rows of ``x`` (last axis, no padding): the output is written
+    straight into the caller's contiguous ``out`` or a fresh buffer."""
+    return len(fmt.block) == 1 and blocking.axis == x.ndim - 1 and blocking.padded[0] == x.shape[-1]
+
+
+def _quantize_native(x, fmt, plan, generator, out, axis, pad):
+    """The native block kernel's result (written into ``out`` where given), or None where it
+    does not apply: not float32 on the CPU, a format, block or mode it lacks, inside
+    torch.compile's tracing, or no library (``FLOATLAB_NATIVE=0``, no compiler, a failed build)."""
+    if (plan is None or x.dtype is not torch.float32 or x.device.type != "cpu"
+            or torch.compiler.is_compiling()):
+        return None
+    nplan = native_block.plan(plan)
+    if nplan is None or not native_block.available():
+        return None
+    if x.numel() == 0:
+        return x.new_empty(x.shape) if out is None else out
+    xb, blocking = to_blocks(x, fmt.block, axis, pad)
+    xb = xb.contiguous()
+    rnd = dispatch.draws(plan.elem, xb.shape, x.device, generator)   # the plain path's draws
+    if _rows(x, fmt, blocking):
+        dst = out if out is not None and out.is_contiguous() else None
+        if dst is None and out is None:
+            dst = memory.large_output(x)
+        if dst is None:
+            dst = torch.empty(x.shape, dtype=x.dtype)
+        native_block.quantize_into(xb, dst.view(xb.shape), nplan, plan, rnd)
+        return dst if out is None or dst is out else out.copy_(dst)
+    yb = torch.empty_like(xb)
+    native_block.quantize_into(xb, yb, nplan, plan, rnd)
+    y = blocking.unblock(yb)
     return y if out is None else out.copy_(y)

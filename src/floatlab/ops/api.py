@@ -67,10 +67,11 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
         out: a preallocated tensor of ``x``'s shape, dtype and device to write the result into
             (returned); saves the allocation (page faults dominate a fresh 64 MB output).
         backend: ``"auto"`` (default: the native C++ kernel for float32 CPU tensors in a float
-            format with rne/rna/rnz/sr/sr_half, else the fused compiled kernel where it applies,
-            else the plain path), ``"compiled"``, ``"eager"`` (the fused kernel without a
-            compiler), ``"native"`` (the native kernel only; scalar formats) or ``"plain"``
-            (the reference path). ``None`` reads ``FLOATLAB_FAST`` (``0`` = plain).
+            format with rne/rna/rnz/sr/sr_half or in a block format with the MX, NVFP4 or HiF4
+            rule (mxfp4, nvfp4, hif4, ...; every mode), else the fused compiled kernel where it
+            applies, else the plain path), ``"compiled"``, ``"eager"`` (the fused kernel without a
+            compiler), ``"native"`` (the native kernels only) or ``"plain"`` (the reference
+            path). ``None`` reads ``FLOATLAB_FAST`` (``0`` = plain).
             All return the same bits; with ``generator=None`` the stochastic modes of the fast
             path draw from an in-kernel hash instead of ``torch.rand`` (see
             :mod:`floatlab.kernels.dispatch`); pass a generator for draws identical to the plain
@@ -120,9 +121,6 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     spec = get_format(fmt)
     if isinstance(spec, BlockFormat):
         mode, axis, pad = _block_args(spec, rounding, saturate, sr_bits, block_options)
-        if backend == "native":
-            raise dispatch.FastPathUnsupported(f"backend='native' covers scalar formats; "
-                                               f"{spec.name!r} is a block format (use 'auto')")
     else:
         _reject_block_options(spec, block_options)
         mode = resolve_rounding(spec, rounding, sr_bits)

@@ -1,0 +1,630 @@
+// Block formats in one pass over float32 blocks (see floatlab/kernels/native_block.py, which
+// derives the constants, checks them against the formats, compiles and calls this file).
+//
+// Each function takes contiguous (nb, B) float32 blocks x (B: MX 32, AMAX 16 or 256, HiF4 64) and
+// writes the fake-quantized blocks to y (y may be x itself: every block is copied to a local
+// buffer before its outputs are written). The results are those of floatlab/kernels/block.py's
+// mx_kernel, amax_kernel and hif4_kernel, step by step in the same float32 operations (no FMA
+// contraction: compiled with -ffp-contract=off):
+//   * MX (FLOOR): e = clamp(floor(log2 amax) - emax_elem, lo, hi); t = x * 2^-e (exact unless
+//     |t| < 2^-126, where t stands for a value far below half the element's smallest step and
+//     is replaced by +-2^-126, which every mode rounds the same way); y = round(t) * 2^e.
+//   * AMAX (NVFP4): s_b = scale_RNE((amax / elem_max) * s_enc), s_enc_b = min(1 / (s_b * s_dec),
+//     FLT_MAX); y = (round(x * s_enc_b) * s_b) * s_dec (s_enc, s_dec: the caller's tensor scale).
+//   * HIF4: the scale pass of native_hif4.cpp, then v = bf16((|x| * r) * 2^-shift), y =
+//     (+-round(v) * S1) * 2^shift.
+// A block holding NaN or Inf becomes NaN. Element rounding is integer work on the float32 bits
+// of the value to round (rounding.md's decisions, as floatlab/kernels/scalar.py's _round_up):
+// the element grid has spacing 2^qe, qe = max(E, emin) - mbits (E = floor(log2 |t|), checked
+// by the caller against the format's own quantum_exponent), saturating at the element's max.
+// Stochastic modes take the plain path's draws (REPLAY: float64 for SR, int64 for SR_BITS and
+// SR_HALF, one per element of the blocks) or hash (seed, block-layout index) as
+// floatlab/kernels/rng.py (HASH), the compiled kernel's very bits.
+#include <cstdint>
+#include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+enum Mode : int { RNE = 0, RNA = 1, RNZ = 2, RTZ = 3, RUP = 4, RDN = 5, RTO = 6, SR = 7,
+                  SR_BITS = 8, SR_HALF = 9 };
+enum Rng : int { NONE = 0, HASH = 1, REPLAY = 2 };
+constexpr uint32_t F32_INF = 0x7F800000u, F32_NAN = 0x7FC00000u, SIGN = 0x80000000u;
+constexpr float F32_MAX = 3.40282346638528859811704183484516925e+38f;
+
+struct Grid {             // a signed or unsigned minifloat-like grid (the caller checks it)
+    int32_t emin;         // spacing 2^(max(E, emin) - mbits) in the binade 2^E
+    int32_t mbits;
+    uint32_t max_bits;    // the largest magnitude (float32 bits): results saturate there
+    int32_t neg_zero;     // keep -0 (else zero results are +0)
+    uint32_t tiny_bits;   // 2^qmin, qmin = emin - mbits: the smallest step
+    uint32_t half_bits;   // 2^(qmin - 1)
+};
+
+struct Random {
+    const void* draws;    // REPLAY: the slice's first draw
+    int64_t index0;       // HASH: the slice's first element's index in the blocks
+    uint32_t s0, s1;      // HASH: the seed's words
+    int32_t sr_bits;      // SR_BITS: k
+};
+
+inline uint32_t bits_of(float f) { uint32_t b; std::memcpy(&b, &f, 4); return b; }
+inline float float_of(uint32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
+
+// round finite float32 bits to bfloat16 (RNE), kept as float32 bits
+inline uint32_t bf16_bits(uint32_t b) {
+    const uint32_t m = b & 0x7FFFFFFFu;
+    return ((m + 0x7FFFu + ((m >> 16) & 1u)) & 0xFFFF0000u) | (b & 0x80000000u);
+}
+
+inline uint32_t mix32(uint32_t h) {          // lowbias32, as floatlab/kernels/rng.py's mix32
+    h ^= h >> 16;
+    h *= 0x7FEB352Du;
+    h ^= h >> 15;
+    h *= 0x846CA68Bu;
+    h ^= h >> 16;
+    return h;
+}
+
+// float32 bits of 2^q for q in [-149, 127]
+inline uint32_t pow2_bits(int32_t q) {
+    const int32_t n = q + 127, s = q + 149;
+    const uint32_t normal = (uint32_t)(n > 0 ? n : 0) << 23;
+    const uint32_t sub = 1u << (s < 0 ? 0 : (s > 31 ? 31 : s));
+    return q >= -126 ? normal : sub;
+}
+
+inline Grid grid(int emin, int mbits, uint32_t max_bits, int neg_zero) {
+    return Grid{emin, mbits, max_bits, neg_zero, pow2_bits(emin - mbits), pow2_bits(emin - mbits - 1)};
+}
+
+// The magnitude bits of |t| (a, finite or not: non-finite blocks are discarded) rounded onto
+// the grid and saturated; `neg` is t's sign (directed modes), `i` the element's offset in the
+// slice (draws and hash index).
+template <int MODE, int RNG>
+inline uint32_t round_mag(uint32_t a, bool neg, int64_t i, const Grid& g, const Random& rnd) {
+    if constexpr (MODE == RNE || MODE == RNA || MODE == RNZ) {
+        // as native_scalar.cpp: at or above 2^qmin (a normal float32, qmin >= -126) d is
+        // 23 - mbits, more in the element's subnormal binades, at most 23; below, 0 or 2^qmin
+        const int32_t f = (int32_t)(a >> 23), below = g.emin + 127 - f;
+        const uint32_t d = (uint32_t)(23 - g.mbits + (below > 0 ? below : 0));
+        const uint32_t dd = d < 23u ? d : 23u;
+        const uint32_t mask = (1u << dd) - 1u, hm = mask >> 1;
+        uint32_t add = hm;                                          // RNZ: up above the half
+        if constexpr (MODE == RNA) add = hm + 1u;                   // up from the half
+        if constexpr (MODE == RNE) add = hm + (((a | 0x800000u) >> dd) & 1u);   // + fl's parity
+        const uint32_t rn = (a + add) & ~mask;
+        const bool tiny_up = MODE == RNA ? a >= g.half_bits : a > g.half_bits;
+        const uint32_t r = a < g.tiny_bits ? (tiny_up ? g.tiny_bits : 0u) : rn;
+        return r > g.max_bits ? g.max_bits : r;
+    }
+    const int32_t f = (int32_t)(a >> 23), ex = f - 127;
+    const int32_t qe = (ex > g.emin ? ex : g.emin) - g.mbits;
+    const int32_t d = qe - ((f > 1 ? f : 1) - 150);           // dropped significand bits
+    const uint32_t sig = f ? ((a & 0x7FFFFFu) | 0x800000u) : a;
+    const uint32_t dd = (uint32_t)(d < 0 ? 0 : (d > 25 ? 25 : d));
+    const uint32_t mask = (1u << dd) - 1u;
+    const uint32_t fl = sig >> dd, rem = sig & mask, half = (1u << dd) >> 1;
+    bool up;
+    // bitwise & and | (no short-circuit jumps: the loops stay vectorizable)
+    if constexpr (MODE == RTZ) up = false;
+    else if constexpr (MODE == RUP) up = (rem != 0u) & !neg;
+    else if constexpr (MODE == RDN) up = (rem != 0u) & neg;
+    else if constexpr (MODE == RTO) up = ((rem != 0u ? 1u : 0u) & ~fl & 1u) != 0u;
+    else {
+        uint32_t h = 0;
+        if constexpr (RNG == HASH) {
+            const uint64_t idx = (uint64_t)(rnd.index0 + i);
+            h = mix32(mix32((uint32_t)idx ^ rnd.s0) ^ (uint32_t)(idx >> 32) ^ rnd.s1);
+        }
+        if constexpr (MODE == SR_HALF) {
+            const bool bit = RNG == HASH ? (h >> 31) != 0u : ((const int64_t*)rnd.draws)[i] == 1;
+            up = (rem != 0u) & bit;
+        } else if constexpr (MODE == SR) {
+            if constexpr (RNG == HASH) {     // P(up) = rem / 2^d: h < rem * 2^(32 - d), or for
+                const int32_t l = 32 - d, r_ = d - 32;   // d > 32 h < floor(rem / 2^(d - 32))
+                const uint32_t sl = (uint32_t)(l < 0 ? 0 : (l > 31 ? 31 : l));
+                const uint32_t sr = (uint32_t)(r_ < 0 ? 0 : (r_ > 31 ? 31 : r_));
+                up = h < ((rem << sl) >> sr);
+            } else {                         // the plain path's u < rem * 2^-d (exact)
+                const int32_t dc = d < 0 ? 0 : (d > 1022 ? 1022 : d);
+                const uint64_t pb = (uint64_t)(1023 - dc) << 52;
+                double p;
+                std::memcpy(&p, &pb, 8);
+                up = ((const double*)rnd.draws)[i] < (double)rem * p;
+            }
+        } else {                             // SR_BITS: floor(rem * 2^(k - d)) + r >= 2^k
+            const int32_t k = rnd.sr_bits, sh = d - k;
+            const uint64_t r64 = rem;
+            const uint64_t part = sh >= 0 ? (r64 >> (sh < 63 ? sh : 63))
+                                          : (r64 << (-sh < 63 ? -sh : 63));
+            const uint64_t rk = RNG == HASH ? (uint64_t)(h >> (32 - k))
+                                            : (uint64_t)((const int64_t*)rnd.draws)[i];
+            up = part + rk >= (1ull << k);
+        }
+    }
+    const uint32_t u = up ? 1u : 0u;
+    // d in 1..23: the kept bits are a's own (a carry runs into the exponent field, exactly);
+    // d >= 24: |t| < 2^qe, the result is 0 or 2^qe; d <= 0: t is on the grid
+    const uint32_t kept = (a & ~mask) + (u << dd);
+    const uint32_t tiny = u ? pow2_bits(qe) : 0u;
+    uint32_t r = d <= 0 ? a : (d <= 23 ? kept : tiny);
+    return r > g.max_bits ? g.max_bits : r;
+}
+
+typedef uint32_t v16u __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+#define SWAP1(a) __builtin_shufflevector(a, a, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14)
+#define SWAP2(a) __builtin_shufflevector(a, a, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13)
+#define SWAP4(a) __builtin_shufflevector(a, a, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11)
+#define SWAP8(a) __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)
+
+inline v16u vmax(v16u a, v16u b) { return a > b ? a : b; }
+
+// A block's largest finite magnitude's bits (unsigned compare: the order of non-negative
+// float32 values), copied to buf 16 lanes at a time; sets bad (a NaN or Inf).
+template <int B>
+inline uint32_t load_block(const float* x, float* buf, bool& bad) {
+    v16u m = {}, nonfinite = {};
+    for (int k = 0; k < B / 16; k++) {
+        v16u u;
+        std::memcpy(&u, x + 16 * k, 64);
+        std::memcpy(buf + 16 * k, &u, 64);
+        u &= ~SIGN;
+        const v16u inf = (v16u)(u >= F32_INF);      // all ones where Inf or NaN
+        nonfinite |= inf;
+        m = vmax(m, u & ~inf);
+    }
+    m = vmax(m, SWAP8(m));
+    m = vmax(m, SWAP4(m));
+    m = vmax(m, SWAP2(m));
+    m = vmax(m, SWAP1(m));
+    nonfinite |= SWAP8(nonfinite);
+    nonfinite |= SWAP4(nonfinite);
+    nonfinite |= SWAP2(nonfinite);
+    nonfinite |= SWAP1(nonfinite);
+    bad = nonfinite[0] != 0u;
+    return m[0];
+}
+
+typedef float v16f __attribute__((vector_size(64)));
+
+inline v16u splat(uint32_t v) { return (v16u){} + v; }
+inline v16f splatf(float v) { return (v16f){} + v; }
+
+// round_mag's nearest modes on 16 lanes (the same operations; explicit vectors, because the
+// compiler's loop vectorizer leaves per-block overheads that cost as much as the rounding)
+template <int MODE>
+inline v16u round_near(v16u a, const Grid& g) {
+    if constexpr (MODE == RNE) {
+        // the float unit's own RNE: with C = 1.5 * 2^(q + 23) (q = max(E, emin) - mbits, the
+        // spacing of |t|'s binade, or qmin below the grid), |t| + C lands in C's binade, whose
+        // spacing is 2^q, so it rounds |t| to the grid (ties to even); - C is exact. |t| is
+        // clamped to the max first (on the grid; everything above saturates to it), so C
+        // stays finite. Same results as the integer path below.
+        const v16u m = a > g.max_bits ? splat(g.max_bits) : a;
+        const v16i f = (v16i)(m >> 23);
+        const v16i k = f > g.emin + 127 ? f : (v16i){} + (g.emin + 127);
+        const v16f c = (v16f)(((v16u)(k + (23 - g.mbits)) << 23) | 0x400000u);
+        return (v16u)(((v16f)m + c) - c);
+    }
+    const v16i f = (v16i)(a >> 23);
+    v16i below = (g.emin + 127) - f;
+    below = below > 0 ? below : (v16i){};
+    v16i d = (23 - g.mbits) + below;
+    const v16u dd = (v16u)(d < 23 ? d : (v16i){} + 23);
+    const v16u mask = (splat(1u) << dd) - 1u, hm = mask >> 1;
+    v16u add = hm;                                                  // RNZ
+    if constexpr (MODE == RNA) add = hm + 1u;
+    if constexpr (MODE == RNE) add = hm + (((a | 0x800000u) >> dd) & 1u);
+    const v16u rn = (a + add) & ~mask;
+    const v16i tiny_up = MODE == RNA ? (v16i)(a >= g.half_bits) : (v16i)(a > g.half_bits);
+    const v16u tiny = (v16u)tiny_up & g.tiny_bits;
+    const v16u r = a < g.tiny_bits ? tiny : rn;
+    return r > g.max_bits ? splat(g.max_bits) : r;
+}
+
+// the sign put back (-0 kept only where the format has it)
+inline v16u with_sign(v16u r, v16u sign, const Grid& g) {
+    const v16u keep = g.neg_zero ? splat(~0u) : (v16u)(r != 0u);
+    return r | (sign & keep);
+}
+
+constexpr bool nearest(int mode) { return mode == RNE || mode == RNA || mode == RNZ; }
+
+// ---- 16 blocks at a time ---------------------------------------------------------------------
+// A group's per-block work (maximum, scale) runs on vectors across its 16 blocks: lane k is
+// block k. max16 reduces 16 vectors to the vector of their 16 maxima in 4 levels of pairwise
+// shuffles (45 operations instead of 16 horizontal reductions of 8).
+
+#define LO8(a, b) __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+#define HI8(a, b) __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31)
+#define LO4(a, b) __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27)
+#define HI4(a, b) __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31)
+#define LO2(a, b) __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29)
+#define HI2(a, b) __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31)
+#define LO1(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+#define HI1(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
+
+inline v16u max16(v16u* m) {
+    v16u a[8], b[4], c[2];
+    for (int i = 0; i < 8; i++) a[i] = vmax(LO8(m[2 * i], m[2 * i + 1]), HI8(m[2 * i], m[2 * i + 1]));
+    for (int i = 0; i < 4; i++) b[i] = vmax(LO4(a[2 * i], a[2 * i + 1]), HI4(a[2 * i], a[2 * i + 1]));
+    for (int i = 0; i < 2; i++) c[i] = vmax(LO2(b[2 * i], b[2 * i + 1]), HI2(b[2 * i], b[2 * i + 1]));
+    return vmax(LO1(c[0], c[1]), HI1(c[0], c[1]));
+}
+
+// Copy cnt (<= 16) blocks of x to buf; returns each block's largest |x| bits (lane k; 0 for
+// k >= cnt). NaN and Inf count (their bits are the largest): a lane >= F32_INF is a poisoned
+// block, and otherwise the lane is the largest finite magnitude.
+template <int B>
+inline v16u load_group(const float* x, int cnt, float* buf) {
+    v16u m[16];
+    for (int k = 0; k < 16; k++) {
+        v16u acc = {};
+        if (k < cnt) {
+            for (int q = 0; q < B / 16; q++) {
+                v16u u;
+                std::memcpy(&u, x + B * k + 16 * q, 64);
+                std::memcpy(buf + B * k + 16 * q, &u, 64);
+                acc = vmax(acc, u & ~SIGN);
+            }
+        }
+        m[k] = acc;
+    }
+    return max16(m);
+}
+
+// 2^q as float32 bits on 16 lanes, q in [-149, 127]
+inline v16u pow2_vec(v16i q) {
+    const v16i n = q + 127, s = q + 149;
+    const v16u normal = (v16u)(n > 0 ? n : (v16i){}) << 23;
+    const v16u sub = splat(1u) << (v16u)(s < 0 ? (v16i){} : (s > 31 ? (v16i){} + 31 : s));
+    return q >= -126 ? normal : sub;
+}
+
+// Store 16 results; STREAM: a non-temporal store (y 64-byte aligned, large outputs: they do
+// not go through the cache, so the line is not first read from memory)
+template <bool STREAM>
+inline void store16(float* y, v16f v) {
+#if defined(__AVX512F__)
+    if constexpr (STREAM) { _mm512_stream_ps(y, (__m512)v); return; }
+#endif
+    std::memcpy(y, &v, 64);
+}
+
+template <int B>
+inline void poison(float* y) {
+    const float nan = float_of(F32_NAN);
+    for (int j = 0; j < B; j++) y[j] = nan;
+}
+
+// Every kernel: for each group, Params::scales fills the per-block values from the maxima,
+// then each block that is not poisoned runs its elements (vector code for the nearest modes,
+// round_mag's loop for the others).
+struct MX {
+    int32_t emax_elem, lo, hi;
+    bool stream;
+
+    template <int MODE, int RNG, int B>
+    static void run(const float* x, float* y, int64_t nb, Grid g, Random rnd, MX p) {
+        alignas(64) float buf[16 * B];
+        alignas(64) float down_[16], back_[16];
+        alignas(64) uint32_t bad_[16];
+        for (int64_t b0 = 0; b0 < nb; b0 += 16, x += 16 * B, y += 16 * B) {
+            const int cnt = nb - b0 < 16 ? (int)(nb - b0) : 16;
+            const v16u am = load_group<B>(x, cnt, buf);
+            // floor(log2 amax): the exponent field, or for a subnormal amax that of its
+            // (exact) conversion to float, less 149; amax = 0 takes the smallest scale
+            const v16f conv = __builtin_convertvector((v16i)am, v16f);
+            const v16i fa = (v16i)(am >> 23);
+            const v16i fl2 = fa > 0 ? fa - 127 : (v16i)((v16u)conv >> 23) - 127 - 149;
+            v16i e = fl2 - p.emax_elem;
+            e = am == 0u ? (v16i){} + p.lo : e;
+            e = e < p.lo ? (v16i){} + p.lo : (e > p.hi ? (v16i){} + p.hi : e);
+            const v16u down = pow2_vec(-e), back = pow2_vec(e), bad = (v16u)(am >= F32_INF);
+            std::memcpy(down_, &down, 64);
+            std::memcpy(back_, &back, 64);
+            std::memcpy(bad_, &bad, 64);
+            for (int k = 0; k < cnt; k++) {
+                float* yk = y + B * k;
+                const float* xk = buf + B * k;
+                if (bad_[k]) { poison<B>(yk); continue; }
+                const float dn = down_[k], bk = back_[k];
+                if constexpr (nearest(MODE)) {     // |t| < 2^-126 rounds to 0 as it is
+                    for (int q = 0; q < B / 16; q++) {
+                        v16u u;
+                        std::memcpy(&u, xk + 16 * q, 64);
+                        const v16u a = (v16u)((v16f)u * dn) & ~SIGN;
+                        const v16f yv = (v16f)with_sign(round_near<MODE>(a, g), u & SIGN, g) * bk;
+                        if (p.stream) store16<true>(yk + 16 * q, yv); else store16<false>(yk + 16 * q, yv);
+                    }
+                    continue;
+                }
+                const int64_t i0 = (b0 + k) * B;
+                for (int j = 0; j < B; j++) {
+                    const uint32_t u = bits_of(xk[j]), sign = u & SIGN;
+                    uint32_t a = bits_of(xk[j] * dn) & ~SIGN;
+                    a = ((a < 0x800000u) & ((u & ~SIGN) != 0u)) ? 0x800000u : a;  // |t| < 2^-126
+                    const uint32_t r = round_mag<MODE, RNG>(a, sign != 0u, i0 + j, g, rnd);
+                    const uint32_t o = ((g.neg_zero == 0) & (r == 0u)) ? 0u : (r | sign);
+                    yk[j] = float_of(o) * bk;
+                }
+            }
+        }
+    }
+};
+
+struct Amax {
+    Grid scale;                // the scale format's grid (RNE, saturating)
+    float target, s_enc, s_dec;
+    bool stream;
+
+    template <int MODE, int RNG, int B>
+    static void run(const float* x, float* y, int64_t nb, Grid g, Random rnd, Amax p) {
+        alignas(64) float buf[16 * B];
+        alignas(64) float sb_[16], senc_[16];
+        alignas(64) uint32_t bad_[16];
+        for (int64_t b0 = 0; b0 < nb; b0 += 16, x += 16 * B, y += 16 * B) {
+            const int cnt = nb - b0 < 16 ? (int)(nb - b0) : 16;
+            const v16u am = load_group<B>(x, cnt, buf);
+            const v16f s_in = ((v16f)am / p.target) * p.s_enc;
+            const v16f s_b = (v16f)round_near<RNE>((v16u)s_in, p.scale);     // s_in >= 0
+            v16f s_enc_b = 1.0f / (s_b * p.s_dec);
+            s_enc_b = s_enc_b > F32_MAX ? splatf(F32_MAX) : s_enc_b;
+            const v16u bad = (v16u)(am >= F32_INF);
+            std::memcpy(sb_, &s_b, 64);
+            std::memcpy(senc_, &s_enc_b, 64);
+            std::memcpy(bad_, &bad, 64);
+            for (int k = 0; k < cnt; k++) {
+                float* yk = y + B * k;
+                const float* xk = buf + B * k;
+                if (bad_[k]) { poison<B>(yk); continue; }
+                const float sb = sb_[k], se = senc_[k];
+                const bool pos = sb > 0.0f;
+                if constexpr (nearest(MODE)) {
+                    for (int q = 0; q < B / 16; q++) {
+                        v16u u;
+                        std::memcpy(&u, xk + 16 * q, 64);
+                        const v16u pp = pos ? (v16u)((v16f)u * se) : (v16u){};   // +0 where s_b = 0
+                        const v16u o = with_sign(round_near<MODE>(pp & ~SIGN, g), pp & SIGN, g);
+                        const v16f yv = ((v16f)o * sb) * p.s_dec;
+                        if (p.stream) store16<true>(yk + 16 * q, yv); else store16<false>(yk + 16 * q, yv);
+                    }
+                    continue;
+                }
+                const int64_t i0 = (b0 + k) * B;
+                for (int j = 0; j < B; j++) {
+                    const float prod = xk[j] * se;
+                    const float pp = pos ? prod : 0.0f;
+                    const uint32_t u = bits_of(pp), sign = u & SIGN;
+                    const uint32_t r = round_mag<MODE, RNG>(u & ~SIGN, sign != 0u, i0 + j, g, rnd);
+                    const uint32_t o = ((g.neg_zero == 0) & (r == 0u)) ? 0u : (r | sign);
+                    yk[j] = (float_of(o) * sb) * p.s_dec;
+                }
+            }
+        }
+    }
+};
+
+// round finite float32 values to bfloat16 (RNE), kept in float32
+inline v16u bf16_vec(v16u b) {
+    const v16u m = b & ~SIGN;
+    return ((m + 0x7FFFu + ((m >> 16) & 1u)) & 0xFFFF0000u) | (b & SIGN);
+}
+
+struct HiF4 {
+    bool stream;
+
+    template <int MODE, int RNG, int B>
+    static void run(const float* x, float* y, int64_t nb, Grid g, Random rnd, HiF4 p) {
+        static_assert(B == 64, "HiF4 blocks are 64 values");
+        alignas(64) float buf[16 * 64];
+        alignas(64) float s1_[16], r_[16];
+        alignas(64) uint32_t bad_[16];
+        // one spacing below the max (the max's binade is at most emin's): step = 2^qmin, and
+        // at most 2^22 steps (the rounding tricks below need it)
+        const float step = float_of(g.tiny_bits), inv_step = float_of(pow2_bits(g.mbits - g.emin));
+        const float nmax = float_of(g.max_bits) * inv_step;               // the largest code
+        const bool uniform = g.max_bits < (uint32_t)(g.emin + 128) << 23 && g.emin - g.mbits >= -100
+                             && g.mbits - g.emin <= 127 && nmax < 4194304.0f;
+        for (int64_t b0 = 0; b0 < nb; b0 += 16, x += 16 * 64, y += 16 * 64) {
+            const int cnt = nb - b0 < 16 ? (int)(nb - b0) : 16;
+            const v16u ma = load_group<64>(x, cnt, buf);
+            // native_hif4.cpp's level 1 on 16 blocks: S1 = E6M2(RNE)(clamp(bf16(Ma * bf16(1/7)),
+            // 2^-48, 1.5 * 2^15)), r = bf16(1 / S1); sf is normal there: RNE to 2 mantissa bits
+            v16f sf = (v16f)bf16_vec((v16u)((v16f)ma * 0.142578125f));
+            sf = sf < 0x1p-48f ? splatf(0x1p-48f) : (sf > 49152.0f ? splatf(49152.0f) : sf);
+            v16u sb = (v16u)sf;
+            sb = (sb + 0xFFFFFu + ((sb >> 21) & 1u)) & ~0x1FFFFFu;
+            const v16f s1 = (v16f)sb;
+            const v16f r = (v16f)bf16_vec((v16u)(1.0f / s1));
+            const v16u bad = (v16u)(ma >= F32_INF);
+            std::memcpy(s1_, &s1, 64);
+            std::memcpy(r_, &r, 64);
+            std::memcpy(bad_, &bad, 64);
+            for (int k = 0; k < cnt; k++) {
+                float* yk = y + 64 * k;
+                const float* xk = buf + 64 * k;
+                if (bad_[k]) { poison<64>(yk); continue; }
+                const float rk = r_[k], s1k = s1_[k];
+                // levels 2 and 3 on one vector of the 16 subgroups (lane s: subgroup s): two
+                // levels of pairwise shuffles take each subgroup's maximum (Mc); lanes s and s^1
+                // share a group of 8 (Mb). E1_8 = [Mb * r >= 4], E1_16 = [Mc * r * 2^-E1_8 >= 2]
+                v16u a[4];
+                for (int q = 0; q < 4; q++) {
+                    std::memcpy(&a[q], xk + 16 * q, 64);
+                    a[q] &= ~SIGN;                  // finite: unsigned order is float order
+                }
+                const v16u p0 = vmax(LO1(a[0], a[1]), HI1(a[0], a[1]));
+                const v16u p1 = vmax(LO1(a[2], a[3]), HI1(a[2], a[3]));
+                const v16u mc = vmax(LO1(p0, p1), HI1(p0, p1));
+                const v16u mb = vmax(mc, SWAP1(mc));
+                const v16u e8 = (v16u)(((v16f)mb * rk) >= 4.0f);              // all ones or 0
+                const v16f scale = (v16f)(splat(0x3F800000u) - (e8 & (1u << 23)));  // 2^-E1_8
+                const v16u e16 = (v16u)((((v16f)mc * rk) * scale) >= 2.0f);
+                const v16u sh16 = ((e8 & 1u) + (e16 & 1u)) << 23;   // E1_8 + E1_16, << 23
+                const v16u shift[4] = {                             // spread to the elements
+                    __builtin_shufflevector(sh16, sh16, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                    __builtin_shufflevector(sh16, sh16, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
+                    __builtin_shufflevector(sh16, sh16, 8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11),
+                    __builtin_shufflevector(sh16, sh16, 12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15)};
+                if constexpr (MODE == RNA || MODE == RNE) {
+                    if (uniform) {
+                        // one spacing 2^qmin up to the max (E1M2: 0.25 to 1.75): the code
+                        // n = round(v / 2^qmin) in the float unit. RNA: trunc(v4 + 0.5), exact
+                        // because v is a bfloat16 (8 significant bits); RNE: (v4 + 2^23) - 2^23
+                        const float s1q = s1k * step;                        // exact
+                        for (int q = 0; q < 4; q++) {
+                            v16u u;
+                            std::memcpy(&u, xk + 16 * q, 64);
+                            const v16u sh = shift[q];
+                            const v16u v = bf16_vec((v16u)(((v16f)(u & ~SIGN) * rk) * (v16f)(splat(0x3F800000u) - sh)));
+                            v16f v4 = (v16f)v * inv_step;
+                            v4 = v4 > nmax ? splatf(nmax) : v4;          // on the grid; saturates
+                            v16f n;
+                            if constexpr (MODE == RNA) n = __builtin_convertvector(__builtin_convertvector(v4 + 0.5f, v16i), v16f);
+                            else n = (v4 + 8388608.0f) - 8388608.0f;
+                            const v16u neg = (v16u)((v16f)u < 0.0f);            // -0 is not < 0
+                            const v16f yv = ((v16f)((v16u)n | (neg & SIGN)) * s1q) * (v16f)(splat(0x3F800000u) + sh);
+                            if (p.stream) store16<true>(yk + 16 * q, yv); else store16<false>(yk + 16 * q, yv);
+                        }
+                        continue;
+                    }
+                }
+                if constexpr (nearest(MODE)) {
+                    for (int q = 0; q < 4; q++) {
+                        v16u u;
+                        std::memcpy(&u, xk + 16 * q, 64);
+                        const v16u sh = shift[q];
+                        const v16u v = bf16_vec((v16u)(((v16f)(u & ~SIGN) * rk) * (v16f)(splat(0x3F800000u) - sh)));
+                        const v16u c = round_near<MODE>(v, g);
+                        const v16u neg = (v16u)((v16f)u < 0.0f);            // -0 is not < 0
+                        const v16f yv = ((v16f)(c | (neg & SIGN)) * s1k) * (v16f)(splat(0x3F800000u) + sh);
+                        if (p.stream) store16<true>(yk + 16 * q, yv); else store16<false>(yk + 16 * q, yv);
+                    }
+                    continue;
+                }
+                alignas(64) uint32_t sh_[64];
+                std::memcpy(sh_, shift, sizeof sh_);
+                const int64_t i0 = (b0 + k) * 64;
+                for (int j = 0; j < 64; j++) {
+                    const uint32_t sh = sh_[j];
+                    const uint32_t u = bits_of(xk[j]);
+                    const float v = float_of(bf16_bits(bits_of((float_of(u & ~SIGN) * rk) * float_of(0x3F800000u - sh))));
+                    const uint32_t c = round_mag<MODE, RNG>(bits_of(v), false, i0 + j, g, rnd);
+                    const bool negative = xk[j] < 0.0f;
+                    yk[j] = (float_of(negative ? (c | SIGN) : c) * s1k) * float_of(0x3F800000u + sh);
+                }
+            }
+        }
+    }
+};
+
+template <class K, int B>
+void by_mode_(int mode, int rng, const float* x, float* y, int64_t nb, const Grid& g,
+              const Random& r, const K& p) {
+    switch (mode) {
+        case RNE: K::template run<RNE, NONE, B>(x, y, nb, g, r, p); break;
+        case RNA: K::template run<RNA, NONE, B>(x, y, nb, g, r, p); break;
+        case RNZ: K::template run<RNZ, NONE, B>(x, y, nb, g, r, p); break;
+        case RTZ: K::template run<RTZ, NONE, B>(x, y, nb, g, r, p); break;
+        case RUP: K::template run<RUP, NONE, B>(x, y, nb, g, r, p); break;
+        case RDN: K::template run<RDN, NONE, B>(x, y, nb, g, r, p); break;
+        case RTO: K::template run<RTO, NONE, B>(x, y, nb, g, r, p); break;
+        case SR:
+            if (rng == HASH) K::template run<SR, HASH, B>(x, y, nb, g, r, p);
+            else K::template run<SR, REPLAY, B>(x, y, nb, g, r, p);
+            break;
+        case SR_BITS:
+            if (rng == HASH) K::template run<SR_BITS, HASH, B>(x, y, nb, g, r, p);
+            else K::template run<SR_BITS, REPLAY, B>(x, y, nb, g, r, p);
+            break;
+        default:
+            if (rng == HASH) K::template run<SR_HALF, HASH, B>(x, y, nb, g, r, p);
+            else K::template run<SR_HALF, REPLAY, B>(x, y, nb, g, r, p);
+            break;
+    }
+}
+
+template <class K, int B>
+void by_mode(int mode, int rng, const float* x, float* y, int64_t nb, const Grid& g,
+             const Random& r, const K& p) {
+    by_mode_<K, B>(mode, rng, x, y, nb, g, r, p);
+#if defined(__AVX512F__)
+    if (p.stream) _mm_sfence();           // the streamed stores are complete before returning
+#endif
+}
+
+// stream the results where asked, the CPU has the instruction and y is 64-byte aligned
+bool streamed(const float* y, int stream) {
+#if defined(__AVX512F__)
+    return stream != 0 && ((uintptr_t)y & 63u) == 0;
+#else
+    (void)y; (void)stream;
+    return false;
+#endif
+}
+
+Random random_of(const void* draws, int64_t index0, uint64_t seed, int sr_bits) {
+    return Random{draws, index0, (uint32_t)(seed & 0xFFFFFFFFu), (uint32_t)(seed >> 32), sr_bits};
+}
+
+}  // namespace
+
+// Every entry: x, y the slice's first block; nb blocks of B values; index0 the slice's first
+// element's index in the blocks (HASH); draws the slice's first draw (REPLAY) or null; the
+// element grid (emin, mbits, max_bits, neg_zero); mode, rng, sr_bits, seed; stream: write the
+// results with non-temporal stores (large outputs). They return 1 for a block size not compiled.
+extern "C" int floatlab_block_mx(const float* x, float* y, int64_t nb, int64_t B, int64_t index0,
+                                 const void* draws, int mode, int rng, int sr_bits, uint64_t seed,
+                                 int emin, int mbits, uint32_t max_bits, int neg_zero,
+                                 int emax_elem, int lo, int hi, int stream) {
+    const Grid g = grid(emin, mbits, max_bits, neg_zero);
+    const Random r = random_of(draws, index0, seed, sr_bits);
+    const MX p{emax_elem, lo, hi, streamed(y, stream)};
+    if (B != 32) return 1;
+    by_mode<MX, 32>(mode, rng, x, y, nb, g, r, p);
+    return 0;
+}
+
+extern "C" int floatlab_block_amax(const float* x, float* y, int64_t nb, int64_t B,
+                                   int64_t index0, const void* draws, int mode, int rng,
+                                   int sr_bits, uint64_t seed, int emin, int mbits,
+                                   uint32_t max_bits, int neg_zero, int s_emin, int s_mbits,
+                                   uint32_t s_max_bits, float target, float s_enc, float s_dec,
+                                   int stream) {
+    const Grid g = grid(emin, mbits, max_bits, neg_zero);
+    const Random r = random_of(draws, index0, seed, sr_bits);
+    const Amax p{grid(s_emin, s_mbits, s_max_bits, 1), target, s_enc, s_dec, streamed(y, stream)};
+    if (B == 16) by_mode<Amax, 16>(mode, rng, x, y, nb, g, r, p);
+    else if (B == 256) by_mode<Amax, 256>(mode, rng, x, y, nb, g, r, p);
+    else return 1;
+    return 0;
+}
+
+extern "C" void floatlab_block_hif4(const float* x, float* y, int64_t nb, int64_t index0,
+                                    const void* draws, int mode, int rng, int sr_bits,
+                                    uint64_t seed, int emin, int mbits, uint32_t max_bits,
+                                    int neg_zero, int stream) {
+    by_mode<HiF4, 64>(mode, rng, x, y, nb, grid(emin, mbits, max_bits, neg_zero),
+                      random_of(draws, index0, seed, sr_bits), HiF4{streamed(y, stream)});
+}
+
+// amax[b] = the largest finite |x| of block b (NVFP4's tensor amax is their max)
+extern "C" int floatlab_block_absmax(const float* x, int64_t nb, int64_t B, float* amax) {
+    bool bad;
+    if (B == 16) {
+        alignas(64) float buf[16];
+        for (int64_t b = 0; b < nb; b++) amax[b] = float_of(load_block<16>(x + 16 * b, buf, bad));
+    } else if (B == 256) {
+        alignas(64) float buf[256];
+        for (int64_t b = 0; b < nb; b++) amax[b] = float_of(load_block<256>(x + 256 * b, buf, bad));
+    } else {
+        return 1;
+    }
+    return 0;
+}
