@@ -21,6 +21,16 @@ formats of at most 8 bits, ``(scale code, element code)`` products for the block
 ``(E6M2 byte, shift, element code)``). Each table entry is computed by the plain path's own
 arithmetic, so the gathered values are its bits by construction.
 
+Scalar formats on float32/bfloat16/float16 CPU tensors go first to the native kernel
+(:func:`floatlab.kernels.native_scalar.encode_into`, backend ``auto``): the rounding of
+:mod:`~floatlab.kernels.native_scalar` and the code of the rounded bits in one pass (4-bit codes
+packed in it, NaN into a format without NaN reported from it), for every format and mode that
+kernel rounds and whose code mapping it checked against the plain encoder on every value of the
+format (:func:`~floatlab.kernels.native_scalar.code_spec`); decode gathers from the same tables
+natively, or widens fp16/bf16 codes to float32 on their bits. Elsewhere (float64 inputs, other
+modes, ``eager``/``compiled`` backends, no compiler, ``FLOATLAB_NATIVE=0``) the compiled kernels
+below serve the call, with the same bits.
+
 Everything not covered (the stochastic modes without a generator, whose plain draws come from
 ``torch.rand``; other scale rules; 6-bit codes; formats whose values a float32/float64 pattern
 cannot spell) returns None and the caller runs the plain path.
@@ -41,7 +51,7 @@ from floatlab.formats.hifloat4 import E6M2
 from floatlab.formats.hifloat8 import HiF8Format
 from floatlab.formats.integer import IntFormat
 from floatlab.kernels import block as kblock
-from floatlab.kernels import compiler, dispatch, memory, native
+from floatlab.kernels import compiler, dispatch, memory, native, native_scalar
 from floatlab.kernels.scalar import F32, Layout, pow2, quantize_kernel
 from floatlab.plain.blocking import Blocking, float32_input, to_blocks
 from floatlab.rounding import RoundingMode as M
@@ -213,6 +223,10 @@ def encode_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr_b
     plan = dispatch.scalar_plan(fmt, mode, saturate, x.dtype, sr_bits, generator)
     if plan is None or plan.rng == "hash":
         return None           # the plain path's torch.rand draws (no generator) stay the plain path's
+    if backend == "auto":
+        data = _encode_native(x, fmt, mode, saturate, generator, sr_bits, plan)
+        if data is not None:
+            return data
     cp = code_plan(fmt, plan.layout)
     if cp is None or not _packable(cp.bits) or (cp.bits == 4 and x.numel() % 2):
         return None
@@ -232,9 +246,7 @@ def encode_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr_b
         if q is None:                 # the same draws, op by op
             q = quantize_kernel(flat, rnd, plan)
         if bool(torch.isnan(q).any()):
-            raise ValueError(f"format {fmt.name!r} has no NaN code, but the input holds NaN "
-                             f"({int(torch.isnan(x).sum())} values); fake-quantize with "
-                             "floatlab.quantize keeps NaN, encode cannot")
+            raise _nan_refused(fmt, x)
         flat, rnd = q, None
         plan = dataclasses.replace(plan, mode=M.RNE, rng="none", sr_bits=None)   # exact already
     eager = not _use_compiler(backend, x.numel())
@@ -251,6 +263,35 @@ def encode_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr_b
             raise
         codes = _scalar_fn(plan, cp, False)(flat, rnd)
         return pack4(codes, True) if cp.bits == 4 else codes
+
+
+def _nan_refused(fmt, x: torch.Tensor) -> ValueError:
+    return ValueError(f"format {fmt.name!r} has no NaN code, but the input holds NaN "
+                      f"({int(torch.isnan(x).sum())} values); fake-quantize with "
+                      "floatlab.quantize keeps NaN, encode cannot")
+
+
+def _encode_native(x, fmt, mode: M, saturate: bool, generator, sr_bits, plan) -> torch.Tensor | None:
+    """The packed codes from the native kernel (:func:`native_scalar.encode_into`: rounding and
+    codes in one pass, 4-bit codes packed in it), or None where it does not serve the call:
+    not a float32/bfloat16/float16 CPU tensor, a format or mode it lacks, inside torch.compile's
+    tracing, no library. The draws are the plain path's (``plan.rng`` is never the hash here)."""
+    if (x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or x.device.type != "cpu"
+            or torch.compiler.is_compiling()):
+        return None
+    nplan = native_scalar.plan(fmt, mode, bool(saturate), sr_bits, plan.rng)
+    if nplan is None:
+        return None
+    cs = native_scalar.code_spec(fmt)
+    if cs is None:
+        return None
+    rnd = dispatch.draws(plan, x.shape, x.device, generator)
+    src = x.contiguous()
+    size = native_scalar.encoded_size(x.numel(), cs.bits)
+    out = memory.empty_output(torch.empty(()).expand(size), torch.int16 if cs.bits == 16 else torch.uint8)
+    if native_scalar.encode_into(src, out, nplan, cs, rnd):
+        raise _nan_refused(fmt, x)
+    return out
 
 
 # ---- block encode ----------------------------------------------------------------------------
@@ -529,6 +570,10 @@ def _decode(qt, dtype: torch.dtype, backend: str) -> torch.Tensor | None:
     if n == 0:
         return None
     bits = qt.element_bits
+    if backend in ("auto", "native"):
+        y = _decode_native(qt, dtype)
+        if y is not None:
+            return y
     if bits not in (4, 8):
         if isinstance(fmt, FloatFormat) and code_plan(fmt, F32) is not None \
                 and code_plan(fmt, F32).kind == "half":
@@ -547,6 +592,30 @@ def _decode(qt, dtype: torch.dtype, backend: str) -> torch.Tensor | None:
     zero = torch.zeros((), dtype=torch.int32, device=data.device)
     y = _run((fmt, dtype, "decode", bits), lambda: _gather_fn(bits == 4), eager, data, zero, table)
     return y.reshape(-1)[:n].reshape(qt.shape)
+
+
+def _decode_native(qt, dtype: torch.dtype) -> torch.Tensor | None:
+    """Values of a scalar QTensor by the native kernels (:mod:`native_scalar`): a gather from
+    :func:`scalar_table` (the plain decoder's values) for 4/6/8-bit codes, fp16/bf16 codes widened
+    to float32 on their bits (NaN as the plain path's); None where they do not apply."""
+    fmt = qt.format
+    data = qt.data
+    if (data.device.type != "cpu" or getattr(fmt, "kind", None) != "scalar"
+            or torch.compiler.is_compiling() or not native_scalar.available()):
+        return None
+    bits = qt.element_bits
+    if bits in (4, 6, 8):
+        table = scalar_table(fmt, dtype, data.device).contiguous()
+        out = memory.empty_output(torch.empty(()).expand(qt.shape), dtype)
+        native_scalar.decode_table_into(data.reshape(-1).contiguous(), out, table, bits)
+        return out
+    cp = code_plan(fmt, F32) if isinstance(fmt, FloatFormat) else None
+    if cp is None or cp.kind != "half" or dtype is not torch.float32 or data.dtype is not torch.int16:
+        return None
+    out = memory.empty_output(torch.empty(()).expand(qt.shape), torch.float32)
+    native_scalar.decode_half_into(data.reshape(-1)[: qt.numel].contiguous(), out,
+                                   cp.half_dtype is torch.float16)
+    return out
 
 
 def element_values(c: torch.Tensor, cp: CodePlan) -> torch.Tensor:

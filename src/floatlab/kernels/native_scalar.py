@@ -21,6 +21,12 @@ with the decisions of :func:`floatlab.kernels.scalar._round_up` and ``_finish``:
 * Overflow, saturation, Inf, NaN (``0x7FC00000`` with the input's sign) and the sign follow
   ``_finish`` for these modes; signed formats with a zero and a symmetric range only.
 
+The same pass also writes codes instead of values (:func:`encode_into`, what
+:func:`floatlab.encode` runs: the code read off the rounded bits, 4-bit codes packed two per byte,
+float32, bfloat16 or float16 inputs; :func:`code_spec` checks the mapping on every value of the
+format against the plain encoder first), and decodes codes by a table gather
+(:func:`decode_table_into`) or fp16/bf16 codes on their bits (:func:`decode_half_into`).
+
 Built on first use like :mod:`floatlab.kernels.native` (the compiler torch.compile uses, into
 ``$FLOATLAB_CACHE/native``); run in ``torch.get_num_threads()`` threads over slices of the
 tensor. Where it cannot be built or ``FLOATLAB_NATIVE=0``, :func:`available` is False and the
@@ -73,6 +79,18 @@ def _load() -> ctypes.CDLL | None:
     fn.argtypes = ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                     ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
                    + [ctypes.c_uint32] * 6 + [ctypes.c_int] * 4 + [ctypes.c_uint64])
+    fn.restype = None
+    fn = lib.floatlab_encode
+    fn.argtypes = ([ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
+                    ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+                   + [ctypes.c_uint32] * 6 + [ctypes.c_int] * 4 + [ctypes.c_uint32] * 3)
+    fn.restype = ctypes.c_int
+    fn = lib.floatlab_decode_table
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
+                   ctypes.c_int]
+    fn.restype = None
+    fn = lib.floatlab_decode_half
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     fn.restype = None
     return lib
 
@@ -220,3 +238,151 @@ def round_into(x: torch.Tensor, out: torch.Tensor, p: NativePlan, rnd: torch.Ten
         return (px + 4 * start, py + 4 * start, min(CHUNK * c, n - start), start,
                 None if pd is None else pd + step * start, *consts)
     native._parallel(lib.floatlab_round_f32, -(-n // CHUNK), chunk)
+
+
+# ---- codes (encode) and values of codes (decode) --------------------------------------------
+_IN_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_OUT_KINDS = {8: 0, 16: 1, 4: 2, 6: 3}
+_NO_NAN = 0x10000             # above every code: the kernel reports it (a NaN to refuse)
+
+
+@dataclass(frozen=True)
+class CodeSpec:
+    """How ``native_scalar.cpp``'s ``code_of`` turns a rounded value into a code of the format."""
+
+    bits: int                 # 8, 16, or 4/6 (packed: floatlab.tensor.packing's bit stream)
+    offset: int               # IEEE: (127 - bias) << mbits
+    inf_code: int             # IEEE: the magnitude code of Inf (0 where the format has none)
+    nan_code: int             # the NaN code (_NO_NAN where the format has none: refused)
+    has_nan: bool
+
+
+def code_spec(fmt) -> CodeSpec | None:
+    """The code constants of ``fmt`` where the native kernel's mapping gives the plain encoder's
+    code for every value of the format (and its NaN, Inf, -0 and overflow: checked here once per
+    format, against ``floatlab.encode(..., backend="plain")``), else None."""
+    if not available():
+        return None
+    return _code_spec(fmt)
+
+
+@lru_cache(maxsize=256)
+def _code_spec(fmt) -> CodeSpec | None:
+    if plan(fmt, M.RNE, False, None, "none") is None or fmt.bits not in _OUT_KINDS:
+        return None
+    if isinstance(fmt, HiF8Format):
+        cs = CodeSpec(8, 0, 0, int(fmt.nan_code), True)
+    else:
+        cs = CodeSpec(fmt.bits, (127 - fmt.bias) << fmt.mbits,
+                      int(fmt.inf_code) if fmt.has_inf else 0,
+                      int(fmt.nan_code) if fmt.has_nan else _NO_NAN, bool(fmt.has_nan))
+    return cs if _mapping_matches(fmt, cs) else None
+
+
+def _mapping_matches(fmt, cs: CodeSpec) -> bool:
+    """Every code's value (and the specials) encoded natively equals the plain encoder's codes."""
+    import floatlab     # the public encode (ops import kernels: imported late)
+
+    vals = fmt.decode(torch.arange(2 ** fmt.bits, dtype=torch.int64)).to(torch.float32)
+    inf = float("inf")
+    extra = [0.0, -0.0, inf, -inf, 2.0 * float(fmt.max_value), -2.0 * float(fmt.max_value)]
+    x = torch.cat([vals, torch.tensor(extra + ([float("nan")] if fmt.has_nan else []))])
+    if not fmt.has_nan:
+        x = x[~torch.isnan(x)]
+    x = x[: x.numel() // 2 * 2]
+    for saturate in (False, True):
+        try:
+            want = floatlab.encode(x, fmt, "rne", saturate, backend="plain").data
+        except ValueError:
+            return False
+        got = torch.empty_like(want)
+        p = plan(fmt, M.RNE, saturate, None, "none")
+        if p is None:
+            return False
+        if encode_into(x, got, p, cs, None) or not torch.equal(got, want):
+            return False
+    return True
+
+
+def encoded_size(numel: int, bits: int) -> int:
+    """Entries of the flat code storage (``floatlab.tensor.packing.pack``'s length)."""
+    return (numel * bits + 7) // 8 if bits < 8 else numel
+
+
+def encode_into(x: torch.Tensor, dst: torch.Tensor, p: NativePlan, cs: CodeSpec,
+                rnd: torch.Tensor | None) -> bool:
+    """Write the codes of ``x`` rounded by ``p`` into ``dst`` (contiguous, uint8 for 4/6/8-bit
+    codes, 4/6-bit ones packed as :func:`floatlab.tensor.packing.pack`, int16 for 16-bit codes; of
+    :func:`encoded_size` entries). ``x`` contiguous float32, bfloat16 or float16 on the CPU;
+    ``rnd`` the plain path's draws (one per element) or None (``p.rng`` must not be the hash).
+    Returns whether a NaN was produced in a format without NaN (its codes there are meaningless:
+    the caller refuses the input, as the plain path)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native scalar kernel is not available (check available())")
+    if p.rng == _HASH:
+        raise ValueError("encode replays the plain path's draws: the hash plan is not served")
+    n = x.numel()
+    if n == 0:
+        return False
+    draws, step = None, 0
+    if p.rng == _REPLAY:
+        draws = rnd.reshape(-1).contiguous()
+        if draws.numel() != n or draws.element_size() != 8:
+            raise ValueError("one 8-byte draw per element is needed")
+        step = 8
+    in_kind, out_kind = _IN_KINDS[x.dtype], _OUT_KINDS[cs.bits]
+    px, py, esize = x.data_ptr(), dst.data_ptr(), x.element_size()
+    pd = draws.data_ptr() if draws is not None else None
+    consts = (p.kind, p.mode, p.max_bits, p.ovf_bits, p.inf_bits, p.tiny_bits, p.half_bits,
+              p.sub_bits, p.qs, p.dn, int(p.neg_zero), p.sr_bits, cs.offset, cs.inf_code,
+              cs.nan_code)
+
+    def chunk(s, c):
+        start = CHUNK * s                       # packed slices start on a byte
+        out = start * cs.bits // 8 if cs.bits < 8 else start * dst.element_size()
+        return (px + esize * start, in_kind, py + out, out_kind, min(CHUNK * c, n - start), start,
+                None if pd is None else pd + step * start, *consts)
+    return _parallel_any(lib.floatlab_encode, -(-n // CHUNK), chunk)
+
+
+def _parallel_any(fn, nb: int, chunk_args) -> bool:
+    """:func:`floatlab.kernels.native._parallel` for a kernel returning a flag: any set."""
+    threads = max(1, min(torch.get_num_threads(), nb // native.MIN_BLOCKS_PER_THREAD))
+    if threads == 1:
+        return bool(fn(*chunk_args(0, nb)))
+    step = -(-nb // threads)
+    futures = [native._pool(threads).submit(fn, *chunk_args(s, min(step, nb - s)))
+               for s in range(0, nb, step)]
+    return any([bool(f.result()) for f in futures])
+
+
+def decode_table_into(data: torch.Tensor, out: torch.Tensor, table: torch.Tensor, bits: int) -> None:
+    """``out[i] = table[code i]`` for the ``out.numel()`` codes in ``data`` (uint8: 8-bit codes
+    one per byte, 4/6-bit ones packed as :func:`floatlab.tensor.packing.pack`); ``out`` and
+    ``table`` of one dtype (2, 4 or 8 bytes), all contiguous CPU tensors."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native scalar kernel is not available (check available())")
+    n = out.numel()
+    if n == 0:
+        return
+    pc, py, pt, es = data.data_ptr(), out.data_ptr(), table.data_ptr(), out.element_size()
+    def chunk(s, c):
+        start = CHUNK * s
+        return (pc + start * bits // 8, py + es * start, min(CHUNK * c, n - start), pt, es, bits)
+    native._parallel(lib.floatlab_decode_table, -(-n // CHUNK), chunk)
+
+
+def decode_half_into(data: torch.Tensor, out: torch.Tensor, fp16: bool) -> None:
+    """float32 values of 16-bit fp16 (``fp16``) or bf16 codes, NaN as ``0x7FC00000``."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native scalar kernel is not available (check available())")
+    n = out.numel()
+    if n == 0:
+        return
+    pc, py = data.data_ptr(), out.data_ptr()
+    native._parallel(lib.floatlab_decode_half, -(-n // CHUNK),
+                     lambda s, c: (pc + 2 * CHUNK * s, py + 4 * CHUNK * s,
+                                   min(CHUNK * c, n - CHUNK * s), int(fp16)))
