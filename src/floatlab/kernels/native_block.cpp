@@ -249,6 +249,10 @@ constexpr bool nearest(int mode) { return mode == RNE || mode == RNA || mode == 
 #define LO1(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
 #define HI1(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31)
 
+// lanes s .. s + 3 of a, each repeated 4 times (a subgroup's value to its 4 elements)
+#define EXPAND4(a, s) __builtin_shufflevector(a, a, s, s, s, s, s + 1, s + 1, s + 1, s + 1, \
+                                              s + 2, s + 2, s + 2, s + 2, s + 3, s + 3, s + 3, s + 3)
+
 inline v16u max16(v16u* m) {
     v16u a[8], b[4], c[2];
     for (int i = 0; i < 8; i++) a[i] = vmax(LO8(m[2 * i], m[2 * i + 1]), HI8(m[2 * i], m[2 * i + 1]));
@@ -467,29 +471,31 @@ struct HiF4 {
                 const v16f scale = (v16f)(splat(0x3F800000u) - (e8 & (1u << 23)));  // 2^-E1_8
                 const v16u e16 = (v16u)((((v16f)mc * rk) * scale) >= 2.0f);
                 const v16u sh16 = ((e8 & 1u) + (e16 & 1u)) << 23;   // E1_8 + E1_16, << 23
-                const v16u shift[4] = {                             // spread to the elements
-                    __builtin_shufflevector(sh16, sh16, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-                    __builtin_shufflevector(sh16, sh16, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7),
-                    __builtin_shufflevector(sh16, sh16, 8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11),
-                    __builtin_shufflevector(sh16, sh16, 12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15)};
+                const v16u shift[4] = {EXPAND4(sh16, 0), EXPAND4(sh16, 4), EXPAND4(sh16, 8), EXPAND4(sh16, 12)};
                 if constexpr (MODE == RNA || MODE == RNE) {
                     if (uniform) {
                         // one spacing 2^qmin up to the max (E1M2: 0.25 to 1.75): the code
                         // n = round(v / 2^qmin) in the float unit. RNA: trunc(v4 + 0.5), exact
-                        // because v is a bfloat16 (8 significant bits); RNE: (v4 + 2^23) - 2^23
-                        const float s1q = s1k * step;                        // exact
+                        // because v is a bfloat16 (8 significant bits); RNE: (v4 + 2^23) - 2^23.
+                        // The powers of two are folded into per-subgroup factors: v4 =
+                        // bf16(|x| * (r * 2^(-qmin - shift))) is bf16((|x| * r) * 2^-shift) * 2^-qmin
+                        // wherever that is a normal float32, and below 2^-126 both round to code 0;
+                        // y = n * (S1 * 2^qmin * 2^shift), the same exact product
+                        const v16f rsh = (v16f)(splat(0x3F800000u + ((uint32_t)(g.mbits - g.emin) << 23)) - sh16) * rk;
+                        const v16f ssh = (v16f)(splat(0x3F800000u) + sh16) * (s1k * step);
+                        const v16f rs[4] = {EXPAND4(rsh, 0), EXPAND4(rsh, 4), EXPAND4(rsh, 8), EXPAND4(rsh, 12)};
+                        const v16f ss[4] = {EXPAND4(ssh, 0), EXPAND4(ssh, 4), EXPAND4(ssh, 8), EXPAND4(ssh, 12)};
                         for (int q = 0; q < 4; q++) {
                             v16u u;
                             std::memcpy(&u, xk + 16 * q, 64);
-                            const v16u sh = shift[q];
-                            const v16u v = bf16_vec((v16u)(((v16f)(u & ~SIGN) * rk) * (v16f)(splat(0x3F800000u) - sh)));
-                            v16f v4 = (v16f)v * inv_step;
-                            v4 = v4 > nmax ? splatf(nmax) : v4;          // on the grid; saturates
+                            v16u v = (v16u)((v16f)(u & ~SIGN) * rs[q]);
+                            v = (v + 0x7FFFu + ((v >> 16) & 1u)) & 0xFFFF0000u;      // bf16, v >= 0
+                            v16f v4 = (v16f)v > nmax ? splatf(nmax) : (v16f)v;     // saturates
                             v16f n;
                             if constexpr (MODE == RNA) n = __builtin_convertvector(__builtin_convertvector(v4 + 0.5f, v16i), v16f);
                             else n = (v4 + 8388608.0f) - 8388608.0f;
                             const v16u neg = (v16u)((v16f)u < 0.0f);            // -0 is not < 0
-                            const v16f yv = ((v16f)((v16u)n | (neg & SIGN)) * s1q) * (v16f)(splat(0x3F800000u) + sh);
+                            const v16f yv = (v16f)((v16u)n | (neg & SIGN)) * ss[q];
                             if (p.stream) store16<true>(yk + 16 * q, yv); else store16<false>(yk + 16 * q, yv);
                         }
                         continue;
