@@ -25,7 +25,7 @@ import floatlab
 from floatlab.kernels import native, native_scalar
 from floatlab.rounding import RoundingMode as M
 from conftest import SCALAR_FORMATS, stress_float32
-from test_codes import same_bits, same_qtensor
+from test_codes import FAST_BLOCKS, _block_input, same_bits, same_qtensor
 
 pytestmark = pytest.mark.skipif(native.compiler() is None, reason="no C++ compiler on this machine")
 
@@ -39,9 +39,9 @@ GOAL_FORMATS = ["e4m3", "e5m2", "fp16", "bf16", "hif8", "e2m1"]
 @pytest.fixture
 def calls(monkeypatch):
     """Counts the native encode/decode calls."""
-    seen = {"encode": 0, "decode": 0}
-    enc, tab, half = (native_scalar.encode_into, native_scalar.decode_table_into,
-                      native_scalar.decode_half_into)
+    seen = {"encode": 0, "decode": 0, "rows": 0}
+    enc, tab, half, rows = (native_scalar.encode_into, native_scalar.decode_table_into,
+                            native_scalar.decode_half_into, native_scalar.decode_rows_into)
 
     def count(key, fn):
         def wrapped(*a, **k):
@@ -51,6 +51,7 @@ def calls(monkeypatch):
     monkeypatch.setattr(native_scalar, "encode_into", count("encode", enc))
     monkeypatch.setattr(native_scalar, "decode_table_into", count("decode", tab))
     monkeypatch.setattr(native_scalar, "decode_half_into", count("decode", half))
+    monkeypatch.setattr(native_scalar, "decode_rows_into", count("rows", rows))
     return seen
 
 
@@ -208,3 +209,30 @@ def test_disabled_by_env_gives_the_same_bits(monkeypatch, calls):
         same_qtensor(q, floatlab.encode(x, n, "rna" if n == "hif8" else "rne"), f"{n} without native")
         same_bits(floatlab.decode(q), floatlab.decode(q, backend="plain"), f"{n} decode")
     assert calls["encode"] == used == 2
+
+
+@pytest.mark.parametrize("name", FAST_BLOCKS)
+def test_block_decode_gathers_the_plain_values(name, calls):
+    """Block formats decode natively from the plain decoder's (scale, element) table: padded,
+    other axes, poisoned blocks, every output dtype, two threads."""
+    b = floatlab.get_format(name).block_numel
+    x = _block_input(name, rows=12, mult=3)
+    poisoned = x.clone()
+    poisoned[1, 2], poisoned[2, 0], poisoned[3, 1] = float("nan"), float("inf"), -float("inf")
+    g = torch.Generator().manual_seed(4)
+    odd = torch.randn(3, b + 1, 4, generator=g) * 30
+    cases = [(x, {}), (poisoned, {}), (x.to(torch.bfloat16), {})]
+    if name != "nvfp4":            # 1-D blocks of 16 on the last axis only
+        cases.append((odd, {} if name == "nvfp4_2d" else {"axis": 1}))
+    for t, kw in cases:
+        q = floatlab.encode(t, name, backend="plain", **kw)
+        _decode_check(q, f"{name} {t.dtype} {tuple(t.shape)}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        big = torch.randn(1024, 1024, generator=g) * torch.exp2(torch.randint(-20, 20, (1024, 1), generator=g).float())
+        q = floatlab.encode(big, name)
+        same_bits(floatlab.decode(q), floatlab.decode(q, backend="plain"), f"{name} threads")
+    finally:
+        torch.set_num_threads(old)
+    assert calls["rows"] == 5 * len(cases) + 1

@@ -704,14 +704,22 @@ def _decode_block(qt, dtype, backend):
     b = math.prod(fmt.block)
     per_byte = 2 if fmt.element_bits == 4 else 1
     eager = not (_use_compiler(backend, qt.numel) and nb >= 2)
-    arith = _block_arith(fmt, qt, dtype, s, dev)
+    # the native gather of the plain decoder's (scale, element) table where it is built
+    native_rows = (backend in ("auto", "native") and dev.type == "cpu"
+                   and not torch.compiler.is_compiling() and native_scalar.available())
+    arith = None if native_rows else _block_arith(fmt, qt, dtype, s, dev)
     if fmt.rule is ScaleRule.HIF4:
         row = _run("hif4 rows", lambda: _hif4_rows, eager, s)                # (nb, 16)
         data = qt.data.reshape(nb, 16, 4 // per_byte)
     else:
         row = s.reshape(nb, 1)
         data = qt.data.reshape(nb, b // per_byte)
-    if arith is not None:
+    if native_rows:
+        table = _block_table(fmt, qt, dtype).contiguous()
+        base = (row * 2 ** fmt.element_bits).to(torch.int32).reshape(-1).contiguous()
+        y = memory.empty_output(torch.empty(()).expand(base.numel(), b * nb // base.numel()), dtype)
+        native_scalar.decode_rows_into(qt.data.reshape(-1).contiguous(), y, table, base, fmt.element_bits)
+    elif arith is not None:
         cp, acc, mults, t = arith
         mult = mults.to(dev)[row]
         mult = mult[:, :, None] if fmt.rule is ScaleRule.HIF4 else mult      # one per byte row

@@ -433,3 +433,45 @@ extern "C" void floatlab_decode_half(const uint16_t* c, uint32_t* y, int64_t n, 
         }
     }
 }
+
+// ---- block decode: values of block codes by a table of (scale, element) values ----
+namespace {
+
+template <typename T, int BITS>
+void gather_rows(const uint8_t* __restrict c, T* __restrict y, int64_t rows, int64_t len,
+                 const int32_t* __restrict base, const T* __restrict table) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const T* __restrict t = table + base[r];
+        T* __restrict yr = y + r * len;
+        if constexpr (BITS == 4) {
+            const uint8_t* cr = c + r * len / 2;
+            for (int64_t j = 0; j < len / 2; ++j) {
+                const uint8_t b = cr[j];
+                yr[2 * j] = t[b & 15u];
+                yr[2 * j + 1] = t[b >> 4];
+            }
+        } else {
+            const uint8_t* cr = c + r * len;
+            for (int64_t j = 0; j < len; ++j) yr[j] = t[cr[j]];
+        }
+    }
+}
+
+template <typename T>
+void gather_rows_by(int bits, const uint8_t* c, void* y, int64_t rows, int64_t len,
+                    const int32_t* base, const void* table) {
+    if (bits == 4) gather_rows<T, 4>(c, (T*)y, rows, len, base, (const T*)table);
+    else gather_rows<T, 8>(c, (T*)y, rows, len, base, (const T*)table);
+}
+
+}  // namespace
+
+// Rows of len elements (len even for 4-bit codes, packed two per byte, the even element low),
+// each sharing one table offset: y[r * len + j] = table[base[r] + code(r * len + j)]. The
+// table holds the plain decoder's value of every (scale, element) pair, esize bytes each.
+extern "C" void floatlab_decode_rows(const uint8_t* c, void* y, int64_t rows, int64_t len,
+                                     const int32_t* base, const void* table, int esize, int bits) {
+    if (esize == 2) gather_rows_by<uint16_t>(bits, c, y, rows, len, base, table);
+    else if (esize == 4) gather_rows_by<uint32_t>(bits, c, y, rows, len, base, table);
+    else gather_rows_by<uint64_t>(bits, c, y, rows, len, base, table);
+}

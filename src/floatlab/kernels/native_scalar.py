@@ -89,6 +89,10 @@ def _load() -> ctypes.CDLL | None:
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
                    ctypes.c_int]
     fn.restype = None
+    fn = lib.floatlab_decode_rows
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    fn.restype = None
     fn = lib.floatlab_decode_half
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     fn.restype = None
@@ -386,3 +390,24 @@ def decode_half_into(data: torch.Tensor, out: torch.Tensor, fp16: bool) -> None:
     native._parallel(lib.floatlab_decode_half, -(-n // CHUNK),
                      lambda s, c: (pc + 2 * CHUNK * s, py + 4 * CHUNK * s,
                                    min(CHUNK * c, n - CHUNK * s), int(fp16)))
+
+
+def decode_rows_into(data: torch.Tensor, out: torch.Tensor, table: torch.Tensor,
+                     base: torch.Tensor, bits: int) -> None:
+    """Block decode: ``out`` (rows, len) with ``out[r, j] = table[base[r] + code(r, j)]``, the
+    codes in ``data`` (uint8, 8-bit codes or 4-bit ones packed two per byte, row-major; ``len``
+    even for 4 bits), ``base`` int32 (rows,), ``table`` of ``out``'s dtype; contiguous CPU."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native scalar kernel is not available (check available())")
+    rows, length = out.shape
+    if out.numel() == 0:
+        return
+    pc, py, pb, pt, es = data.data_ptr(), out.data_ptr(), base.data_ptr(), table.data_ptr(), out.element_size()
+    per_unit = max(1, CHUNK // length)            # rows per slice unit: about CHUNK elements
+
+    def chunk(s, c):
+        r0 = s * per_unit
+        nr = min(c * per_unit, rows - r0)
+        return (pc + r0 * length * bits // 8, py + es * r0 * length, nr, length, pb + 4 * r0, pt, es, bits)
+    native._parallel(lib.floatlab_decode_rows, -(-rows // per_unit), chunk)
