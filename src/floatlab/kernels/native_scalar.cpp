@@ -208,11 +208,6 @@ struct Codes {
     uint32_t nan_code;    // the (whole) NaN code; 0x10000 where the format has none
 };
 
-inline uint32_t sel(bool c, uint32_t a, uint32_t b) {
-    const uint32_t m = 0u - (uint32_t)c;
-    return (a & m) | (b & ~m);
-}
-
 template <int KIND, int OUT>
 inline uint32_t code_of(uint32_t out, const Spec& s, const Codes& c) {
     constexpr uint32_t sign_shift = OUT == OUT_U16 ? 15u : OUT == OUT_U8 ? 7u : OUT == OUT_B6 ? 5u : 3u;
@@ -227,19 +222,20 @@ inline uint32_t code_of(uint32_t out, const Spec& s, const Codes& c) {
         mag = r == 0x7F800000u ? c.inf_code : mag;
         mag |= neg << sign_shift;
     } else {
-        // |e| = 2^k + t (k = 1, 2, 3: dot 01, 10, 11; 4 - k mantissa bits) or |e| <= 1 (dots
-        // 001, 0001; 3 mantissa bits): 0 | k | exponent sign | t | mantissa, as selects
-        const int32_t e = (int32_t)f - 127;
-        const uint32_t ae = (uint32_t)(e < 0 ? -e : e), es = (uint32_t)(e < 0);
-        const uint32_t k = (uint32_t)(ae >= 2u) + (uint32_t)(ae >= 4u) + (uint32_t)(ae >= 8u);
-        const uint32_t kk = k > 1u ? k : 1u;
-        const uint32_t mant = (r & 0x7FFFFFu) >> (19u + kk);
-        const uint32_t big = (k << 5) | (es << 4) | ((ae - (1u << kk)) << (4u - kk)) | mant;
-        const uint32_t small = (ae ? (0x10u | (es << 3)) : 0x08u) | mant;
-        uint32_t code = k ? big : small;
-        code = sel(e < -15, (uint32_t)(e + 23), code);   // (as masks: the ?: form left a
-        code = sel(r == 0u, 0u, code);                   // branch in the loop, unvectorized)
-        code = sel(r == 0x7F800000u, 0x6Fu, code);
+        // D = the bit length of |e| = how many exponent bits follow the dot (0001, 001, 01,
+        // 10, 11 for D = 0..4): the exponent sign in place of |e|'s leading 1, then
+        // min(3, 5 - D) mantissa bits (the rounded value's top ones). Inf is read as 1.5 * 2^15,
+        // whose slot it takes; below 2^-15 the code is e + 23 (2^-22 .. 2^-16), 0 for zero.
+        const uint32_t rc = r < 0x47400000u ? r : 0x47400000u;
+        const int32_t e = (int32_t)(rc >> 23) - 127;
+        const uint32_t ae = (uint32_t)(e < 0 ? -e : e);
+        const uint32_t D = 31u - (uint32_t)__builtin_clz(2u * ae + 1u);
+        const uint32_t m = D < 2u ? 3u : 5u - D;
+        const uint32_t h = (1u << D) >> 1, ef = e < 0 ? ae : ae ^ h;
+        const uint32_t dot = D < 2u ? (8u << D) : ((D - 1u) << 5);
+        const uint32_t mant = (rc & 0x7FFFFFu) >> (23u - m);
+        const int32_t low = e + 23 > 0 ? e + 23 : 0;
+        const uint32_t code = r < 0x38000000u ? (uint32_t)low : (dot | (ef << m) | mant);
         mag = code | (neg << 7);
     }
     return r > 0x7F800000u ? c.nan_code : mag;
