@@ -91,6 +91,17 @@ def mx_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
     return torch.where(bad, _nan(y), y).to(p.out_dtype)
 
 
+def tensor_scales(t_amax: torch.Tensor, p: BlockPlan):
+    """NVFP4's FP32 tensor scales (s_enc, s_dec) from the tensor's largest finite magnitude, with
+    the saturations of :mod:`floatlab.plain.block`; a zero amax gives 1 and 1."""
+    one = torch.ones((), dtype=torch.float32, device=t_amax.device)
+    pos = t_amax > 0
+    # elem_max * scale_max / amax rounded to float32 once (the numerator may not fit float32)
+    s_enc = (p.scale_product / torch.where(pos, t_amax, one).to(torch.float64)).to(torch.float32)
+    s_enc = torch.where(pos, s_enc.clamp(max=F32_MAX), one)
+    return s_enc, (1.0 / s_enc).clamp(max=F32_MAX)
+
+
 def amax_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
     """NVFP4-style (AMAX): float32 block scales amax/elem_max rounded to the scale format.
 
@@ -104,14 +115,7 @@ def amax_kernel(x: torch.Tensor, rnd, p: BlockPlan) -> torch.Tensor:
     xb = torch.where(finite, xb, torch.zeros_like(xb))
     amax_b = xb.abs().amax(dim=1, keepdim=True)
     one = torch.ones((), dtype=torch.float32, device=x.device)
-    s_enc, s_dec = one, one
-    if fmt.tensor_scale:
-        t_amax = amax_b.max()
-        pos = t_amax > 0
-        # elem_max * scale_max / amax rounded to float32 once (the numerator may not fit float32)
-        s_enc = (p.scale_product / torch.where(pos, t_amax, one).to(torch.float64)).to(torch.float32)
-        s_enc = torch.where(pos, s_enc.clamp(max=F32_MAX), one)
-        s_dec = (1.0 / s_enc).clamp(max=F32_MAX)
+    s_enc, s_dec = tensor_scales(amax_b.max(), p) if fmt.tensor_scale else (one, one)
     target = torch.full((), p.elem.max_value, dtype=torch.float32, device=x.device)
     s_in = (amax_b / target) * s_enc
     if not fmt.scale.has_zero:
@@ -342,15 +346,18 @@ def _quantize_native(x, fmt, plan, generator, out, axis, pad):
     xb, blocking = to_blocks(x, fmt.block, axis, pad)
     xb = xb.contiguous()
     rnd = dispatch.draws(plan.elem, xb.shape, x.device, generator)   # the plain path's draws
+    scales = (1.0, 1.0)
+    if fmt.rule is ScaleRule.AMAX and fmt.tensor_scale:
+        scales = tuple(float(s) for s in tensor_scales(native_block.tensor_amax(xb), plan))
     if _rows(x, fmt, blocking):
         dst = out if out is not None and out.is_contiguous() else None
         if dst is None and out is None:
             dst = memory.large_output(x)
         if dst is None:
             dst = torch.empty(x.shape, dtype=x.dtype)
-        native_block.quantize_into(xb, dst.view(xb.shape), nplan, plan, rnd)
+        native_block.quantize_into(xb, dst.view(xb.shape), nplan, rnd, scales)
         return dst if out is None or dst is out else out.copy_(dst)
     yb = torch.empty_like(xb)
-    native_block.quantize_into(xb, yb, nplan, plan, rnd)
+    native_block.quantize_into(xb, yb, nplan, rnd, scales)
     y = blocking.unblock(yb)
     return y if out is None else out.copy_(y)

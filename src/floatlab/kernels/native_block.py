@@ -11,9 +11,9 @@ with the decisions of those kernels step by step in the same float32 operations:
   element's smallest step, where +-2^-126 stands in and every mode decides the same) and
   multiplied back;
 * AMAX (nvfp4, nvfp4_2d, user recipes with a scale format that has a zero): block scale
-  ``scale_RNE((amax / elem_max) * s_enc)``, the FP32 tensor scale from a first pass that takes
-  every block's largest finite magnitude (its maximum and ``s_enc``/``s_dec`` are computed here
-  with the compiled kernel's own tensor operations);
+  ``scale_RNE((amax / elem_max) * s_enc)``; NVFP4's FP32 tensor scale from a first pass
+  (:func:`tensor_amax`) and :func:`floatlab.kernels.block.tensor_scales`, the compiled kernel's
+  own tensor operations;
 * HIF4: the scale pass of ``native_hif4.cpp`` and the element rounding in the same loop.
 
 The element rounding (:func:`plan` checks the element's spacing ``2^(max(E, emin) - mbits)``
@@ -43,7 +43,6 @@ import torch
 
 from floatlab.formats.block import ScaleRule
 from floatlab.kernels import native
-from floatlab.plain.blocking import F32_MAX
 from floatlab.rounding import RoundingMode as M
 
 SOURCE = Path(__file__).with_name("native_block.cpp")
@@ -200,24 +199,26 @@ def plan(bp) -> NativeBlockPlan | None:
     return None if bp is None else _plan(bp)
 
 
-def _tensor_scales(t_amax: torch.Tensor, fmt, bp):
-    """NVFP4's s_enc, s_dec from the tensor's amax: the compiled kernel's operations."""
-    one = torch.ones((), dtype=torch.float32)
-    if not fmt.tensor_scale:
-        return one, one
-    pos = t_amax > 0
-    s_enc = (bp.scale_product / torch.where(pos, t_amax, one).to(torch.float64)).to(torch.float32)
-    s_enc = torch.where(pos, s_enc.clamp(max=F32_MAX), one)
-    s_dec = (1.0 / s_enc).clamp(max=F32_MAX)
-    return s_enc, s_dec
+def tensor_amax(xb: torch.Tensor) -> torch.Tensor:
+    """The largest finite magnitude of the contiguous float32 blocks ``xb`` (0-d float32; 0 for
+    no finite nonzero value): NVFP4's tensor amax, one native pass over the blocks."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native block kernel is not available (check available())")
+    nb, B = xb.shape
+    amax = torch.zeros(max(nb, 1), dtype=torch.float32)
+    px, pa = xb.data_ptr(), amax.data_ptr()
+    native._parallel(lib.floatlab_block_absmax, nb, lambda s, c: (px + 4 * B * s, c, B, pa + 4 * s))
+    return amax.max()
 
 
-def quantize_into(xb: torch.Tensor, yb: torch.Tensor, p: NativeBlockPlan, bp,
-                  rnd: torch.Tensor | None) -> None:
+def quantize_into(xb: torch.Tensor, yb: torch.Tensor, p: NativeBlockPlan,
+                  rnd: torch.Tensor | None, tensor_scales: tuple[float, float] = (1.0, 1.0)) -> None:
     """Write the blocks ``xb`` (contiguous float32 CPU, (nb, block)) fake-quantized into ``yb``
     (same shape, contiguous; may be ``xb`` itself). ``rnd``: the draws of
     :func:`floatlab.kernels.dispatch.draws` for ``xb``'s shape (the plain path's, a 0-d seed
-    for the hash, or None); ``bp`` the block plan ``p`` came from."""
+    for the hash, or None); ``tensor_scales``: the AMAX rule's (s_enc, s_dec) (NVFP4: from
+    :func:`tensor_amax`, see :func:`floatlab.kernels.block.tensor_scales`)."""
     lib = library()
     if lib is None:
         raise RuntimeError("the native block kernel is not available (check available())")
@@ -246,15 +247,7 @@ def quantize_into(xb: torch.Tensor, yb: torch.Tensor, p: NativeBlockPlan, bp,
     if p.rule is ScaleRule.FLOOR:
         fn, extra = lib.floatlab_block_mx, (*p.extra, stream)
     else:
-        t_amax = torch.zeros((), dtype=torch.float32)
-        if bp.fmt.tensor_scale:
-            amax = torch.empty(nb, dtype=torch.float32)
-            pa = amax.data_ptr()
-            native._parallel(lib.floatlab_block_absmax, nb,
-                             lambda s, c: (px + 4 * B * s, c, B, pa + 4 * s))
-            t_amax = amax.max()
-        s_enc, s_dec = _tensor_scales(t_amax, bp.fmt, bp)
-        fn, extra = lib.floatlab_block_amax, (*p.extra, float(s_enc), float(s_dec), stream)
+        fn, extra = lib.floatlab_block_amax, (*p.extra, *tensor_scales, stream)
 
     def chunk(s, c):
         return (px + 4 * B * s, py + 4 * B * s, c, B, B * s,
