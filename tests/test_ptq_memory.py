@@ -89,3 +89,143 @@ def test_fp32_layers_are_released_as_gptq_goes():
     assert len(dead) == len(refs) > 1
     # after the k-th layer, all but the last two (the loop's own variables hold them) are gone
     assert all(d >= k - 1 for k, d in enumerate(dead)), dead
+
+
+# ---- GPTQ's Hessians one block at a time; compare's fp32 weights read back; SQNR per layer ----
+
+CAUSAL = [a for a in tinymodels.ARCHS if tinymodels.kind(a) == "causal_lm"]
+
+
+def _linearized(arch):
+    from floatlab.models.linearize import linearize
+
+    m = tinymodels.model(arch)
+    linearize(m)
+    return m
+
+
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_block_hessians_equal_the_whole_model_pass(arch):
+    """BlockHessians (one block at a time, on the captured stream of hidden states) gives every
+    layer the Hessian of one pass over the whole model, bit for bit: every architecture of the
+    tiny models, mixture-of-experts experts and Gemma-3's sliding/full attention layers included."""
+    from floatlab.ptq.gptq import _own_hessians
+    from floatlab.ptq.hessians import BlockHessians
+
+    model = _linearized(arch)
+    layers = linear_layers(model)
+    calib = _calib(3)
+    ref = collect_hessians(model, layers, calib)
+    got = BlockHessians.build(model, layers, calib, _own_hessians)
+    assert got is not None
+    for name in layers:                      # in model order, as GPTQ asks
+        assert torch.equal(got[name], ref[name]), name
+        del got[name]
+
+
+def test_block_hessians_step_aside_where_they_cannot_apply():
+    """Padded calibration batches (the model-level mask picks the rows) and layers outside the
+    transformer blocks go to the whole-model pass (``build`` returns None)."""
+    from floatlab.ptq.gptq import _own_hessians
+    from floatlab.ptq.hessians import BlockHessians
+
+    model = _linearized("llama")
+    layers = linear_layers(model)
+    calib = _calib()
+    masked = [dict(b, attention_mask=torch.ones_like(b["input_ids"])) for b in calib]
+    assert BlockHessians.build(model, layers, masked, _own_hessians) is None
+    assert BlockHessians.build(model, {"lm_head": model.lm_head}, calib, _own_hessians) is None
+    assert BlockHessians.build(model, layers, [], _own_hessians) is None
+
+
+def test_gptq_quantizes_each_block_after_its_hessians_are_taken():
+    """gptq_model swapping each layer as it goes (quantize_model) gets the Hessians of the fp32
+    model for every block (the stream is captured before a block's layers are quantized): the
+    same weights as GPTQ on Hessians collected over the whole fp32 model first."""
+    model = _linearized("qwen2_moe")
+    spec = QuantSpec("int4")
+    cfg = PTQConfig(weight=spec, act=spec, method="gptq")
+    calib = _calib()
+    ref_model = copy.deepcopy(model)
+    layers = linear_layers(ref_model)
+    H = collect_hessians(ref_model, layers, calib)
+    want = gptq_model(ref_model, layers, calib, cfg, hessians=H, generator=torch.Generator().manual_seed(cfg.recon.seed))
+    quantize_model(model, cfg, calib=calib, keep=False)
+    for name, qw in want.items():
+        assert torch.equal(model.get_submodule(name).weight, qw.dequantize()), name
+
+
+@pytest.mark.parametrize("arch,masked", [("llama", True), ("qwen2_moe", False)])
+def test_layer_sqnr_scored_as_layers_run_equals_the_collected_outputs(arch, masked):
+    """layer_sqnr scores each layer inside its hook (no dict of every quantized output): the same
+    numbers as collecting every output first, with a mask, and NaN for a layer that did not run."""
+    model = _linearized(arch)
+    names = list(linear_layers(model))
+    ids = _calib(1)[0]
+    ref = metrics.layer_outputs(model, names, ids)
+    ref["never.runs"] = torch.zeros(1)
+    q = copy.deepcopy(model)
+    quantize_model(q, PTQConfig(weight=QuantSpec("int4"), act=QuantSpec("e4m3"), method="rtn"), keep=False)
+    q.never = torch.nn.Module()
+    q.never.runs = torch.nn.Identity()
+    mask = torch.ones(ids["input_ids"].shape, dtype=torch.long)
+    mask[0, -5:] = 0
+    for m in (None, mask) if masked else (None,):
+        test = metrics.layer_outputs(q, [n for n in ref if n != "never.runs"], ids)
+        want = {}
+        for name, r in ref.items():
+            t = test.get(name)
+            if t is None or t.shape != r.shape:
+                want[name] = float("nan")
+                continue
+            if m is not None:
+                r, t = r[m.bool()], t[m.bool()]
+            want[name] = metrics.sqnr_db(r, t)
+        spilled = metrics.layer_outputs(model, names, ids, spill=True)   # written to a file, read back
+        spilled["never.runs"] = torch.zeros(1)
+        assert list(spilled) == list(ref) and all(torch.equal(spilled[n], ref[n]) for n in ref)
+        for r in (ref, spilled):
+            got = metrics.layer_sqnr(r, q, ids, m)
+            assert list(got) == list(want)
+            assert [float(v).hex() for v in got.values()] == [float(v).hex() for v in want.values()]
+
+
+@pytest.mark.parametrize("arch,copied", [("llama", False), ("llama", True), ("gpt2", True)])
+def test_compare_reads_fp32_weights_back_from_the_checkpoint(arch, copied, tmp_path):
+    """compare's in-place variants give up each fp32 weight once its quantized layer is in place
+    and get it back from the checkpoint afterwards, bit for bit: weights in the checkpoint's
+    memory mapping (how transformers loads a float32 file) have their pages dropped and paged in
+    again; weights in the process's own memory (``copied``; GPT-2's transposed Conv1D weights)
+    are freed while the variant lives and read back. A model whose weights differ from its
+    checkpoint keeps its layers instead."""
+    from floatlab.models.loading import load_model
+    from floatlab.ptq.compare import CheckpointWeights, quantized_variant
+
+    lm = load_model(tinymodels.build(arch, tmp_path / arch), log=lambda *a: None)
+    layers = linear_layers(lm.model)
+    if copied:
+        for lin in layers.values():
+            lin.weight = torch.nn.Parameter(lin.weight.detach().clone())
+    before = {n: (l.weight.detach().clone(), l.weight.stride(), l.weight.requires_grad) for n, l in layers.items()}
+    fp32 = CheckpointWeights.check(lm, layers)
+    assert fp32 is not None
+    assert fp32.mapped == (set() if copied else set(layers))
+    refs = [weakref.ref(l.weight) for l in layers.values()]
+    for method in ("rtn", "gptq"):
+        cfg = PTQConfig(weight=QuantSpec("int4"), method=method)
+        with quantized_variant(lm.model, cfg, _calib(), fp32=fp32) as model:
+            gc.collect()
+            assert all((r() is None) == copied for r in refs)
+            assert all(type(m).__name__ == "QuantLinear" for n, m in model.named_modules() if n in layers)
+        now = linear_layers(lm.model)
+        assert set(now) == set(layers) and all(now[n] is layers[n] for n in layers)
+        for n, lin in now.items():
+            w, stride, rg = before[n]
+            assert torch.equal(lin.weight, w) and lin.weight.stride() == stride and lin.weight.requires_grad == rg, n
+            assert torch.equal(torch.signbit(lin.weight), torch.signbit(w)), n
+        refs = [weakref.ref(l.weight) for l in layers.values()]
+    lin = next(iter(layers.values()))
+    lin.weight = torch.nn.Parameter(lin.weight.detach().clone())
+    with torch.no_grad():
+        lin.weight[0, 0] += 1
+    assert CheckpointWeights.check(lm, layers) is None

@@ -4,6 +4,7 @@ confidence intervals, causal-LM perplexity, and per-layer output SQNR."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
@@ -192,11 +193,49 @@ def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
     return 10 * math.log10(num / den) if num > 0 else float("-inf")
 
 
+class SpilledOutputs(Mapping):
+    """A read-only ``{name: tensor}`` kept in an anonymous temporary file (``tempfile``: the
+    system's temporary folder, ``TMPDIR``) instead of memory: each access reads that tensor back
+    (a new CPU tensor, the same bytes). :func:`layer_outputs` fills one with ``spill=True`` so
+    that the fp32 reference outputs of ``floatlab compare``'s SQNR column stay out of memory."""
+
+    def __init__(self):
+        import tempfile
+
+        self._file = tempfile.TemporaryFile()
+        self._where: dict[str, tuple[int, tuple, torch.dtype]] = {}
+
+    def __setitem__(self, name: str, t: torch.Tensor) -> None:
+        t = t.detach().cpu().contiguous()
+        self._file.seek(0, 2)
+        where = self._file.tell()
+        self._file.write(t.view(torch.uint8).reshape(-1).numpy().tobytes() if t.numel() else b"")
+        self._where[name] = (where, tuple(t.shape), t.dtype)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        where, shape, dtype = self._where[name]
+        out = torch.empty(shape, dtype=dtype)
+        if out.numel():
+            self._file.seek(where)
+            self._file.readinto(memoryview(out.view(torch.uint8).reshape(-1).numpy()))
+        return out
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @torch.no_grad()
-def layer_outputs(model: nn.Module, names: list[str], inputs: dict) -> dict[str, torch.Tensor]:
+def layer_outputs(model: nn.Module, names: list[str], inputs: dict, *, spill: bool = False):
     """Outputs of the named submodules for one forward pass of ``model(**inputs)`` (inputs moved
-    to the model's device), on the CPU."""
-    out, hooks = {}, []
+    to the model's device), on the CPU; with ``spill``, a :class:`SpilledOutputs` (each output
+    written to a temporary file as its layer runs) instead of a dict."""
+    out, hooks = (SpilledOutputs() if spill else {}), []
     for name in names:
         mod = model.get_submodule(name)
         hooks.append(mod.register_forward_hook(lambda m, a, y, name=name: out.__setitem__(name, y.detach().cpu())))
@@ -216,15 +255,30 @@ def layer_sqnr(ref_outputs: dict[str, torch.Tensor], model: nn.Module, inputs: d
     The error is the one seen inside the quantized model (it accumulates over the layers).
     ``mask`` (batch, seq) keeps real tokens only. A mixture-of-experts expert whose routed tokens
     differ from the fp32 model's (another token count, or it did not run) gets NaN: its outputs
-    cannot be paired."""
-    test = layer_outputs(model, list(ref_outputs), inputs)
-    res = {}
-    for name, r in ref_outputs.items():
-        t = test.get(name)
-        if t is None or t.shape != r.shape:
-            res[name] = float("nan")
-            continue
-        if mask is not None:
-            r, t = r[mask.bool()], t[mask.bool()]
-        res[name] = sqnr_db(r, t)
-    return res
+    cannot be paired.
+
+    Each layer's SQNR is taken as soon as that layer has run (its output is not kept: the
+    quantized model's outputs of every layer at once would be as large as ``ref_outputs``); a
+    layer that runs twice is scored on its last output."""
+    got: dict[str, float] = {}
+    keep = None if mask is None else mask.bool()
+
+    def score(name: str, y: torch.Tensor) -> None:
+        r, t = ref_outputs[name], y.detach().cpu()
+        if t.shape != r.shape:
+            got[name] = float("nan")
+            return
+        if keep is not None:
+            r, t = r[keep], t[keep]
+        got[name] = sqnr_db(r, t)
+
+    hooks = [model.get_submodule(name).register_forward_hook(lambda m, a, y, name=name: score(name, y))
+             for name in ref_outputs]
+    device = _device(model)
+    try:
+        with torch.no_grad():
+            model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: got.get(name, float("nan")) for name in ref_outputs}

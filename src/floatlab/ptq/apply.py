@@ -21,7 +21,8 @@ from floatlab.ptq.weights import QWeight, rtn_weight
 def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict] | None = None,
                    progress: Callable[[str], None] | None = None,
                    hessians: dict[str, torch.Tensor] | None = None,
-                   report: dict | None = None, keep: bool = True) -> dict[str, QWeight]:
+                   report: dict | None = None, keep: bool = True,
+                   released: Callable[[str, nn.Module], None] | None = None) -> dict[str, QWeight]:
     """Quantize ``model``'s linear layers (in place) and return their :class:`QWeight` by name.
 
     ``calib`` is a list of model input dicts (``input_ids``, ``attention_mask``), needed by GPTQ,
@@ -39,10 +40,13 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
     out non-finite. Methods that do not calibrate (``rtn``, ``rotate``) never run ``calib``.
 
     Memory: RTN and GPTQ put each layer's :class:`QuantLinear` in place as soon as its weight is
-    quantized (the model's own reference to the fp32 layer goes then), and GPTQ drops each
+    quantized, the reconstruction methods as soon as its block is done (the model's own
+    reference to the fp32 layer goes then), and GPTQ drops each
     Hessian it collected itself once its layer is done. ``keep=False`` returns ``{}`` and keeps
     no :class:`QWeight` (only the dequantized weight the model computes with), for callers that
-    do not save the result (``floatlab compare``)."""
+    do not save the result (``floatlab compare``). ``released(name, linear)``: called with each
+    fp32 layer right after its :class:`QuantLinear` took its place (``floatlab compare`` frees
+    that layer's weight then and reads it back from the checkpoint afterwards)."""
     transforms, rounder = config.steps()
     calib = list(calib or [])
     check_parameters(model)
@@ -69,9 +73,11 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
 
             def done(name: str, qw: QWeight | None) -> None:
                 """Swap layer ``name`` for its QuantLinear now (RTN/GPTQ: nothing reads the fp32
-                model after its layer is quantized)."""
+                model after its layer is quantized; LWC/PTQ1.61: after its block)."""
                 wq = _swap(model, name, layers[name], qw, config, transforms_done)
                 swapped.add(name)
+                if released is not None and wq is not None:
+                    released(name, layers[name])
                 layers[name] = None          # the fp32 layer can go, unless the caller holds it
                 if keep and qw is not None:
                     qw.compact(wq)           # codes instead of float32 grid values
@@ -107,7 +113,8 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
             pending.attach({})
     for name, lin in layers.items():
         if name not in swapped:
-            _swap(model, name, lin, qweights.get(name), config, transforms_done)
+            if _swap(model, name, lin, qweights.get(name), config, transforms_done) is not None and released:
+                released(name, lin)
     return qweights if keep else {}
 
 

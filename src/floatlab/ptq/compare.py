@@ -15,9 +15,14 @@ The grid of cells (every method x every format) can be split over processes star
 ``torchrun`` (:mod:`floatlab.parallel`): each rank quantizes and evaluates its own cells, rank 0
 merges the rows in grid order, so the results equal one process's. One quantized variant is
 held at a time: methods that only round (``rtn``, ``gptq``) quantize the loaded model in place
-and put its own linear layers back afterwards (no copy of the model); methods that transform
-the model (rotation, SmoothQuant, AWQ, the reconstruction methods) work on a copy, freed before
-the next cell. Freed memory is returned to the operating system after every cell.
+and put its own linear layers back afterwards (no copy of the model), and where the checkpoint
+gives the fp32 weights back exactly (:class:`CheckpointWeights`) those layers do not hold their
+weights meanwhile; methods that transform the model (rotation, SmoothQuant, AWQ, the
+reconstruction methods) work on a copy, freed before the next cell. Causal LMs' GPTQ collects
+its Hessians one block at a time for each cell (encoders: once for every format). The fp32
+reference outputs of the SQNR column wait in a temporary file
+(:class:`floatlab.eval.metrics.SpilledOutputs`). Freed memory is returned to the operating
+system after every cell.
 """
 
 from __future__ import annotations
@@ -144,20 +149,142 @@ def needs_calibration(method: str) -> bool:
     return rounder != "rtn" or any(t in ("awq", "smoothquant") for t in transforms)
 
 
+class CheckpointWeights:
+    """The fp32 weights of a model's linear layers, given back by its safetensors checkpoint, so
+    that ``compare`` need not hold them in memory while a quantized variant of the model is alive.
+
+    Two ways, per layer: a weight that lies in the checkpoint file's memory mapping (transformers
+    maps a float32 safetensors file and its tensors point into it) stays where it is and its
+    pages are dropped (``madvise(MADV_DONTNEED)``, the whole pages inside the tensor only): the
+    next read pages the file's bytes in again. Any other weight (converted from bf16, on a GPU)
+    is freed and read back from the checkpoint afterwards. Either way the model computes with the
+    checkpoint's bytes again, so :meth:`check` returns ``None`` (the caller then keeps the fp32
+    layers in memory) unless the checkpoint holds every layer's weight and gives back exactly the
+    tensor the model holds (float32 after conversion, the same values and signs bit for bit, the
+    same strides), compared layer by layer once; a model whose loading renamed, split
+    (mixture-of-experts experts) or changed its weights keeps them."""
+
+    MADV_DONTNEED = 4
+
+    def __init__(self, checkpoint, transposed: set[str], layout: dict[str, tuple], mapped: set[str]):
+        self.checkpoint, self.transposed, self.layout, self.mapped = checkpoint, transposed, layout, mapped
+
+    def read(self, name: str) -> torch.Tensor:
+        """Layer ``name``'s fp32 weight as the loaded model held it (a new tensor)."""
+        shape, stride, device = self.layout[name][:3]
+        t = self.checkpoint.tensors([f"{name}.weight"])[f"{name}.weight"]
+        if name in self.transposed:
+            t = t.t()
+        t = t.to(torch.float32)
+        w = torch.empty_strided(shape, stride, dtype=torch.float32, device=device)
+        w.copy_(t)
+        return w
+
+    def release(self, name: str, lin: torch.nn.Module) -> None:
+        """Give up the memory of ``lin``'s weight (the layer ``name``, swapped out of the model)."""
+        w = lin._parameters["weight"]
+        if name in self.mapped and w.data_ptr() == self.layout[name][4] and w.nbytes == self.layout[name][5]:
+            _drop_pages(w)                 # still the checkpoint-mapped tensor that check() compared
+            return
+        lin._parameters["weight"] = torch.nn.Parameter(torch.empty(w.shape, dtype=w.dtype, device="meta"),
+                                                       requires_grad=w.requires_grad)
+
+    def restore(self, name: str, lin: torch.nn.Module) -> None:
+        """``lin``'s fp32 weight back after :meth:`release` (a mapped one pages itself in when read)."""
+        if lin._parameters["weight"].device.type == "meta":
+            lin._parameters["weight"] = torch.nn.Parameter(self.read(name), requires_grad=self.layout[name][3])
+
+    @classmethod
+    @torch.no_grad()
+    def check(cls, lm: LoadedModel, layers: dict[str, torch.nn.Module]) -> "CheckpointWeights | None":
+        from floatlab.models.lazy import Checkpoint
+
+        try:
+            ckpt = Checkpoint(lm.folder, transposed=[n for n, c in (lm.converted or {}).items() if c == "Conv1D"])
+        except Exception:                                 # noqa: BLE001 - no usable checkpoint: keep the layers
+            return None
+        layout, mapped = {}, set()
+        maps = _file_mappings({p.resolve() for p in ckpt.files.values()})
+        src = cls(ckpt, ckpt.transposed, layout, mapped)
+        for name, lin in layers.items():
+            w = lin._parameters.get("weight")
+            if (w is None or w.dtype != torch.float32 or f"{name}.weight" not in ckpt.files
+                    or w.device.type == "meta"):
+                return None
+            layout[name] = (tuple(w.shape), w.stride(), w.device, w.requires_grad, w.data_ptr(), w.nbytes)
+            try:
+                back = src.read(name)
+            except Exception:                             # noqa: BLE001 - unreadable: keep the layers
+                return None
+            if back.shape != w.shape or back.stride() != w.stride() or not torch.equal(back, w) \
+                    or not torch.equal(torch.signbit(back), torch.signbit(w)):
+                return None
+            if w.device.type == "cpu" and w.is_contiguous() and any(
+                    a <= w.data_ptr() and w.data_ptr() + w.nbytes <= b for a, b in maps):
+                mapped.add(name)
+        return src
+
+
+def _file_mappings(files: set) -> list[tuple[int, int]]:
+    """``(start, end)`` of this process's private memory mappings of ``files`` (``/proc/self/maps``;
+    empty where there is none)."""
+    out = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[1].endswith("p") and parts[5].strip():
+                    try:
+                        from pathlib import Path
+                        if Path(parts[5].strip()).resolve() not in files:
+                            continue
+                    except OSError:
+                        continue
+                    a, b = (int(x, 16) for x in parts[0].split("-"))
+                    out.append((a, b))
+    except OSError:
+        return []
+    return out
+
+
+def _drop_pages(w: torch.Tensor) -> None:
+    """Drop the resident pages that lie wholly inside ``w``'s bytes (a private file mapping: the
+    next read pages the file in again; the pages it shares with a neighbouring tensor stay)."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    a = -(-w.data_ptr() // page) * page
+    b = (w.data_ptr() + w.nbytes) // page * page
+    if b > a:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        libc.madvise(a, b - a, CheckpointWeights.MADV_DONTNEED)
+
+
+def _in_place(cfg: PTQConfig) -> bool:
+    """A method chain that only rounds: :func:`quantized_variant` quantizes the model itself."""
+    transforms, rounder = cfg.steps()
+    return not transforms and rounder in ("rtn", "gptq")
+
+
 @contextlib.contextmanager
-def quantized_variant(model: torch.nn.Module, cfg: PTQConfig, calib: list[dict], hessians=None):
+def quantized_variant(model: torch.nn.Module, cfg: PTQConfig, calib: list[dict], hessians=None,
+                      fp32: CheckpointWeights | None = None):
     """``model`` quantized with ``cfg`` inside the block, the fp32 ``model`` after it.
 
     A method that only rounds (``rtn``, ``gptq``: the weights are read, never written) quantizes
     ``model`` itself and its own ``nn.Linear`` modules are put back at the end: no copy of the
-    model. A method that transforms the model first (rotation, SmoothQuant/AWQ scaling, the
-    block-wise reconstruction methods) quantizes a deep copy, dropped at the end."""
+    model. With ``fp32`` (:meth:`CheckpointWeights.check`), each of those modules' weight is
+    freed as soon as its quantized layer takes its place and read back from the checkpoint at
+    the end, so the model's linear weights are held once, not twice. A method that transforms
+    the model first (rotation, SmoothQuant/AWQ scaling, the block-wise reconstruction methods)
+    quantizes a deep copy, dropped at the end."""
     from floatlab.ptq.modules import set_module
 
     from floatlab.parallel import release_memory
 
-    transforms, rounder = cfg.steps()
-    if transforms or rounder not in ("rtn", "gptq"):
+    if not _in_place(cfg):
         variant = copy.deepcopy(model)
         try:
             quantize_model(variant, cfg, calib=calib, hessians=hessians, keep=False)
@@ -167,12 +294,20 @@ def quantized_variant(model: torch.nn.Module, cfg: PTQConfig, calib: list[dict],
             del variant
         return
     originals = linear_layers(model)
+    released = set()
+
+    def release(name, lin):
+        fp32.release(name, lin)
+        released.add(name)
     try:
-        quantize_model(model, cfg, calib=calib, hessians=hessians, keep=False)   # only the model's weights
+        quantize_model(model, cfg, calib=calib, hessians=hessians, keep=False,    # only the model's weights
+                       released=None if fp32 is None else release)
         release_memory()
         yield model
     finally:
         for name, lin in originals.items():
+            if name in released:
+                fp32.restore(name, lin)
             set_module(model, name, lin)
 
 
@@ -257,7 +392,7 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
         if n:
             ref_ret, ref_ranks = metrics.retrieval_metrics(ref[:n], ref[n:])
             results["fp32"]["retrieval"] = ref_ret.to_dict()
-        ref_out = metrics.layer_outputs(lm.model, names, sq_in)
+        ref_out = metrics.layer_outputs(lm.model, names, sq_in, spill=True)   # on disk
         results["fp32"]["seconds"] = time.time() - t0
     else:
         bos = metrics.adds_bos(lm.tokenizer)
@@ -274,7 +409,7 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
         t0 = time.time()
         with _progress.scope("fp32"):
             ppl = evaluate_ppl(lm.model, "fp32")
-        ref_out = metrics.layer_outputs(lm.model, names, sq_in)
+        ref_out = metrics.layer_outputs(lm.model, names, sq_in, spill=True)   # on disk
         results["fp32"] = {"perplexity": ppl, "seconds": time.time() - t0}
 
     cells = grid_cells(opts)
@@ -283,6 +418,10 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
     calib = calibration_batches(lm, opts.calib, opts) if any(needs_calibration(cells[i][0]) for i in mine) else []
     results["seconds_calibration"] = time.time() - t0        # tokenizing the calibration batches
     hessians = None
+    # the variants that quantize the loaded model in place read its fp32 weights back from the
+    # checkpoint afterwards instead of keeping them (where the checkpoint gives them back exactly)
+    in_place = any(_in_place(PTQConfig(weight=None, method=cells[i][0])) for i in mine)
+    fp32 = CheckpointWeights.check(lm, linear_layers(lm.model)) if in_place else None
     rows = []
     with _survivors_frozen() as freeze:
         for i in mine:
@@ -292,7 +431,10 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
             cfg = PTQConfig(weight=spec, act=None if opts.weights_only else spec, method=method,
                             nonfinite_tokens=opts.nonfinite_tokens)
             shared = None
-            if cfg.steps() == ((), "gptq"):                 # the same for every format
+            # encoders: the Hessians once for every format (one tensor per distinct input); causal
+            # LMs: GPTQ collects them one block at a time for each format (BlockHessians), so that
+            # at most one block's Hessians are held instead of the whole model's for the whole run
+            if cfg.steps() == ((), "gptq") and lm.kind == "encoder":
                 if hessians is None:      # one tensor per distinct input (q/k/v, gate/up share), kept for every format
                     from floatlab.ptq import hessians as _hessians
                     from floatlab.ptq.calibration import nonfinite_policy
@@ -303,7 +445,7 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
                 shared = hessians
             label = fmt if len(opts.methods) == 1 else f"{method} {fmt}"
             row = {"format": fmt, "method": method, "bits_per_value": spec.bits_per_value, "config": cfg.label()}
-            with _progress.scope(label), quantized_variant(lm.model, cfg, calib, shared) as model:
+            with _progress.scope(label), quantized_variant(lm.model, cfg, calib, shared, fp32) as model:
                 t_quant = time.time() - t0
                 t_eval = time.time()
                 if lm.kind == "encoder":

@@ -468,11 +468,20 @@ def gptq_model(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict]
                generator: torch.Generator | None = None, done=None) -> dict[str, QWeight]:
     """Every layer's GPTQ weight, by name. ``done(name, qweight)``: called as each layer is
     finished instead of collecting the results (the returned dict is then empty). Hessians
-    collected here (``hessians=None``) are dropped as their layer is done."""
+    collected here (``hessians=None``) are dropped as their layer is done; where the model's
+    transformer blocks allow (:class:`floatlab.ptq.hessians.BlockHessians`: a causal LM's
+    calibration windows), they are collected one block at a time as GPTQ reaches it, the same
+    numbers with one block's Hessians in memory instead of the whole model's."""
     from floatlab.progress import track
+    from floatlab.ptq.hessians import BlockHessians
 
     own = hessians is None
-    H = _own_hessians(model, layers, calib) if own else hessians
+    H = hessians
+    if own:
+        H = BlockHessians.build(model, layers, calib, _own_hessians,
+                                need=[n for n in layers if config.weight_spec(n) is not None])
+        if H is None:
+            H = _own_hessians(model, layers, calib)
     out = {}
     for name, lin in track(layers.items(), "gptq", unit="layers", note=lambda kv: kv[0]):
         spec = config.weight_spec(name)
