@@ -103,14 +103,18 @@ def ptq_command(
     layers = linear_layers(lm.model)
     inputs.check_overrides(overrides, list(layers))
     inputs.check_layers(layers, cfg, "--format/--pad/--group-size")
-    del layers                  # quantize_model lets each fp32 layer go once it is swapped
+    # quantize_model lets each fp32 layer go once it is swapped; a weight that lies in the
+    # checkpoint's memory mapping keeps its pages resident until they are dropped too
+    from floatlab.ptq.compare import CheckpointWeights
+    fp32 = CheckpointWeights.check(lm, layers) if cfg.steps()[0] == () and cfg.steps()[1] in ("rtn", "gptq") else None
+    del layers
     opts = CompareOptions(pairs=pairs, windows=windows, window=window, calib=calib, calib_data=cal_texts,
                           eval_data=eval_texts, nonfinite_tokens=policy, device=str(dev))
     compile_note()
     with progress():
         batches = calibration_batches(lm, calib, opts) if calibrates else []
         ref = copy.deepcopy(lm.model) if lm.kind == "encoder" else None
-        qweights = quantize_model(lm.model, cfg, calib=batches)
+        qweights = quantize_model(lm.model, cfg, calib=batches, released=None if fp32 is None else fp32.release)
         release_memory()
         say(f"quantized {plural(len(qweights), 'layer')} ({cfg.label()}) in {time.time() - t0:.1f}s; measuring ...")
         metric = measure_single(lm, lm.model, opts, ref_model=ref)
