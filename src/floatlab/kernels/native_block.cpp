@@ -22,9 +22,6 @@
 // floatlab/kernels/rng.py (HASH), the compiled kernel's very bits.
 #include <cstdint>
 #include <cstring>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 namespace {
 
@@ -164,32 +161,6 @@ typedef int32_t v16i __attribute__((vector_size(64)));
 
 inline v16u vmax(v16u a, v16u b) { return a > b ? a : b; }
 
-// A block's largest finite magnitude's bits (unsigned compare: the order of non-negative
-// float32 values), copied to buf 16 lanes at a time; sets bad (a NaN or Inf).
-template <int B>
-inline uint32_t load_block(const float* x, float* buf, bool& bad) {
-    v16u m = {}, nonfinite = {};
-    for (int k = 0; k < B / 16; k++) {
-        v16u u;
-        std::memcpy(&u, x + 16 * k, 64);
-        std::memcpy(buf + 16 * k, &u, 64);
-        u &= ~SIGN;
-        const v16u inf = (v16u)(u >= F32_INF);      // all ones where Inf or NaN
-        nonfinite |= inf;
-        m = vmax(m, u & ~inf);
-    }
-    m = vmax(m, SWAP8(m));
-    m = vmax(m, SWAP4(m));
-    m = vmax(m, SWAP2(m));
-    m = vmax(m, SWAP1(m));
-    nonfinite |= SWAP8(nonfinite);
-    nonfinite |= SWAP4(nonfinite);
-    nonfinite |= SWAP2(nonfinite);
-    nonfinite |= SWAP1(nonfinite);
-    bad = nonfinite[0] != 0u;
-    return m[0];
-}
-
 typedef float v16f __attribute__((vector_size(64)));
 
 inline v16u splat(uint32_t v) { return (v16u){} + v; }
@@ -290,16 +261,6 @@ inline v16u pow2_vec(v16i q) {
     return q >= -126 ? normal : sub;
 }
 
-// Store 16 results; STREAM: a non-temporal store (y 64-byte aligned, large outputs: they do
-// not go through the cache, so the line is not first read from memory)
-template <bool STREAM>
-inline void store16(float* y, v16f v) {
-#if defined(__AVX512F__)
-    if constexpr (STREAM) { _mm512_stream_ps(y, (__m512)v); return; }
-#endif
-    std::memcpy(y, &v, 64);
-}
-
 template <int B>
 inline void poison(float* y) {
     const float nan = float_of(F32_NAN);
@@ -311,7 +272,6 @@ inline void poison(float* y) {
 // round_mag's loop for the others).
 struct MX {
     int32_t emax_elem, lo, hi;
-    bool stream;
 
     template <int MODE, int RNG, int B>
     static void run(const float* x, float* y, int64_t nb, Grid g, Random rnd, MX p) {
@@ -344,7 +304,7 @@ struct MX {
                         std::memcpy(&u, xk + 16 * q, 64);
                         const v16u a = (v16u)((v16f)u * dn) & ~SIGN;
                         const v16f yv = (v16f)with_sign(round_near<MODE>(a, g), u & SIGN, g) * bk;
-                        if (p.stream) store16<true>(yk + 16 * q, yv); else store16<false>(yk + 16 * q, yv);
+                        std::memcpy(yk + 16 * q, &yv, 64);
                     }
                     continue;
                 }
@@ -365,7 +325,6 @@ struct MX {
 struct Amax {
     Grid scale;                // the scale format's grid (RNE, saturating)
     float target, s_enc, s_dec;
-    bool stream;
 
     template <int MODE, int RNG, int B>
     static void run(const float* x, float* y, int64_t nb, Grid g, Random rnd, Amax p) {
@@ -396,7 +355,7 @@ struct Amax {
                         const v16u pp = pos ? (v16u)((v16f)u * se) : (v16u){};   // +0 where s_b = 0
                         const v16u o = with_sign(round_near<MODE>(pp & ~SIGN, g), pp & SIGN, g);
                         const v16f yv = ((v16f)o * sb) * p.s_dec;
-                        if (p.stream) store16<true>(yk + 16 * q, yv); else store16<false>(yk + 16 * q, yv);
+                        std::memcpy(yk + 16 * q, &yv, 64);
                     }
                     continue;
                 }
@@ -421,10 +380,8 @@ inline v16u bf16_vec(v16u b) {
 }
 
 struct HiF4 {
-    bool stream;
-
     template <int MODE, int RNG, int B>
-    static void run(const float* x, float* y, int64_t nb, Grid g, Random rnd, HiF4 p) {
+    static void run(const float* x, float* y, int64_t nb, Grid g, Random rnd, HiF4) {
         static_assert(B == 64, "HiF4 blocks are 64 values");
         alignas(64) float buf[16 * 64];
         alignas(64) float s1_[16], r_[16];
@@ -496,7 +453,7 @@ struct HiF4 {
                             else n = (v4 + 8388608.0f) - 8388608.0f;
                             const v16u neg = (v16u)((v16f)u < 0.0f);            // -0 is not < 0
                             const v16f yv = (v16f)((v16u)n | (neg & SIGN)) * ss[q];
-                            if (p.stream) store16<true>(yk + 16 * q, yv); else store16<false>(yk + 16 * q, yv);
+                            std::memcpy(yk + 16 * q, &yv, 64);
                         }
                         continue;
                     }
@@ -510,7 +467,7 @@ struct HiF4 {
                         const v16u c = round_near<MODE>(v, g);
                         const v16u neg = (v16u)((v16f)u < 0.0f);            // -0 is not < 0
                         const v16f yv = ((v16f)(c | (neg & SIGN)) * s1k) * (v16f)(splat(0x3F800000u) + sh);
-                        if (p.stream) store16<true>(yk + 16 * q, yv); else store16<false>(yk + 16 * q, yv);
+                        std::memcpy(yk + 16 * q, &yv, 64);
                     }
                     continue;
                 }
@@ -531,8 +488,8 @@ struct HiF4 {
 };
 
 template <class K, int B>
-void by_mode_(int mode, int rng, const float* x, float* y, int64_t nb, const Grid& g,
-              const Random& r, const K& p) {
+void by_mode(int mode, int rng, const float* x, float* y, int64_t nb, const Grid& g,
+             const Random& r, const K& p) {
     switch (mode) {
         case RNE: K::template run<RNE, NONE, B>(x, y, nb, g, r, p); break;
         case RNA: K::template run<RNA, NONE, B>(x, y, nb, g, r, p); break;
@@ -556,25 +513,6 @@ void by_mode_(int mode, int rng, const float* x, float* y, int64_t nb, const Gri
     }
 }
 
-template <class K, int B>
-void by_mode(int mode, int rng, const float* x, float* y, int64_t nb, const Grid& g,
-             const Random& r, const K& p) {
-    by_mode_<K, B>(mode, rng, x, y, nb, g, r, p);
-#if defined(__AVX512F__)
-    if (p.stream) _mm_sfence();           // the streamed stores are complete before returning
-#endif
-}
-
-// stream the results where asked, the CPU has the instruction and y is 64-byte aligned
-bool streamed(const float* y, int stream) {
-#if defined(__AVX512F__)
-    return stream != 0 && ((uintptr_t)y & 63u) == 0;
-#else
-    (void)y; (void)stream;
-    return false;
-#endif
-}
-
 Random random_of(const void* draws, int64_t index0, uint64_t seed, int sr_bits) {
     return Random{draws, index0, (uint32_t)(seed & 0xFFFFFFFFu), (uint32_t)(seed >> 32), sr_bits};
 }
@@ -583,15 +521,15 @@ Random random_of(const void* draws, int64_t index0, uint64_t seed, int sr_bits) 
 
 // Every entry: x, y the slice's first block; nb blocks of B values; index0 the slice's first
 // element's index in the blocks (HASH); draws the slice's first draw (REPLAY) or null; the
-// element grid (emin, mbits, max_bits, neg_zero); mode, rng, sr_bits, seed; stream: write the
-// results with non-temporal stores (large outputs). They return 1 for a block size not compiled.
+// element grid (emin, mbits, max_bits, neg_zero); mode, rng, sr_bits, seed. They return 1 for a
+// block size not compiled.
 extern "C" int floatlab_block_mx(const float* x, float* y, int64_t nb, int64_t B, int64_t index0,
                                  const void* draws, int mode, int rng, int sr_bits, uint64_t seed,
                                  int emin, int mbits, uint32_t max_bits, int neg_zero,
-                                 int emax_elem, int lo, int hi, int stream) {
+                                 int emax_elem, int lo, int hi) {
     const Grid g = grid(emin, mbits, max_bits, neg_zero);
     const Random r = random_of(draws, index0, seed, sr_bits);
-    const MX p{emax_elem, lo, hi, streamed(y, stream)};
+    const MX p{emax_elem, lo, hi};
     if (B != 32) return 1;
     by_mode<MX, 32>(mode, rng, x, y, nb, g, r, p);
     return 0;
@@ -601,11 +539,10 @@ extern "C" int floatlab_block_amax(const float* x, float* y, int64_t nb, int64_t
                                    int64_t index0, const void* draws, int mode, int rng,
                                    int sr_bits, uint64_t seed, int emin, int mbits,
                                    uint32_t max_bits, int neg_zero, int s_emin, int s_mbits,
-                                   uint32_t s_max_bits, float target, float s_enc, float s_dec,
-                                   int stream) {
+                                   uint32_t s_max_bits, float target, float s_enc, float s_dec) {
     const Grid g = grid(emin, mbits, max_bits, neg_zero);
     const Random r = random_of(draws, index0, seed, sr_bits);
-    const Amax p{grid(s_emin, s_mbits, s_max_bits, 1), target, s_enc, s_dec, streamed(y, stream)};
+    const Amax p{grid(s_emin, s_mbits, s_max_bits, 1), target, s_enc, s_dec};
     if (B == 16) by_mode<Amax, 16>(mode, rng, x, y, nb, g, r, p);
     else if (B == 256) by_mode<Amax, 256>(mode, rng, x, y, nb, g, r, p);
     else return 1;
@@ -615,22 +552,26 @@ extern "C" int floatlab_block_amax(const float* x, float* y, int64_t nb, int64_t
 extern "C" void floatlab_block_hif4(const float* x, float* y, int64_t nb, int64_t index0,
                                     const void* draws, int mode, int rng, int sr_bits,
                                     uint64_t seed, int emin, int mbits, uint32_t max_bits,
-                                    int neg_zero, int stream) {
+                                    int neg_zero) {
     by_mode<HiF4, 64>(mode, rng, x, y, nb, grid(emin, mbits, max_bits, neg_zero),
-                      random_of(draws, index0, seed, sr_bits), HiF4{streamed(y, stream)});
+                      random_of(draws, index0, seed, sr_bits), HiF4{});
 }
 
-// amax[b] = the largest finite |x| of block b (NVFP4's tensor amax is their max)
-extern "C" int floatlab_block_absmax(const float* x, int64_t nb, int64_t B, float* amax) {
-    bool bad;
-    if (B == 16) {
-        alignas(64) float buf[16];
-        for (int64_t b = 0; b < nb; b++) amax[b] = float_of(load_block<16>(x + 16 * b, buf, bad));
-    } else if (B == 256) {
-        alignas(64) float buf[256];
-        for (int64_t b = 0; b < nb; b++) amax[b] = float_of(load_block<256>(x + 256 * b, buf, bad));
-    } else {
-        return 1;
+// out[u] = the largest finite |x| of x[4096 u .. 4096 (u + 1)) for u < nu (x holds 4096 nu
+// values; NVFP4's tensor amax is the maximum of these)
+extern "C" void floatlab_block_absmax(const float* x, int64_t nu, float* out) {
+    for (int64_t u = 0; u < nu; u++, x += 4096) {
+        v16u m = {};
+        for (int q = 0; q < 256; q++) {
+            v16u a;
+            std::memcpy(&a, x + 16 * q, 64);
+            a &= ~SIGN;
+            m = vmax(m, a < F32_INF ? a : (v16u){});      // NaN and Inf count as 0
+        }
+        m = vmax(m, SWAP8(m));
+        m = vmax(m, SWAP4(m));
+        m = vmax(m, SWAP2(m));
+        m = vmax(m, SWAP1(m));
+        out[u] = float_of(m[0]);
     }
-    return 0;
 }

@@ -51,7 +51,6 @@ BLOCKS = {ScaleRule.FLOOR: (32,), ScaleRule.AMAX: (16, 256), ScaleRule.HIF4: (64
 _MODES = {M.RNE: 0, M.RNA: 1, M.RNZ: 2, M.RTZ: 3, M.RUP: 4, M.RDN: 5, M.RTO: 6, M.SR: 7,
           M.SR_HALF: 9}
 _SR_BITS = 8
-STREAM_MIN_BYTES = 16 << 20     # outputs this large are written with non-temporal stores
 _RNG = {"none": 0, "hash": 1, "replay": 2}
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -60,11 +59,11 @@ _I, _U, _P, _F = ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_float
 _COMMON = [_P, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _P, _I, _I, _I, ctypes.c_uint64,
            _I, _I, _U, _I]
 _SIGNATURES = {
-    "floatlab_block_mx": _COMMON + [_I, _I, _I, _I],
-    "floatlab_block_amax": _COMMON + [_I, _I, _U, _F, _F, _F, _I],
+    "floatlab_block_mx": _COMMON + [_I, _I, _I],
+    "floatlab_block_amax": _COMMON + [_I, _I, _U, _F, _F, _F],
     "floatlab_block_hif4": [_P, _P, ctypes.c_int64, ctypes.c_int64, _P, _I, _I, _I,
-                            ctypes.c_uint64, _I, _I, _U, _I, _I],
-    "floatlab_block_absmax": [_P, ctypes.c_int64, ctypes.c_int64, _P],
+                            ctypes.c_uint64, _I, _I, _U, _I],
+    "floatlab_block_absmax": [_P, ctypes.c_int64, _P],
 }
 
 
@@ -85,7 +84,7 @@ def _load() -> ctypes.CDLL | None:
     for name, argtypes in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.argtypes = argtypes
-        fn.restype = ctypes.c_int if name != "floatlab_block_hif4" else None
+        fn.restype = None if name in ("floatlab_block_hif4", "floatlab_block_absmax") else ctypes.c_int
     return lib
 
 
@@ -205,10 +204,14 @@ def tensor_amax(xb: torch.Tensor) -> torch.Tensor:
     lib = library()
     if lib is None:
         raise RuntimeError("the native block kernel is not available (check available())")
-    nb, B = xb.shape
-    amax = torch.zeros(max(nb, 1), dtype=torch.float32)
-    px, pa = xb.data_ptr(), amax.data_ptr()
-    native._parallel(lib.floatlab_block_absmax, nb, lambda s, c: (px + 4 * B * s, c, B, pa + 4 * s))
+    flat = xb.view(-1)
+    nu, tail = divmod(flat.numel(), 4096)
+    amax = torch.zeros(nu + 1, dtype=torch.float32)
+    if tail:                              # the last partial unit in torch (finite values only)
+        rest = flat[nu * 4096:].abs()
+        amax[nu] = torch.where(torch.isfinite(rest), rest, torch.zeros_like(rest)).max()
+    px, pa = flat.data_ptr(), amax.data_ptr()
+    native._parallel(lib.floatlab_block_absmax, nu, lambda s, c: (px + 4 * 4096 * s, c, pa + 4 * s))
     return amax.max()
 
 
@@ -237,17 +240,16 @@ def quantize_into(xb: torch.Tensor, yb: torch.Tensor, p: NativeBlockPlan,
     pd = draws.data_ptr() if draws is not None else None
     g = p.elem
     tail = (p.mode, p.rng, p.sr_bits, seed, g.emin, g.mbits, g.max_bits, int(g.neg_zero))
-    stream = int(yb.numel() * 4 >= STREAM_MIN_BYTES)
     if p.rule is ScaleRule.HIF4:
         def chunk(s, c):
             return (px + 256 * s, py + 256 * s, c, 64 * s,
-                    None if pd is None else pd + step * 64 * s, *tail, stream)
+                    None if pd is None else pd + step * 64 * s, *tail)
         native._parallel(lib.floatlab_block_hif4, nb, chunk)
         return
     if p.rule is ScaleRule.FLOOR:
-        fn, extra = lib.floatlab_block_mx, (*p.extra, stream)
+        fn, extra = lib.floatlab_block_mx, p.extra
     else:
-        fn, extra = lib.floatlab_block_amax, (*p.extra, *tensor_scales, stream)
+        fn, extra = lib.floatlab_block_amax, (*p.extra, *tensor_scales)
 
     def chunk(s, c):
         return (px + 4 * B * s, py + 4 * B * s, c, B, B * s,
