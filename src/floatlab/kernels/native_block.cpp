@@ -11,12 +11,13 @@
 //     is replaced by +-2^-126, which every mode rounds the same way); y = round(t) * 2^e.
 //   * AMAX (NVFP4): s_b = scale_RNE((amax / elem_max) * s_enc), s_enc_b = min(1 / (s_b * s_dec),
 //     FLT_MAX); y = (round(x * s_enc_b) * s_b) * s_dec (s_enc, s_dec: the caller's tensor scale).
-//   * HIF4: the scale pass of native_hif4.cpp, then v = bf16((|x| * r) * 2^-shift), y =
+//   * HIF4: the scale pass of native_hif4.cpp (16 blocks' level 1 at once), then v = bf16((|x| * r) * 2^-shift), y =
 //     (+-round(v) * S1) * 2^shift.
-// A block holding NaN or Inf becomes NaN. Element rounding is integer work on the float32 bits
-// of the value to round (rounding.md's decisions, as floatlab/kernels/scalar.py's _round_up):
-// the element grid has spacing 2^qe, qe = max(E, emin) - mbits (E = floor(log2 |t|), checked
-// by the caller against the format's own quantum_exponent), saturating at the element's max.
+// A block holding NaN or Inf becomes NaN. The element grid has spacing 2^qe, qe = max(E, emin)
+// - mbits (E = floor(log2 |t|), checked by the caller against the format's own
+// quantum_exponent), saturating at the element's max. The nearest modes run on explicit 16-lane
+// vectors (round_near; rne and HiF4's uniform grid in the float unit, exactly); the others make
+// floatlab/kernels/scalar.py's _round_up decisions on the integer bits (round_mag).
 // Stochastic modes take the plain path's draws (REPLAY: float64 for SR, int64 for SR_BITS and
 // SR_HALF, one per element of the blocks) or hash (seed, block-layout index) as
 // floatlab/kernels/rng.py (HASH), the compiled kernel's very bits.
@@ -103,7 +104,7 @@ inline uint32_t round_mag(uint32_t a, bool neg, int64_t i, const Grid& g, const 
     const uint32_t sig = f ? ((a & 0x7FFFFFu) | 0x800000u) : a;
     const uint32_t dd = (uint32_t)(d < 0 ? 0 : (d > 25 ? 25 : d));
     const uint32_t mask = (1u << dd) - 1u;
-    const uint32_t fl = sig >> dd, rem = sig & mask, half = (1u << dd) >> 1;
+    const uint32_t fl = sig >> dd, rem = sig & mask;
     bool up;
     // bitwise & and | (no short-circuit jumps: the loops stay vectorizable)
     if constexpr (MODE == RTZ) up = false;
