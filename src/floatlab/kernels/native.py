@@ -93,35 +93,49 @@ def _build(cxx: str, path: Path, source: Path = SOURCE, flags: tuple[str, ...] =
             os.unlink(tmp)
 
 
-def _load() -> ctypes.CDLL | None:
+def build_and_load(source: Path, stem: str, flags: tuple[str, ...], what: str,
+                   signatures: dict, stacklevel: int = 5) -> ctypes.CDLL | None:
+    """``source`` compiled on first use (cached, see :func:`library_path`) and loaded, each
+    function of ``signatures`` (name -> (argtypes, restype)) declared; None without a compiler,
+    or with one warning naming ``what`` where the build or load fails."""
     cxx = compiler()
     if cxx is None:
         return None
     try:
-        path = library_path(cxx)
+        path = library_path(cxx, source, stem, flags)
         if not path.exists():
-            _build(cxx, path)
+            _build(cxx, path, source, flags)
         lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        warnings.warn(f"floatlab: the native kernels could not be built ({err}); using the "
+        warnings.warn(f"floatlab: the {what} could not be built ({err}); using the "
                       "compiled kernels instead (set FLOATLAB_NATIVE=0 to silence this)",
-                      RuntimeWarning, stacklevel=4)
+                      RuntimeWarning, stacklevel=stacklevel)
         return None
-    fn = lib.floatlab_hif4_scales
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 4
-    fn.restype = None
+    for name, (argtypes, restype) in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = argtypes, restype
     return lib
+
+
+def loaded_once(state: dict, lock: threading.Lock, load) -> ctypes.CDLL | None:
+    """``state["lib"]``, set by ``load()`` on the first call (once, under ``lock``); None with
+    ``FLOATLAB_NATIVE=0``."""
+    if not enabled():
+        return None
+    if "lib" not in state:
+        with lock:
+            if "lib" not in state:
+                state["lib"] = load()
+    return state["lib"]
+
+
+_SIGNATURES = {"floatlab_hif4_scales": ([ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 4, None)}
 
 
 def library() -> ctypes.CDLL | None:
     """The loaded native library (built on first use), or None where it is unavailable."""
-    if not enabled():
-        return None
-    if "lib" not in _state:
-        with _lock:
-            if "lib" not in _state:
-                _state["lib"] = _load()
-    return _state["lib"]  # type: ignore[return-value]
+    return loaded_once(_state, _lock, lambda: build_and_load(SOURCE, "floatlab_native", FLAGS,
+                                                             "native kernels", _SIGNATURES, 6))
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-import subprocess
 import threading
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -58,45 +56,19 @@ _state: dict[str, object] = {}
 _I, _U, _P, _F = ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_float
 _COMMON = [_P, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _P, _I, _I, _I, ctypes.c_uint64,
            _I, _I, _U, _I]
-_SIGNATURES = {
-    "floatlab_block_mx": _COMMON + [_I, _I, _I],
-    "floatlab_block_amax": _COMMON + [_I, _I, _U, _F, _F, _F],
-    "floatlab_block_hif4": [_P, _P, ctypes.c_int64, ctypes.c_int64, _P, _I, _I, _I,
-                            ctypes.c_uint64, _I, _I, _U, _I],
-    "floatlab_block_absmax": [_P, ctypes.c_int64, _P],
+_SIGNATURES = {                  # name -> (argtypes, restype)
+    "floatlab_block_mx": (_COMMON + [_I, _I, _I], _I),
+    "floatlab_block_amax": (_COMMON + [_I, _I, _U, _F, _F, _F], _I),
+    "floatlab_block_hif4": ([_P, _P, ctypes.c_int64, ctypes.c_int64, _P, _I, _I, _I,
+                             ctypes.c_uint64, _I, _I, _U, _I], None),
+    "floatlab_block_absmax": ([_P, ctypes.c_int64, _P], None),
 }
-
-
-def _load() -> ctypes.CDLL | None:
-    cxx = native.compiler()
-    if cxx is None:
-        return None
-    try:
-        path = native.library_path(cxx, SOURCE, "floatlab_block", FLAGS)
-        if not path.exists():
-            native._build(cxx, path, SOURCE, FLAGS)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        warnings.warn(f"floatlab: the native block kernel could not be built ({err}); using the "
-                      "compiled kernels instead (set FLOATLAB_NATIVE=0 to silence this)",
-                      RuntimeWarning, stacklevel=5)
-        return None
-    for name, argtypes in _SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.argtypes = argtypes
-        fn.restype = None if name in ("floatlab_block_hif4", "floatlab_block_absmax") else ctypes.c_int
-    return lib
 
 
 def library() -> ctypes.CDLL | None:
     """The loaded library (built on first use), or None where it is unavailable."""
-    if not native.enabled():
-        return None
-    if "lib" not in _state:
-        with _lock:
-            if "lib" not in _state:
-                _state["lib"] = _load()
-    return _state["lib"]  # type: ignore[return-value]
+    return native.loaded_once(_state, _lock, lambda: native.build_and_load(
+        SOURCE, "floatlab_block", FLAGS, "native block kernel", _SIGNATURES, 7))
 
 
 def available() -> bool:
