@@ -76,6 +76,7 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
                 model after its layer is quantized; LWC/PTQ1.61: after its block)."""
                 wq = _swap(model, name, layers[name], qw, config, transforms_done)
                 swapped.add(name)
+                trim_allocator()
                 if released is not None and wq is not None:
                     released(name, layers[name])
                 layers[name] = None          # the fp32 layer can go, unless the caller holds it
@@ -116,6 +117,24 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
             if _swap(model, name, lin, qweights.get(name), config, transforms_done) is not None and released:
                 released(name, lin)
     return qweights if keep else {}
+
+
+_libc = []
+
+
+def trim_allocator() -> None:
+    """Hand the C allocator's free memory back to the system (glibc ``malloc_trim(0)``; a no-op
+    elsewhere). Called after each layer is swapped: a layer's freed temporaries otherwise stay
+    with the allocator and add up over the model (``floatlab ptq`` RTN on SmolLM2: a 1.85 instead
+    of a 1.16 GiB peak while quantizing), for ~5 ms per layer."""
+    if not _libc:
+        try:
+            import ctypes
+            _libc.append(ctypes.CDLL("libc.so.6").malloc_trim)
+        except (OSError, AttributeError):
+            _libc.append(None)
+    if _libc[0] is not None:
+        _libc[0](0)
 
 
 def _swap(model: nn.Module, name: str, lin: nn.Linear, qw: QWeight | None, config: PTQConfig,
