@@ -15,8 +15,8 @@ Runs (``--only`` picks some):
 
 * ``compare``: ``floatlab compare`` over ``--formats`` (default 7 formats, RTN, weights and
   activations), one quantized variant held at a time;
-* ``compare-gptq``: the same with ``--method gptq --weights-only`` (GPTQ Hessians shared by
-  q/k/v and gate/up, kept for every format);
+* ``compare-gptq``: the same with ``--method gptq --weights-only`` (GPTQ's Hessians collected
+  one transformer block at a time for each format);
 * ``ptq-gptq`` / ``ptq-gptq-blockwise``: ``floatlab ptq --method gptq --format int4``, the whole
   model in memory vs ``--blockwise`` (the checkpoint read one transformer block at a time);
 * ``ptq-rtn`` / ``ptq-rtn-blockwise``: the same with RTN (no calibration).
