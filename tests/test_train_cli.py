@@ -213,6 +213,8 @@ def test_summary_environment_progress_lines_and_plot(tmp_path):
     env = summary(d)["environment"]
     assert env["versions"]["torch"] == torch.__version__ and "floatlab" in env["versions"]
     assert env["cpu_count"] == os.cpu_count() and "time_utc" in env
+    # the machine's generation and torch's kernel ISA: what makes float32 bits differ across machines
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and "cpu_id" in env
     # not a terminal: plain progress lines (a run's end at least)
     for name in ("bf16", "mxfp8"):
         assert f"{name} seed 0: 4/4 steps" in res.output
