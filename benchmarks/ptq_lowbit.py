@@ -96,8 +96,12 @@ def main(argv: list[str]) -> None:
                  command="python benchmarks/ptq_lowbit.py " + " ".join(argv))
         if args.json:
             path = Path(args.json)
-            rows = json.loads(path.read_text()) if path.exists() else []
-            path.write_text(json.dumps(rows + [r], indent=1) + "\n")
+            data = json.loads(path.read_text()) if path.exists() else []
+            if isinstance(data, dict):        # the docs' data file: notes beside a "runs" list
+                data.setdefault("runs", []).append(r)
+            else:
+                data = data + [r]
+            path.write_text(json.dumps(data, indent=1) + "\n")
         scale = 30 / r["blocks"] if args.blocks else 1
         print(f"{method:7s} {r['format']:14s} amp {r['amp']}, {r['windows']}x{r['window']} tokens, {r['epochs']} epochs, "
               f"{r['blocks']} blocks, {r['threads']} threads: reconstruction {r['seconds_reconstruct']:.0f} s"
