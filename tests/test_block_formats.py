@@ -7,7 +7,7 @@ import torch
 
 import floatlab
 from floatlab.eval.quality import measure, sample
-from floatlab.tensor.packing import pack, unpack
+from floatlab.plain.packing import pack, unpack
 
 BLOCK_FORMATS = ["mxfp8_e4m3", "mxfp8_e5m2", "mxfp6_e3m2", "mxfp6_e2m3", "mxfp4", "mxint8",
                  "nvfp4", "nvfp4_46", "nvfp4_2d", "hif4"]

@@ -11,7 +11,7 @@ from floatlab.codecs.base import (CodecError, WeightCodec, as_storage, check_gro
                                   group_count, positive_scale, scale_bits, ungrouped)
 from floatlab.formats.integer import IntFormat
 from floatlab.ops.autograd import check_grad
-from floatlab.tensor.packing import pack, unpack
+from floatlab.plain.packing import pack, unpack
 from floatlab.tensor.qtensor import QTensor
 
 _INT16 = IntFormat(16)

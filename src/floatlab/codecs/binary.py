@@ -9,7 +9,7 @@ import torch
 from floatlab.codecs.base import (CodecError, WeightCodec, as_storage, check_group, check_scale_dtype, group_count,
                                   grouped, scale_bits, stored, ungrouped, valid_mask)
 from floatlab.ops.autograd import check_grad, straight_through
-from floatlab.tensor.packing import pack, unpack
+from floatlab.plain.packing import pack, unpack
 from floatlab.tensor.qtensor import QTensor
 
 

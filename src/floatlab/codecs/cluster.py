@@ -47,7 +47,7 @@ import torch
 from floatlab.codecs.base import (CodecError, WeightCodec, as_storage, check_group, check_scale_dtype, grouped,
                                   group_count, positive_scale, scale_bits, ungrouped)
 from floatlab.ops.autograd import check_grad
-from floatlab.tensor.packing import pack, unpack
+from floatlab.plain.packing import pack, unpack
 from floatlab.tensor.qtensor import QTensor
 
 #: the FineQ preset's layouts (see the module docstring)

@@ -23,7 +23,7 @@ import torch
 import floatlab
 from floatlab.codecs.base import CodecError, WeightCodec, check_group
 from floatlab.formats.serialize import format_from_reference, format_reference
-from floatlab.tensor.packing import pack, unpack
+from floatlab.plain.packing import pack, unpack
 from floatlab.tensor.qtensor import QTensor
 
 #: formats whose absmax maps to a value other than their max

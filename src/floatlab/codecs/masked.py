@@ -10,7 +10,7 @@ import torch
 from floatlab.codecs.affine import AffineInt
 from floatlab.codecs.base import CodecError, WeightCodec
 from floatlab.codecs.binary import Binary, Ternary
-from floatlab.tensor.packing import pack, unpack
+from floatlab.plain.packing import pack, unpack
 from floatlab.tensor.qtensor import QTensor
 
 #: how the salient input channels are chosen

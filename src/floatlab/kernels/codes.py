@@ -14,7 +14,7 @@ tested), and the code is read off the rounded float's bits in the same compiled 
 * block formats: element codes as above and the scale codes from the same pass (OCP MX: E8M0 of
   ``2^e``; NVFP4: the E4M3 code of ``s_b`` and the FP32 tensor scale; HiF4: the E6M2 byte and the
   E1_8/E1_16 bits recovered from the per-subgroup shifts); 4-bit codes are packed two per byte in
-  the kernel (even element in the low nibble, :mod:`floatlab.tensor.packing`).
+  the kernel (even element in the low nibble, :mod:`floatlab.plain.packing`).
 
 Decoding gathers from a table built by the plain decoder itself: ``2^bits`` values for scalar
 formats of at most 8 bits, ``(scale code, element code)`` products for the block formats (HiF4:
@@ -163,7 +163,7 @@ def _pack4_kernel(pairs: torch.Tensor) -> torch.Tensor:
 
 
 def pack4(codes: torch.Tensor, eager: bool) -> torch.Tensor:
-    """An even number of 4-bit codes in uint8 -> :func:`floatlab.tensor.packing.pack`'s bytes.
+    """An even number of 4-bit codes in uint8 -> :func:`floatlab.plain.packing.pack`'s bytes.
 
     A pass of its own over the byte codes: packing inside the rounding kernel (reading pairs
     of elements with stride 2) kept inductor from vectorizing it (mxfp4 encode 38 ms -> 17 ms
@@ -215,7 +215,7 @@ def _use_compiler(backend: str, numel: int) -> bool:
 def encode_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr_bits,
                   backend: str) -> torch.Tensor | None:
     """Packed storage of ``x``'s codes in the scalar format ``fmt`` (what
-    :func:`floatlab.tensor.packing.pack` returns for the plain path's codes), or None where the
+    :func:`floatlab.plain.packing.pack` returns for the plain path's codes), or None where the
     plain path must run. Raises ValueError for NaN into a format without NaN, as the plain path."""
     if backend == "plain" or x.numel() == 0:
         return None

@@ -185,7 +185,7 @@ extern "C" void floatlab_round_f32(const float* x, float* y, int64_t n, int64_t 
     }
 }
 
-// ---- codes: the rounded value's code in the format, packed as floatlab.tensor.packing does ----
+// ---- codes: the rounded value's code in the format, packed as floatlab.plain.packing does ----
 // From the rounded bits (floatlab/kernels/codes.py's value_codes on the same values; the caller
 // checks this mapping against the plain encoder on every value of the format):
 //   * IEEE-style: a magnitude r at or above the smallest normal is (r >> dn) - offset (the
@@ -405,7 +405,7 @@ void gather_by(int bits, const uint8_t* c, void* y, int64_t n, const void* table
 }  // namespace
 
 // y[i] = table[code i] for i in [0, n): codes of 8 bits one per byte, of 4 or 6 bits packed as
-// floatlab.tensor.packing does (element 0 in the low bits of c[0]); table entries of esize bytes
+// floatlab.plain.packing does (element 0 in the low bits of c[0]); table entries of esize bytes
 // (2, 4 or 8: the output dtype's bits).
 extern "C" void floatlab_decode_table(const uint8_t* c, void* y, int64_t n, const void* table,
                                       int esize, int bits) {

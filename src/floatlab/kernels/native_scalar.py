@@ -50,6 +50,8 @@ from floatlab.formats.base import Overflow
 from floatlab.formats.floating import FloatFormat
 from floatlab.formats.hifloat8 import HiF8Format
 from floatlab.kernels import native
+from floatlab.plain.packing import pack
+from floatlab.plain.scalar import quantize_to_float64
 from floatlab.rounding import RoundingMode as M
 
 SOURCE = Path(__file__).with_name("native_scalar.cpp")
@@ -254,7 +256,7 @@ _NO_NAN = 0x10000             # above every code: the kernel reports it (a NaN t
 class CodeSpec:
     """How ``native_scalar.cpp``'s ``code_of`` turns a rounded value into a code of the format."""
 
-    bits: int                 # 8, 16, or 4/6 (packed: floatlab.tensor.packing's bit stream)
+    bits: int                 # 8, 16, or 4/6 (packed: floatlab.plain.packing's bit stream)
     offset: int               # IEEE: (127 - bias) << mbits
     inf_code: int             # IEEE: the magnitude code of Inf (0 where the format has none)
     nan_code: int             # the NaN code (_NO_NAN where the format has none: refused)
@@ -284,9 +286,10 @@ def _code_spec(fmt) -> CodeSpec | None:
 
 
 def _mapping_matches(fmt, cs: CodeSpec) -> bool:
-    """Every code's value (and the specials) encoded natively equals the plain encoder's codes."""
-    import floatlab     # the public encode (ops import kernels: imported late)
-
+    """Every code's value (and the specials) encoded natively equals the plain encoder's codes
+    (``floatlab.encode(..., backend="plain")``'s steps: the float64 rounding, the format's code
+    map, :func:`floatlab.plain.packing.pack`; written out here, as kernels sit below the entry
+    points)."""
     vals = fmt.decode(torch.arange(2 ** fmt.bits, dtype=torch.int64)).to(torch.float32)
     inf = float("inf")
     extra = [0.0, -0.0, inf, -inf, 2.0 * float(fmt.max_value), -2.0 * float(fmt.max_value)]
@@ -295,10 +298,10 @@ def _mapping_matches(fmt, cs: CodeSpec) -> bool:
         x = x[~torch.isnan(x)]
     x = x[: x.numel() // 2 * 2]
     for saturate in (False, True):
-        try:
-            want = floatlab.encode(x, fmt, "rne", saturate, backend="plain").data
-        except ValueError:
-            return False
+        q = quantize_to_float64(x, fmt, M.RNE, saturate, None, None)
+        if not fmt.has_nan and bool(torch.isnan(q).any()):
+            return False                   # the plain encoder refuses it: no code to compare
+        want = pack(fmt.encode(q).to(fmt.code_dtype), fmt.bits)
         got = torch.empty_like(want)
         p = plan(fmt, M.RNE, saturate, None, "none")
         if p is None:
@@ -309,14 +312,14 @@ def _mapping_matches(fmt, cs: CodeSpec) -> bool:
 
 
 def encoded_size(numel: int, bits: int) -> int:
-    """Entries of the flat code storage (``floatlab.tensor.packing.pack``'s length)."""
+    """Entries of the flat code storage (``floatlab.plain.packing.pack``'s length)."""
     return (numel * bits + 7) // 8 if bits < 8 else numel
 
 
 def encode_into(x: torch.Tensor, dst: torch.Tensor, p: NativePlan, cs: CodeSpec,
                 rnd: torch.Tensor | None) -> bool:
     """Write the codes of ``x`` rounded by ``p`` into ``dst`` (contiguous, uint8 for 4/6/8-bit
-    codes, 4/6-bit ones packed as :func:`floatlab.tensor.packing.pack`, int16 for 16-bit codes; of
+    codes, 4/6-bit ones packed as :func:`floatlab.plain.packing.pack`, int16 for 16-bit codes; of
     :func:`encoded_size` entries). ``x`` contiguous float32, bfloat16 or float16 on the CPU;
     ``rnd`` the plain path's draws (one per element) or None (``p.rng`` must not be the hash).
     Returns whether a NaN was produced in a format without NaN (its codes there are meaningless:
@@ -363,7 +366,7 @@ def _parallel_any(fn, nb: int, chunk_args) -> bool:
 
 def decode_table_into(data: torch.Tensor, out: torch.Tensor, table: torch.Tensor, bits: int) -> None:
     """``out[i] = table[code i]`` for the ``out.numel()`` codes in ``data`` (uint8: 8-bit codes
-    one per byte, 4/6-bit ones packed as :func:`floatlab.tensor.packing.pack`); ``out`` and
+    one per byte, 4/6-bit ones packed as :func:`floatlab.plain.packing.pack`); ``out`` and
     ``table`` of one dtype (2, 4 or 8 bytes), all contiguous CPU tensors."""
     lib = library()
     if lib is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from floatlab.formats.serialize import format_from_reference, format_reference
-from floatlab.tensor.packing import storage_dtype
+from floatlab.plain.packing import storage_dtype
 from floatlab.tensor.qtensor import QTensor
 
 _HEADER = "floatlab.qtensors"

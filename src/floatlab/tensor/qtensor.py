@@ -19,7 +19,7 @@ import torch
 from floatlab.formats.block import BlockFormat
 from floatlab.formats.serialize import format_from_reference, format_reference
 from floatlab.plain.block import block_decode, blocking_of
-from floatlab.tensor.packing import pack, unpack
+from floatlab.plain.packing import pack, unpack
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
