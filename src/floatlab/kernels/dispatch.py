@@ -15,7 +15,10 @@ environment variable when the argument is None):
 ========== ============================================================================
 
 ``auto`` runs the native scalar kernel first wherever it applies (any size, with or without
-``out=``; built on first use, ``FLOATLAB_NATIVE=0`` turns it off), then the compiled kernel.
+``out=``; built on first use, ``FLOATLAB_NATIVE=0`` turns it off), then, for integer formats
+(int8, int4, fixed point with ``frac_bits >= 0``) in rne/rtz/rup/rdn on float32/float64 CPU
+tensors, a few vectorized ATen operations (:func:`quantize_int_aten`: no compilation, which
+cost ``floatlab compare`` 5-15 s per integer format in a fresh process), then the compiled kernel.
 
 ``FLOATLAB_FAST=0`` (or ``plain``) selects ``plain``, ``FLOATLAB_FAST=eager`` selects ``eager``.
 
@@ -173,6 +176,10 @@ def quantize_scalar(x: torch.Tensor, fmt, mode: M, saturate: bool, generator, sr
                                       f"{mode.value!r} for {x.dtype} inputs on {x.device} "
                                       "(float32 CPU tensors and float formats only), or it "
                                       "could not be built")
+    if backend == "auto":
+        y = quantize_int_aten(x, fmt, mode, out)
+        if y is not None:
+            return y
     use_compiler = (backend == "compiled" and x.numel() >= 2) or \
         (backend == "auto" and x.numel() >= COMPILE_MIN_NUMEL)
     if plan is None or (backend == "auto" and not compiler.compile_available()):
@@ -227,3 +234,36 @@ def _quantize_native(x, plan, fmt, mode, saturate, generator, sr_bits, out):
     if out is not None and not direct:
         return out.copy_(dst)
     return dst
+
+
+_INT_ATEN_MODES = {M.RNE: torch.round, M.RTZ: torch.trunc, M.RUP: torch.ceil, M.RDN: torch.floor}
+_INT_ATEN_MAX_FRAC = 64           # 2^frac_bits and 2^-frac_bits are float32 values: scaling is exact
+
+
+def quantize_int_aten(x: torch.Tensor, fmt, mode: M, out: torch.Tensor | None) -> torch.Tensor | None:
+    """An integer format by vectorized ATen operations, or None where this does not apply.
+
+    ``x`` (any shape, float32 or float64, on the CPU; any strides) rounded into an
+    :class:`IntFormat` with ``0 <= frac_bits <= 64`` in rne/rtz/rup/rdn: ``clamp(round(x * 2^f),
+    imin, imax) * 2^-f + 0``, bit for bit the plain path's values (tests/test_dispatch_int.py):
+    the scalings by powers of two are exact (an overflow to +-inf only happens far beyond the
+    range and clamps like any overflow; integer formats always saturate), ``torch.round``
+    rounds ties to even, ``+ 0`` turns -0 into +0 (integer formats have no negative zero) and a
+    NaN stays NaN. Returns ``out`` (written, any strides) or a new tensor of ``x``'s shape."""
+    op = _INT_ATEN_MODES.get(mode)
+    if (op is None or type(fmt) is not IntFormat or not 0 <= fmt.frac_bits <= _INT_ATEN_MAX_FRAC
+            or x.dtype not in (torch.float32, torch.float64) or x.device.type != "cpu"
+            or torch.compiler.is_compiling()):
+        return None
+    f = fmt.frac_bits
+    lo, hi = -fmt.max_negative * 2.0 ** f, fmt.max_value * 2.0 ** f     # the integer range
+    y = torch.empty_like(x) if out is None else out
+    if f:
+        torch.mul(x, 2.0 ** f, out=y)
+        op(y, out=y)
+    else:
+        op(x, out=y)
+    y.clamp_(lo, hi)
+    if f:
+        y.mul_(2.0 ** -f)
+    return y.add_(0.0)
