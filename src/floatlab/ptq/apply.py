@@ -11,7 +11,7 @@ from torch import nn
 
 from floatlab.models.loading import linear_layers
 from floatlab.progress import track
-from floatlab.ptq.calibration import CalibrationError, check_parameters, nonfinite_policy
+from floatlab.ptq.calibration import CalibrationError, all_finite, check_parameters, nonfinite_policy
 from floatlab.codecs import CodecError
 from floatlab.ptq.config import RECONSTRUCTING, PTQConfig
 from floatlab.ptq.modules import QuantLinear, set_module
@@ -147,7 +147,7 @@ def _swap(model: nn.Module, name: str, lin: nn.Linear, qw: QWeight | None, confi
     if w_spec is None and a_spec is None and name not in transforms_done:
         return None
     wq = qw.dequantize() if qw is not None else lin.weight.detach()
-    if not bool(torch.isfinite(wq).all()):
+    if not all_finite(wq):
         raise CalibrationError(f"layer {name!r}: its weight quantized to {w_spec} by {config.method!r} has "
                                f"{int((~torch.isfinite(wq)).sum())} non-finite values (max |w| before: "
                                f"{float(lin.weight.detach().abs().max()):.3g}); the weight is beyond the "

@@ -75,6 +75,22 @@ def token_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of the floating-point tensor ``t`` is finite (True when empty).
+
+    One vectorized sum, which any NaN or +-Inf makes non-finite (Inf + finite = Inf, Inf - Inf
+    and NaN + anything = NaN), so a finite sum proves every value finite; only where the sum
+    overflowed (huge finite values) does ``torch.isfinite`` decide. About 20x faster than
+    ``isfinite(t).all()`` on CPU (which writes a bool tensor): checking MiniLM's 22.7M parameters
+    and every quantized weight cost ``floatlab compare`` ~2 s."""
+    if t.numel() == 0:
+        return True
+    t = t.detach()
+    if bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
+
+
 def _count(t: torch.Tensor) -> str:
     n_nan, n_inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
     return ", ".join(p for p in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} Inf" if n_inf else "") if p)
@@ -102,9 +118,9 @@ def finite_rows(layer: str, rows: torch.Tensor, policy: str | None = None, *,
     statistics from layer inputs calls this (the shared pass :func:`for_each_input` does it
     for its callers).
     """
-    ok = torch.isfinite(rows).all(dim=-1)
-    if bool(ok.all()):
+    if all_finite(rows):
         return rows
+    ok = torch.isfinite(rows).all(dim=-1)
     if _check_policy(policy or current_policy()) == "exclude":
         return rows[ok]
     bad = int((~ok).sum())
@@ -121,7 +137,7 @@ def check_finite(layer: str, what: str, t: torch.Tensor, hint: str = "") -> torc
     """Raise :class:`CalibrationError` naming ``layer`` and ``what`` (e.g. "GPTQ input
     Hessian") when the statistic ``t`` holds a NaN/Inf; ``hint`` says the likely cause and fix.
     Returns ``t``."""
-    if not bool(torch.isfinite(t).all()):
+    if not all_finite(t):
         raise CalibrationError(f"layer {layer!r}: its {what} has non-finite values ({_count(t)}). "
                                f"{hint or 'To fix: ' + _FIX + '.'}")
     return t
@@ -132,7 +148,7 @@ def check_parameters(model: nn.Module, after: str | None = None) -> None:
     holds a NaN/Inf (the count and the first index), before quantization or ``after`` a
     transform step (e.g. ``"rotate"``)."""
     for name, p in model.named_parameters():
-        if not p.is_floating_point() or bool(torch.isfinite(p).all()):
+        if not p.is_floating_point() or all_finite(p):
             continue
         first = tuple(int(i) for i in torch.nonzero(~torch.isfinite(p.detach()))[0])
         if after is None:
