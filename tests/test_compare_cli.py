@@ -181,6 +181,8 @@ def test_compare_threads_and_profile(tmp_path):
     for row in res["rows"]:
         assert 0 < row["seconds_quantize"] + row["seconds_evaluate"] + row["seconds_sqnr"] <= row["seconds"]
     assert "where the time went" in r.output and "report (results.json, plots, report.md)" in r.output
+    assert all(len(k) == 3 and k[2] >= 0 for k in prof["kernels"])       # native builds, compiles
+    assert "kernels" in r.output
 
 
 def test_compare_without_profile_stores_none_and_bad_threads_are_refused(tmp_path):

@@ -35,7 +35,7 @@ def compare_command(
     out: Path = typer.Option(Path("results/compare"), "--out", "-o", help="folder for results.json, report.md, plots"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads; 0 keeps torch's default (one per core). 1 is the default: on shared cores OpenMP barriers stall when cores are oversubscribed (on a loaded 2-core machine the default run took 3x as long on 2 threads as on 1); results.json records the count"),
-    profile: bool = typer.Option(False, "--profile", help="print where the time went (load, fp32 reference, calibration, quantize / evaluate / layer SQNR per format, report) and store it in results.json under \"profile\""),
+    profile: bool = typer.Option(False, "--profile", help="print where the time went (load, fp32 reference, calibration, quantize / evaluate / layer SQNR per format, report; the kernels built or compiled on the way) and store it in results.json under \"profile\""),
 ) -> None:
     """Quantize a real model into many formats (weights and activations, RTN by default) and rank them."""
     from floatlab.cli import inputs
@@ -68,6 +68,9 @@ def compare_command(
 
     import torch
 
+    if dev.type == "cpu":    # a fresh machine's native C++ builds run on a free core while the model loads
+        from floatlab.kernels.dispatch import prepare_native
+        prepare_native(fmts)
     before = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
@@ -120,6 +123,7 @@ def _run(model, dev, opts_kw, checks, threads, profile, out, t0, title_bits) -> 
     if profile:
         from floatlab.ptq.compare import compare_profile
         results["profile"] = compare_profile(results, seconds_load=t_load)
+        results["profile"]["kernels"] = _kernel_times()
     table_rows = compare_table(results)            # printed first: a failed write cannot hide it
     title = f"floatlab compare: {results['model']} ({'W-only' if weights_only else 'W+A'}, {method})"
     show_table(title, table_rows[0], table_rows[1:], right=[c for c in table_rows[0] if c not in ("format", "method")])
@@ -141,6 +145,24 @@ def _show_profile(results: dict, t_report: float, wall: float) -> None:
     show_table("per cell", ["cell", "quantize s", "evaluate s", "SQNR s", "total s"],
                [[c[0], *(f"{v:.1f}" for v in c[1:])] for c in prof["formats"]],
                right=["quantize s", "evaluate s", "SQNR s", "total s"])
+    kernels = prof.get("kernels") or []
+    if kernels:
+        show_table("kernels built in this process (inside the phases above)", ["kernel", "how", "s"],
+                   [[k, how, f"{s:.1f}"] for k, how, s in kernels], right=["s"])
+    else:
+        say("kernels: none built or compiled in this process (native libraries loaded from the cache)")
+
+
+def _kernel_times() -> list[list]:
+    """``[kernel, how, seconds]`` for each native library built or loaded in the background
+    (:func:`floatlab.kernels.dispatch.prepare_native`: seconds on its own thread, overlapping the
+    run) and each kernel torch.compile compiled (or loaded from inductor's cache) in this
+    process (seconds of its first call, within the phase that made it)."""
+    from floatlab.kernels import compiler, dispatch
+
+    rows = [[name, "native build/load (background)", s] for name, s in dispatch.native_preparation().items()]
+    rows += [[name, "torch.compile (first call)", s] for name, s in compiler.first_calls()]
+    return rows
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import types
 import warnings
 from collections.abc import Callable, Hashable
@@ -23,6 +24,7 @@ import torch
 _lock = threading.Lock()
 _compiled: dict[Hashable, Callable] = {}
 _failed: list[str] = []          # the first failure's message; non-empty disables compilation
+_first_calls: list[tuple[str, float]] = []   # (kernel, seconds of its first call: the compile)
 
 
 class CompileUnavailable(RuntimeError):
@@ -62,12 +64,17 @@ def run(key: Hashable, make: Callable[[], Callable], *args):
         return make()(*args)
     if not compile_available():
         raise CompileUnavailable(_failed[0] if _failed else "FLOATLAB_NO_COMPILE is set")
+    first = key not in _compiled
     fn = compiled(key, make)
     for a in args:   # the leading size is symbolic (plan constants and block sizes stay static)
         if isinstance(a, torch.Tensor) and a.ndim:
             torch._dynamo.mark_dynamic(a, 0)
+    t0 = time.perf_counter()
     try:
-        return fn(*args)
+        y = fn(*args)
+        if first:
+            _first_calls.append((describe(key), time.perf_counter() - t0))
+        return y
     except Exception as err:  # noqa: BLE001 - any backend failure means: no compiler here
         if _is_compile_error(err):
             _failed.append(f"{type(err).__name__}: {err}".splitlines()[0][:300])
@@ -86,8 +93,32 @@ def _is_compile_error(err: Exception) -> bool:
     return isinstance(err, BackendCompilerFailed) or bool(names & toolchain)
 
 
+def describe(key: Hashable) -> str:
+    """A short name for a kernel key: its formats and modes, ``out=`` where it writes into one
+    (``"int8 rne out="``, ``"hif4 rne hif4 elements"``)."""
+    out = []
+    for part in key if isinstance(key, tuple) else (key,):
+        fmt = getattr(part, "fmt", None)
+        if fmt is not None:
+            mode = getattr(part, "mode", None) or getattr(getattr(part, "elem", None), "mode", None)
+            out.append(" ".join([str(getattr(fmt, "name", fmt))] + ([mode.value] if mode is not None else [])))
+        elif part is True:
+            out.append("out=")
+        elif part is not False:
+            out.append(str(part))
+    return " ".join(out)
+
+
+def first_calls() -> list[tuple[str, float]]:
+    """``(kernel, seconds)`` of each kernel compiled in this process, in order: the seconds of
+    its first call, which traces and compiles it (or loads it from inductor's cache) and runs it
+    once (``floatlab compare --profile`` prints them)."""
+    return list(_first_calls)
+
+
 def reset() -> None:
     """Forget compiled kernels and earlier failures (tests use it)."""
     with _lock:
         _compiled.clear()
         _failed.clear()
+        _first_calls.clear()

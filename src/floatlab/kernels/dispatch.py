@@ -33,6 +33,8 @@ probabilities (exact to 2^-32, 2^-62 for float64 inputs), but other draws than t
 from __future__ import annotations
 
 import os
+import threading
+import time
 from functools import lru_cache
 
 import torch
@@ -267,3 +269,52 @@ def quantize_int_aten(x: torch.Tensor, fmt, mode: M, out: torch.Tensor | None) -
     if f:
         y.mul_(2.0 ** -f)
     return y.add_(0.0)
+
+
+_prepared: dict[str, float] = {}        # native library -> seconds its background build/load took
+
+
+def prepare_native(formats) -> threading.Thread | None:
+    """Build (or load) the native libraries that quantizing float32 CPU tensors into ``formats``
+    (format objects or names) will run, in one background thread, in the order the formats
+    first need them: the scalar kernel (float formats, HiF8), the block kernel (MX, NVFP4,
+    HiF4). On a fresh machine each is a C++ build of seconds (:mod:`floatlab.kernels.native`),
+    which then runs on a free core while the caller loads its model, instead of at its first
+    quantize call; later processes only load the cached files (milliseconds). A quantize call
+    that needs a library meanwhile waits for it (the library's own lock), so results are the
+    same with or without this. Returns the started (daemon) thread; None when there is nothing
+    to build (no such format, ``FLOATLAB_NATIVE=0``, or ``FLOATLAB_FAST`` selects another
+    backend). :func:`native_preparation` says how long each took. Names that are not floatlab
+    formats (weight codecs) are skipped."""
+    from floatlab.formats.block import BlockFormat
+    from floatlab.formats.registry import get_format
+    from floatlab.kernels import native, native_block
+
+    if resolve_backend(None) != "auto" or not native.enabled():
+        return None
+    wanted = []
+    for f in formats:
+        try:
+            fmt = get_format(f)
+        except (ValueError, KeyError, TypeError):     # a weight codec's name: nothing to build here
+            continue
+        lib = ("native block kernel", native_block.library) if isinstance(fmt, BlockFormat) else \
+            ("native scalar kernel", native_scalar.library) if isinstance(fmt, (FloatFormat, HiF8Format)) else None
+        if lib is not None and lib not in wanted:
+            wanted.append(lib)
+    if not wanted:
+        return None
+
+    def build() -> None:
+        for name, library in wanted:
+            t0 = time.perf_counter()
+            library()
+            _prepared[name] = time.perf_counter() - t0
+    thread = threading.Thread(target=build, name="floatlab-native-build", daemon=True)
+    thread.start()
+    return thread
+
+
+def native_preparation() -> dict[str, float]:
+    """Seconds each library of :func:`prepare_native` took to build or load (in this process)."""
+    return dict(_prepared)
