@@ -245,3 +245,159 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
     assert_same_bits(a, want, "first")
     assert_same_bits(b, want, "second")
     assert not list(tmp_path.rglob("*.so"))
+
+
+# ---- encode: codes and scale codes from the same pass (native_block.encode_into) -------------
+ENCODED = ["mxfp4", "nvfp4", "hif4", "mxfp8_e4m3", "mxfp8_e5m2", "mxint8", "nvfp4_2d"]
+INPUT_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.fixture
+def encodes(monkeypatch):
+    """Counts the native block encode calls (so a silent fallback cannot pass for it)."""
+    seen = []
+    real = native_block.encode_into
+    monkeypatch.setattr(native_block, "encode_into", lambda *a, **k: seen.append(1) or real(*a, **k))
+    return seen
+
+
+def _encode_both(x, name, mode=M.RNE, bits=None, **kw):
+    kw.update(rounding=mode, sr_bits=bits)
+    got = floatlab.encode(x, name, generator=_gen(mode), **kw)
+    want = floatlab.encode(x, name, generator=_gen(mode), backend="plain", **kw)
+    return got, want
+
+
+def _finite_for(name, x):
+    """HiF4 blocks holding NaN/Inf take the plain pipeline: give HiF4 finite inputs."""
+    return torch.nan_to_num(x) if name == "hif4" else x
+
+
+@pytest.mark.parametrize("name", ENCODED)
+def test_encode_every_mode_dtype_and_shape_equals_plain(name, encodes):
+    from test_codes import same_qtensor
+    fmt = floatlab.get_format(name)
+    for si, shape in enumerate(_shapes(fmt)):
+        numel = 1
+        for d in shape:
+            numel *= d
+        base = stress_blocks(-(-numel // fmt.block_numel), fmt.block_numel, si)
+        for dtype in INPUT_DTYPES:
+            x = _finite_for(name, base.reshape(-1)[:numel].reshape(shape).to(dtype))
+            for mode, bits in MODES:
+                what = f"{name} {shape} {dtype} {mode.value} sr_bits={bits}"
+                before = len(encodes)
+                got, want = _encode_both(x, name, mode, bits)
+                same_qtensor(got, want, what)
+                assert len(encodes) == before + 1, f"{what}: the native kernel did not run"
+
+
+@pytest.mark.parametrize("name", ["mxfp4", "nvfp4", "hif4", "nvfp4_2d"])
+def test_encode_axes_padding_strides_and_empty(name, encodes):
+    from test_codes import same_qtensor
+    x = _finite_for(name, stress_blocks(40, 64, 6).reshape(64, 40))
+    cases = [dict(x=x, axis=0), dict(x=x.t()), dict(x=x[:, :37], pad=True),
+             dict(x=x.reshape(4, 16, 40), axis=1)]
+    if name == "nvfp4_2d":
+        cases = [dict(x=x), dict(x=x[:37, :29], pad=True), dict(x=x.t())]
+    for i, kw in enumerate(cases):
+        t = kw.pop("x")
+        for mode in (M.RNE, M.SR):
+            got, want = _encode_both(t, name, mode, **kw)
+            same_qtensor(got, want, f"{name} case {i} {mode.value}")
+    assert len(encodes) == 2 * len(cases)
+    for shape in [(0, 64), (3, 0)]:
+        t = torch.ones(shape)
+        got, want = _encode_both(t, name)
+        assert got.shape == want.shape == shape
+        assert torch.equal(floatlab.decode(got), floatlab.decode(want))
+
+
+def test_encode_poisoned_blocks():
+    """MX and AMAX code a block holding NaN/Inf natively (its finite values, the scale's NaN
+    code); HiF4 leaves it to the plain pipeline, whose draws then start where they would have."""
+    from test_codes import same_qtensor
+    x = stress_blocks(96, 64, 2).reshape(-1, 128)          # rows 2-4 hold NaN and +-Inf
+    x[20, 7] = float("nan")
+    for name in ("mxfp4", "nvfp4", "nvfp4_2d", "mxint8", "mxfp8_e4m3"):
+        for mode in (M.RNE, M.RTZ, M.SR):
+            got, want = _encode_both(x, name, mode)
+            same_qtensor(got, want, f"{name} {mode.value} poisoned")
+    for mode in (M.RNA, M.SR, M.SR_HALF):
+        got, want = _encode_both(x, "hif4", mode)
+        same_qtensor(got, want, f"hif4 {mode.value} poisoned")
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        floatlab.encode(x, "hif4", mode, generator=g1)
+        floatlab.encode(x, "hif4", mode, generator=g2, backend="plain")
+        assert torch.equal(g1.get_state(), g2.get_state()), "the generator advanced differently"
+
+
+def test_encode_threads_and_large_tensors(encodes):
+    from test_codes import same_qtensor
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = stress_blocks(9216, 64, 5).reshape(-1, 2048)     # two slices per format
+        for name in ("mxfp4", "nvfp4", "hif4", "mxfp8_e4m3"):
+            t = _finite_for(name, x)
+            for mode in (M.RNE, M.SR):
+                got, want = _encode_both(t, name, mode)
+                same_qtensor(got, want, f"{name} {mode.value} threads")
+            got, want = _encode_both(t[:, : 2047 - 63], name, pad=True)
+            same_qtensor(got, want, f"{name} padded threads")
+    finally:
+        torch.set_num_threads(old)
+    assert len(encodes) == 12
+
+
+def test_encode_code_maps_are_checked_against_the_plain_encoder():
+    import dataclasses
+    from floatlab.formats.hifloat4 import E6M2
+    for name, magnitudes in (("e2m1", False), ("e4m3", False), ("e5m2", False), ("e1m2", True),
+                             ("e4m3", True)):
+        fmt = floatlab.get_format(name)
+        cm = native_block._checked_map(fmt, magnitudes)
+        assert cm is not None, name
+        assert native_block._checked_map(fmt, magnitudes) == cm
+        bad = dataclasses.replace(cm, off=cm.off + 1)
+        v = fmt.decode(torch.arange(2 ** fmt.bits, dtype=torch.int64))
+        v = v[torch.isfinite(v)]
+        assert not torch.equal(native_block.map_codes(v, bad), native_block.map_codes(v, cm))
+    assert native_block._checked_map(E6M2, True) is not None
+    mxint8 = floatlab.get_format("mxint8").element
+    cm = native_block._checked_map(mxint8, False)
+    assert cm is not None and cm.twos
+    assert native_block._checked_map(mxint8, True) is None     # HiF4's sign bit: not an integer's
+    # a map that disagrees with the plain encoder anywhere is refused
+    real = native_block._code_map_of
+    try:
+        native_block._code_map_of = lambda f, sign_bit: dataclasses.replace(real(f, sign_bit), sign_bit=0)
+        assert native_block._checked_map(floatlab.get_format("e2m1"), False) is None
+    finally:
+        native_block._code_map_of = real
+
+
+def test_encode_cases_left_to_other_paths(encodes):
+    from test_codes import same_qtensor
+    x = stress_blocks(32, 64, 3).reshape(-1, 128)
+    torch.manual_seed(2)
+    a = floatlab.encode(x, "mxfp4", "sr")                   # no generator: the plain draws
+    torch.manual_seed(2)
+    same_qtensor(a, floatlab.encode(x, "mxfp4", "sr", backend="plain"), "sr without generator")
+    for name in ("mxfp6_e3m2", "nvfp4_46"):                 # 6-bit codes; another scale rule
+        got, want = _encode_both(x, name)
+        same_qtensor(got, want, name)
+    got, want = _encode_both(x.double(), "nvfp4")
+    same_qtensor(got, want, "float64")
+    assert len(encodes) == 0
+
+
+def test_encode_without_the_library_has_the_same_bits(monkeypatch, encodes):
+    from test_codes import same_qtensor
+    x = stress_blocks(64, 64, 8).reshape(-1, 128)
+    want = {n: floatlab.encode(_finite_for(n, x), n) for n in ("mxfp4", "nvfp4", "hif4")}
+    assert len(encodes) == 3
+    monkeypatch.setenv("FLOATLAB_NATIVE", "0")
+    for name, w in want.items():
+        same_qtensor(floatlab.encode(_finite_for(name, x), name), w, f"{name} without native")
+    assert len(encodes) == 3

@@ -31,6 +31,12 @@ natively, or widens fp16/bf16 codes to float32 on their bits. Elsewhere (float64
 modes, ``eager``/``compiled`` backends, no compiler, ``FLOATLAB_NATIVE=0``) the compiled kernels
 below serve the call, with the same bits.
 
+Block formats (MX, NVFP4 and HiF4 with 4- or 8-bit elements) on float32/bfloat16/float16 CPU
+tensors go first to the native block kernel (:func:`floatlab.kernels.native_block.encode_into`,
+backend ``auto``): the rounding pass of :mod:`~floatlab.kernels.native_block` writes the packed
+element codes and the scale codes itself (half inputs widened to float32 first, exactly). A
+HiF4 block holding NaN/Inf sends the call to the plain pipeline, as below.
+
 Everything not covered (the stochastic modes without a generator, whose plain draws come from
 ``torch.rand``; other scale rules; 6-bit codes; formats whose values a float32/float64 pattern
 cannot spell) returns None and the caller runs the plain path.
@@ -51,7 +57,7 @@ from floatlab.formats.hifloat4 import E6M2
 from floatlab.formats.hifloat8 import HiF8Format
 from floatlab.formats.integer import IntFormat
 from floatlab.kernels import block as kblock
-from floatlab.kernels import compiler, dispatch, memory, native, native_scalar
+from floatlab.kernels import compiler, dispatch, memory, native, native_block, native_scalar
 from floatlab.kernels.scalar import F32, Layout, pow2, quantize_kernel
 from floatlab.plain.blocking import Blocking, float32_input, to_blocks
 from floatlab.rounding import RoundingMode as M
@@ -454,6 +460,10 @@ def encode_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bits,
     if cp is None:
         return None
     x = x.detach()            # codes carry no gradient
+    if backend == "auto":
+        res = _encode_block_native(x, fmt, mode, generator, sr_bits, cp, axis, pad)
+        if res is not None:
+            return res or None     # False: a HiF4 block holds NaN/Inf, the plain pipeline runs
     xb, blocking = to_blocks(x, fmt.block, axis, pad)
     meta = {"axis": blocking.axis, "padded": list(blocking.padded)}
     eager = not (_use_compiler(backend, x.numel()) and xb.shape[0] >= 2)
@@ -467,6 +477,39 @@ def encode_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bits,
             raise
         res = _encode_block_run(xb, generator, cp, fmt, True)
     return None if res is None else res + (meta,)
+
+
+def _encode_block_native(x, fmt, mode: M, generator, sr_bits, cp: BlockCodePlan, axis: int, pad: bool):
+    """``(packed element codes, scales, meta)`` from the native block kernel
+    (:func:`native_block.encode_into`: the rounding pass writes the codes and scale codes), False
+    where a HiF4 block holds NaN/Inf (the generator's state restored: the plain pipeline draws
+    the same numbers), or None where it does not serve the call: not a float32/bfloat16/float16
+    CPU tensor (the half types are widened to float32, exactly), a format, mode or code map it
+    lacks, inside torch.compile's tracing, no library."""
+    if (x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or x.device.type != "cpu"
+            or torch.compiler.is_compiling()):
+        return None
+    bp = cp.bp if x.dtype is torch.float32 else kblock.block_plan(fmt, mode, torch.float32, sr_bits, generator)
+    ncp = native_block.code_plan(bp, *cp.scale_field, cp.scale_nan)
+    if ncp is None:
+        return None
+    xb, blocking = to_blocks(x, fmt.block, axis, pad)
+    xb = xb.to(torch.float32).contiguous()
+    nb, b = xb.shape
+    data = memory.empty_output(torch.empty(()).expand(nb * b * ncp.ebits // 8), torch.uint8)
+    scales = torch.empty((nb, 4) if fmt.rule is ScaleRule.HIF4 else (nb,), dtype=torch.uint8)
+    out = {"scale": scales}
+    tensor_scales = (1.0, 1.0)
+    if fmt.rule is ScaleRule.AMAX and fmt.tensor_scale:
+        s_enc, s_dec = kblock.tensor_scales(native_block.tensor_amax(xb), bp)
+        tensor_scales = (float(s_enc), float(s_dec))
+        out["tensor_scale"] = s_dec.reshape(1)
+    saved = dispatch.rng_snapshot(bp.elem, generator, x.device) if fmt.rule is ScaleRule.HIF4 else None
+    rnd = dispatch.draws(bp.elem, xb.shape, x.device, generator)   # the plain path's draws
+    if native_block.encode_into(xb, data, scales, ncp, rnd, tensor_scales):
+        dispatch.rng_restore(saved)
+        return False
+    return data, out, {"axis": blocking.axis, "padded": list(blocking.padded)}
 
 
 def _call(body, cp, key, eager, *args):

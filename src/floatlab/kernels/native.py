@@ -24,6 +24,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -68,10 +69,18 @@ def _cpu_id() -> str:
         return platform.machine() + platform.processor()
 
 
+def _sources(source: Path) -> list[str]:
+    """The text of ``source`` and of the headers beside it that it includes (``#include "x"``),
+    so a header's change rebuilds every library that uses it."""
+    text = source.read_text()
+    headers = re.findall(r'^\s*#\s*include\s+"([^"]+)"', text, flags=re.MULTILINE)
+    return [text] + [(source.parent / h).read_text() for h in sorted(set(headers))]
+
+
 def library_path(cxx: str, source: Path = SOURCE, stem: str = "floatlab_native",
                  flags: tuple[str, ...] = FLAGS) -> Path:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([source.read_text(), cxx, version, " ".join(flags),
+    key = hashlib.sha256("\0".join([*_sources(source), cxx, version, " ".join(flags),
                                     _cpu_id()]).encode()).hexdigest()[:16]
     return cache_dir() / "native" / f"{stem}_{key}.so"
 
@@ -94,10 +103,12 @@ def _build(cxx: str, path: Path, source: Path = SOURCE, flags: tuple[str, ...] =
 
 
 def build_and_load(source: Path, stem: str, flags: tuple[str, ...], what: str,
-                   signatures: dict, stacklevel: int = 5) -> ctypes.CDLL | None:
+                   signatures: dict, stacklevel: int = 5,
+                   instead: str = "the compiled kernels") -> ctypes.CDLL | None:
     """``source`` compiled on first use (cached, see :func:`library_path`) and loaded, each
     function of ``signatures`` (name -> (argtypes, restype)) declared; None without a compiler,
-    or with one warning naming ``what`` where the build or load fails."""
+    or with one warning naming ``what`` (and ``instead``, what runs then) where the build or
+    load fails."""
     cxx = compiler()
     if cxx is None:
         return None
@@ -107,8 +118,8 @@ def build_and_load(source: Path, stem: str, flags: tuple[str, ...], what: str,
             _build(cxx, path, source, flags)
         lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        warnings.warn(f"floatlab: the {what} could not be built ({err}); using the "
-                      "compiled kernels instead (set FLOATLAB_NATIVE=0 to silence this)",
+        warnings.warn(f"floatlab: the {what} could not be built ({err}); using "
+                      f"{instead} instead (set FLOATLAB_NATIVE=0 to silence this)",
                       RuntimeWarning, stacklevel=stacklevel)
         return None
     for name, (argtypes, restype) in signatures.items():
@@ -147,16 +158,15 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _state["pool"]  # type: ignore[return-value]
 
 
-def _parallel(fn, nb: int, chunk_args) -> None:
-    """Run ``fn(*chunk_args(start, count))`` over slices of ``nb`` blocks, in threads."""
+def _parallel(fn, nb: int, chunk_args) -> bool:
+    """Run ``fn(*chunk_args(start, count))`` over slices of ``nb`` blocks, in threads; whether
+    any call returned a true value (a kernel's flag: NaN refused, a poisoned block)."""
     threads = max(1, min(torch.get_num_threads(), nb // MIN_BLOCKS_PER_THREAD))
     step = -(-nb // threads)
     if threads == 1:
-        fn(*chunk_args(0, nb))
-        return
+        return bool(fn(*chunk_args(0, nb)))
     futures = [_pool(threads).submit(fn, *chunk_args(s, min(step, nb - s))) for s in range(0, nb, step)]
-    for f in futures:
-        f.result()
+    return any([bool(f.result()) for f in futures])
 
 
 def hif4_scales(xb: torch.Tensor):

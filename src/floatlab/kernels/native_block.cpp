@@ -268,20 +268,130 @@ inline void poison(float* y) {
     for (int j = 0; j < B; j++) y[j] = nan;
 }
 
-// Every kernel: for each group, Params::scales fills the per-block values from the maxima,
-// then each block that is not poisoned runs its elements (vector code for the nearest modes,
-// round_mag's loop for the others).
+// ---- outputs: values (quantize) or codes (encode) --------------------------------------------
+// A kernel computes each element's rounded value in the element format, o (float32 bits, sign
+// in bit 31), and hands it to its output: Values multiplies it back by the block's scale(s),
+// Codes writes the element's code (and the group's scale codes), so encode is the same pass.
+
+struct Values {
+    static constexpr bool CODES = false;
+    float* y;             // the slice's first block's output
+};
+
+struct CodeMap {          // a format's code of one of its values o (float32 bits)
+    uint32_t norm_bits;   // |o| at or above: (|o| >> shift) - off (exponent field re-biased,
+    uint32_t shift;       // the top mantissa bits)
+    uint32_t off;
+    float sub_mul;        // below: |o| * sub_mul (the multiple of the smallest step, exact)
+    uint32_t sign_bit;    // sign-magnitude: the code's sign bit where o's sign is set
+    uint32_t twos;        // two's complement instead (integers): -code & mask
+    uint32_t mask;
+};
+
+struct Codes {
+    static constexpr bool CODES = true;
+    uint8_t* data;        // element codes: B per block, one byte each, or two per byte (4 bits)
+    uint8_t* scales;      // scale codes: one byte per block (HiF4: four)
+    CodeMap elem, scale;  // element and scale (AMAX: the scale format; HiF4: E6M2) codes
+    int32_t ebits;        // 4 or 8
+    uint32_t scale_nan;   // the scale code of a block holding NaN/Inf (MX, AMAX)
+    uint32_t scale_bias, scale_mbits;   // MX: the scale 2^e has the code (e + bias) << mbits
+};
+
+inline v16u code_vec(v16u o, const CodeMap& c) {
+    const v16u r = o & ~SIGN;
+    const v16u normal = (r >> c.shift) - c.off;
+    const v16u low = r < c.norm_bits ? r : (v16u){};          // keeps the conversion in range
+    const v16u sub = (v16u)__builtin_convertvector((v16f)low * c.sub_mul, v16i);
+    const v16u idx = r >= c.norm_bits ? normal : sub;
+    const v16u neg = c.twos ? ((0u - idx) & c.mask) : (idx | c.sign_bit);
+    return (v16i)o < 0 ? neg : idx;
+}
+
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint8_t v8b __attribute__((vector_size(8)));
+typedef uint8_t v16b __attribute__((vector_size(16)));
+
+// 16 codes to d: one byte each, or two per byte (the even element in the low nibble, as
+// floatlab.plain.packing)
+inline void store_codes(uint8_t* d, v16u c, int ebits) {
+    if (ebits == 4) {
+        const v8u ev = __builtin_shufflevector(c, c, 0, 2, 4, 6, 8, 10, 12, 14);
+        const v8u od = __builtin_shufflevector(c, c, 1, 3, 5, 7, 9, 11, 13, 15);
+        const v8b b = __builtin_convertvector((ev & 15u) | (od << 4), v8b);
+        std::memcpy(d, &b, 8);
+    } else {
+        const v16b b = __builtin_convertvector(c, v16b);
+        std::memcpy(d, &b, 16);
+    }
+}
+
+// the first cnt lanes of c as bytes
+inline void store_bytes(uint8_t* d, v16u c, int cnt) {
+    alignas(16) v16b b = __builtin_convertvector(c, v16b);
+    std::memcpy(d, &b, (size_t)cnt);
+}
+
+inline bool any(v16u m) {
+    m |= SWAP8(m);
+    m |= SWAP4(m);
+    m |= SWAP2(m);
+    m |= SWAP1(m);
+    return m[0] != 0u;
+}
+
+// Encode codes the finite values of a block holding NaN/Inf as the plain pipeline does (its
+// scale code marks it): the non-finite values of buf's blocks flagged in bad become +0 and
+// their maxima are taken again.
+template <int B>
+inline v16u sanitize(float* buf, int cnt, v16u bad, v16u am) {
+    alignas(64) uint32_t m[16], b[16];
+    std::memcpy(m, &am, 64);
+    std::memcpy(b, &bad, 64);
+    for (int k = 0; k < cnt; k++) {
+        if (!b[k]) continue;
+        uint32_t acc = 0;
+        for (int j = 0; j < B; j++) {
+            const uint32_t a = bits_of(buf[B * k + j]) & ~SIGN;
+            if (a >= F32_INF) buf[B * k + j] = 0.0f;
+            else acc = a > acc ? a : acc;
+        }
+        m[k] = acc;
+    }
+    std::memcpy(&am, m, 64);
+    return am;
+}
+
+// The block's B element values (ob, float32 bits) as codes
+template <int B>
+inline void store_block_codes(uint8_t* d, const uint32_t* ob, const Codes& o) {
+    for (int q = 0; q < B / 16; q++) {
+        v16u v;
+        std::memcpy(&v, ob + 16 * q, 64);
+        store_codes(d + 16 * q * o.ebits / 8, code_vec(v, o.elem), o.ebits);
+    }
+}
+
+// Every kernel: for each group of 16 blocks the per-block values (maximum, scale) on vectors,
+// then each block's elements (vector code for the nearest modes, round_mag's loop for the
+// others). Values: a poisoned block becomes NaN. Codes: its finite values are coded (MX, AMAX)
+// or the kernel returns 1 at once (HiF4, whose plain pipeline gives such blocks other scales).
 struct MX {
     int32_t emax_elem, lo, hi;
 
-    template <int MODE, int RNG, int B>
-    static void run(const float* x, float* y, int64_t nb, Grid g, Random rnd, MX p) {
+    template <int MODE, int RNG, int B, class O>
+    static int run(const float* x, O out, int64_t nb, Grid g, Random rnd, MX p) {
         alignas(64) float buf[16 * B];
         alignas(64) float down_[16], back_[16];
         alignas(64) uint32_t bad_[16];
-        for (int64_t b0 = 0; b0 < nb; b0 += 16, x += 16 * B, y += 16 * B) {
+        alignas(64) uint32_t ob[B];
+        for (int64_t b0 = 0; b0 < nb; b0 += 16, x += 16 * B) {
             const int cnt = nb - b0 < 16 ? (int)(nb - b0) : 16;
-            const v16u am = load_group<B>(x, cnt, buf);
+            v16u am = load_group<B>(x, cnt, buf);
+            const v16u bad = (v16u)(am >= F32_INF);
+            if constexpr (O::CODES) {
+                if (any(bad)) am = sanitize<B>(buf, cnt, bad, am);
+            }
             // floor(log2 amax): the exponent field, or for a subnormal amax that of its
             // (exact) conversion to float, less 149; amax = 0 takes the smallest scale
             const v16f conv = __builtin_convertvector((v16i)am, v16f);
@@ -290,22 +400,37 @@ struct MX {
             v16i e = fl2 - p.emax_elem;
             e = am == 0u ? (v16i){} + p.lo : e;
             e = e < p.lo ? (v16i){} + p.lo : (e > p.hi ? (v16i){} + p.hi : e);
-            const v16u down = pow2_vec(-e), back = pow2_vec(e), bad = (v16u)(am >= F32_INF);
+            const v16u down = pow2_vec(-e), back = pow2_vec(e);
             std::memcpy(down_, &down, 64);
             std::memcpy(back_, &back, 64);
             std::memcpy(bad_, &bad, 64);
+            if constexpr (O::CODES) {
+                const v16u sc = (v16u)(e + (int32_t)out.scale_bias) << out.scale_mbits;
+                store_bytes(out.scales + b0, bad != 0u ? splat(out.scale_nan) : sc, cnt);
+            }
             for (int k = 0; k < cnt; k++) {
-                float* yk = y + B * k;
                 const float* xk = buf + B * k;
-                if (bad_[k]) { poison<B>(yk); continue; }
+                float* yk = nullptr;
+                uint8_t* dk = nullptr;
+                if constexpr (O::CODES) {
+                    dk = out.data + (b0 + k) * B * out.ebits / 8;
+                } else {
+                    yk = out.y + B * (b0 + k);
+                    if (bad_[k]) { poison<B>(yk); continue; }
+                }
                 const float dn = down_[k], bk = back_[k];
                 if constexpr (nearest(MODE)) {     // |t| < 2^-126 rounds to 0 as it is
                     for (int q = 0; q < B / 16; q++) {
                         v16u u;
                         std::memcpy(&u, xk + 16 * q, 64);
                         const v16u a = (v16u)((v16f)u * dn) & ~SIGN;
-                        const v16f yv = (v16f)with_sign(round_near<MODE>(a, g), u & SIGN, g) * bk;
-                        std::memcpy(yk + 16 * q, &yv, 64);
+                        const v16u o = with_sign(round_near<MODE>(a, g), u & SIGN, g);
+                        if constexpr (O::CODES) {
+                            store_codes(dk + 16 * q * out.ebits / 8, code_vec(o, out.elem), out.ebits);
+                        } else {
+                            const v16f yv = (v16f)o * bk;
+                            std::memcpy(yk + 16 * q, &yv, 64);
+                        }
                     }
                     continue;
                 }
@@ -316,10 +441,13 @@ struct MX {
                     a = ((a < 0x800000u) & ((u & ~SIGN) != 0u)) ? 0x800000u : a;  // |t| < 2^-126
                     const uint32_t r = round_mag<MODE, RNG>(a, sign != 0u, i0 + j, g, rnd);
                     const uint32_t o = ((g.neg_zero == 0) & (r == 0u)) ? 0u : (r | sign);
-                    yk[j] = float_of(o) * bk;
+                    if constexpr (O::CODES) ob[j] = o;
+                    else yk[j] = float_of(o) * bk;
                 }
+                if constexpr (O::CODES) store_block_codes<B>(dk, ob, out);
             }
         }
+        return 0;
     }
 };
 
@@ -327,26 +455,40 @@ struct Amax {
     Grid scale;                // the scale format's grid (RNE, saturating)
     float target, s_enc, s_dec;
 
-    template <int MODE, int RNG, int B>
-    static void run(const float* x, float* y, int64_t nb, Grid g, Random rnd, Amax p) {
+    template <int MODE, int RNG, int B, class O>
+    static int run(const float* x, O out, int64_t nb, Grid g, Random rnd, Amax p) {
         alignas(64) float buf[16 * B];
         alignas(64) float sb_[16], senc_[16];
         alignas(64) uint32_t bad_[16];
-        for (int64_t b0 = 0; b0 < nb; b0 += 16, x += 16 * B, y += 16 * B) {
+        alignas(64) uint32_t ob[B];
+        for (int64_t b0 = 0; b0 < nb; b0 += 16, x += 16 * B) {
             const int cnt = nb - b0 < 16 ? (int)(nb - b0) : 16;
-            const v16u am = load_group<B>(x, cnt, buf);
+            v16u am = load_group<B>(x, cnt, buf);
+            const v16u bad = (v16u)(am >= F32_INF);
+            if constexpr (O::CODES) {
+                if (any(bad)) am = sanitize<B>(buf, cnt, bad, am);
+            }
             const v16f s_in = ((v16f)am / p.target) * p.s_enc;
             const v16f s_b = (v16f)round_near<RNE>((v16u)s_in, p.scale);     // s_in >= 0
             v16f s_enc_b = 1.0f / (s_b * p.s_dec);
             s_enc_b = s_enc_b > F32_MAX ? splatf(F32_MAX) : s_enc_b;
-            const v16u bad = (v16u)(am >= F32_INF);
             std::memcpy(sb_, &s_b, 64);
             std::memcpy(senc_, &s_enc_b, 64);
             std::memcpy(bad_, &bad, 64);
+            if constexpr (O::CODES) {
+                const v16u sc = code_vec((v16u)s_b, out.scale);
+                store_bytes(out.scales + b0, bad != 0u ? splat(out.scale_nan) : sc, cnt);
+            }
             for (int k = 0; k < cnt; k++) {
-                float* yk = y + B * k;
                 const float* xk = buf + B * k;
-                if (bad_[k]) { poison<B>(yk); continue; }
+                float* yk = nullptr;
+                uint8_t* dk = nullptr;
+                if constexpr (O::CODES) {
+                    dk = out.data + (b0 + k) * B * out.ebits / 8;
+                } else {
+                    yk = out.y + B * (b0 + k);
+                    if (bad_[k]) { poison<B>(yk); continue; }
+                }
                 const float sb = sb_[k], se = senc_[k];
                 const bool pos = sb > 0.0f;
                 if constexpr (nearest(MODE)) {
@@ -355,8 +497,12 @@ struct Amax {
                         std::memcpy(&u, xk + 16 * q, 64);
                         const v16u pp = pos ? (v16u)((v16f)u * se) : (v16u){};   // +0 where s_b = 0
                         const v16u o = with_sign(round_near<MODE>(pp & ~SIGN, g), pp & SIGN, g);
-                        const v16f yv = ((v16f)o * sb) * p.s_dec;
-                        std::memcpy(yk + 16 * q, &yv, 64);
+                        if constexpr (O::CODES) {
+                            store_codes(dk + 16 * q * out.ebits / 8, code_vec(o, out.elem), out.ebits);
+                        } else {
+                            const v16f yv = ((v16f)o * sb) * p.s_dec;
+                            std::memcpy(yk + 16 * q, &yv, 64);
+                        }
                     }
                     continue;
                 }
@@ -367,10 +513,13 @@ struct Amax {
                     const uint32_t u = bits_of(pp), sign = u & SIGN;
                     const uint32_t r = round_mag<MODE, RNG>(u & ~SIGN, sign != 0u, i0 + j, g, rnd);
                     const uint32_t o = ((g.neg_zero == 0) & (r == 0u)) ? 0u : (r | sign);
-                    yk[j] = (float_of(o) * sb) * p.s_dec;
+                    if constexpr (O::CODES) ob[j] = o;
+                    else yk[j] = (float_of(o) * sb) * p.s_dec;
                 }
+                if constexpr (O::CODES) store_block_codes<B>(dk, ob, out);
             }
         }
+        return 0;
     }
 };
 
@@ -380,20 +529,40 @@ inline v16u bf16_vec(v16u b) {
     return ((m + 0x7FFFu + ((m >> 16) & 1u)) & 0xFFFF0000u) | (b & SIGN);
 }
 
+// HiF4's scale bytes 1-3 of a block from its subgroups' E1_8 (e8) and E1_16 (e16) masks (lane
+// s: subgroup s; lanes 2p and 2p + 1 share E1_8): byte 1 holds E1_8 of pairs 0..7 from bit 7
+// down, bytes 2 and 3 E1_16 of subgroups 0..7 and 8..15 from bit 7 down
+inline void hif4_e1_bytes(uint8_t* d, v16u e8, v16u e16) {
+    const v16u w8 = {128, 0, 64, 0, 32, 0, 16, 0, 8, 0, 4, 0, 2, 0, 1, 0};
+    const v16u w16 = {128, 64, 32, 16, 8, 4, 2, 1, 128, 64, 32, 16, 8, 4, 2, 1};
+    v16u a = e8 & w8, b = e16 & w16;
+    a += SWAP1(a);
+    b += SWAP1(b);
+    a += SWAP2(a);
+    b += SWAP2(b);
+    a += SWAP4(a);
+    b += SWAP4(b);
+    a += SWAP8(a);
+    d[1] = (uint8_t)a[0];
+    d[2] = (uint8_t)b[0];
+    d[3] = (uint8_t)b[8];
+}
+
 struct HiF4 {
-    template <int MODE, int RNG, int B>
-    static void run(const float* x, float* y, int64_t nb, Grid g, Random rnd, HiF4) {
+    template <int MODE, int RNG, int B, class O>
+    static int run(const float* x, O out, int64_t nb, Grid g, Random rnd, HiF4) {
         static_assert(B == 64, "HiF4 blocks are 64 values");
         alignas(64) float buf[16 * 64];
         alignas(64) float s1_[16], r_[16];
-        alignas(64) uint32_t bad_[16];
+        alignas(64) uint32_t bad_[16], s1c_[16];
+        alignas(64) uint32_t ob[64];
         // one spacing below the max (the max's binade is at most emin's): step = 2^qmin, and
         // at most 2^22 steps (the rounding tricks below need it)
         const float step = float_of(g.tiny_bits), inv_step = float_of(pow2_bits(g.mbits - g.emin));
         const float nmax = float_of(g.max_bits) * inv_step;               // the largest code
         const bool uniform = g.max_bits < (uint32_t)(g.emin + 128) << 23 && g.emin - g.mbits >= -100
                              && g.mbits - g.emin <= 127 && nmax < 4194304.0f;
-        for (int64_t b0 = 0; b0 < nb; b0 += 16, x += 16 * 64, y += 16 * 64) {
+        for (int64_t b0 = 0; b0 < nb; b0 += 16, x += 16 * 64) {
             const int cnt = nb - b0 < 16 ? (int)(nb - b0) : 16;
             const v16u ma = load_group<64>(x, cnt, buf);
             // native_hif4.cpp's level 1 on 16 blocks: S1 = E6M2(RNE)(clamp(bf16(Ma * bf16(1/7)),
@@ -405,13 +574,24 @@ struct HiF4 {
             const v16f s1 = (v16f)sb;
             const v16f r = (v16f)bf16_vec((v16u)(1.0f / s1));
             const v16u bad = (v16u)(ma >= F32_INF);
+            if constexpr (O::CODES) {
+                if (any(bad)) return 1;
+                const v16u s1c = code_vec(sb, out.scale);
+                std::memcpy(s1c_, &s1c, 64);
+            }
             std::memcpy(s1_, &s1, 64);
             std::memcpy(r_, &r, 64);
             std::memcpy(bad_, &bad, 64);
             for (int k = 0; k < cnt; k++) {
-                float* yk = y + 64 * k;
                 const float* xk = buf + 64 * k;
-                if (bad_[k]) { poison<64>(yk); continue; }
+                float* yk = nullptr;
+                uint8_t* dk = nullptr;
+                if constexpr (O::CODES) {
+                    dk = out.data + (b0 + k) * 64 * out.ebits / 8;
+                } else {
+                    yk = out.y + 64 * (b0 + k);
+                    if (bad_[k]) { poison<64>(yk); continue; }
+                }
                 const float rk = r_[k], s1k = s1_[k];
                 // levels 2 and 3 on one vector of the 16 subgroups (lane s: subgroup s): two
                 // levels of pairwise shuffles take each subgroup's maximum (Mc); lanes s and s^1
@@ -430,6 +610,11 @@ struct HiF4 {
                 const v16u e16 = (v16u)((((v16f)mc * rk) * scale) >= 2.0f);
                 const v16u sh16 = ((e8 & 1u) + (e16 & 1u)) << 23;   // E1_8 + E1_16, << 23
                 const v16u shift[4] = {EXPAND4(sh16, 0), EXPAND4(sh16, 4), EXPAND4(sh16, 8), EXPAND4(sh16, 12)};
+                if constexpr (O::CODES) {
+                    uint8_t* sk = out.scales + 4 * (b0 + k);
+                    sk[0] = (uint8_t)s1c_[k];
+                    hif4_e1_bytes(sk, e8, e16);
+                }
                 if constexpr (MODE == RNA || MODE == RNE) {
                     if (uniform) {
                         // one spacing 2^qmin up to the max (E1M2: 0.25 to 1.75): the code
@@ -453,8 +638,14 @@ struct HiF4 {
                             if constexpr (MODE == RNA) n = __builtin_convertvector(__builtin_convertvector(v4 + 0.5f, v16i), v16f);
                             else n = (v4 + 8388608.0f) - 8388608.0f;
                             const v16u neg = (v16u)((v16f)u < 0.0f);            // -0 is not < 0
-                            const v16f yv = (v16f)((v16u)n | (neg & SIGN)) * ss[q];
-                            std::memcpy(yk + 16 * q, &yv, 64);
+                            if constexpr (O::CODES) {
+                                // the element value n * 2^qmin (exact), its sign from x's
+                                const v16u o = (v16u)(n * step) | (neg & SIGN);
+                                store_codes(dk + 16 * q * out.ebits / 8, code_vec(o, out.elem), out.ebits);
+                            } else {
+                                const v16f yv = (v16f)((v16u)n | (neg & SIGN)) * ss[q];
+                                std::memcpy(yk + 16 * q, &yv, 64);
+                            }
                         }
                         continue;
                     }
@@ -467,8 +658,13 @@ struct HiF4 {
                         const v16u v = bf16_vec((v16u)(((v16f)(u & ~SIGN) * rk) * (v16f)(splat(0x3F800000u) - sh)));
                         const v16u c = round_near<MODE>(v, g);
                         const v16u neg = (v16u)((v16f)u < 0.0f);            // -0 is not < 0
-                        const v16f yv = ((v16f)(c | (neg & SIGN)) * s1k) * (v16f)(splat(0x3F800000u) + sh);
-                        std::memcpy(yk + 16 * q, &yv, 64);
+                        const v16u o = c | (neg & SIGN);
+                        if constexpr (O::CODES) {
+                            store_codes(dk + 16 * q * out.ebits / 8, code_vec(o, out.elem), out.ebits);
+                        } else {
+                            const v16f yv = ((v16f)o * s1k) * (v16f)(splat(0x3F800000u) + sh);
+                            std::memcpy(yk + 16 * q, &yv, 64);
+                        }
                     }
                     continue;
                 }
@@ -481,36 +677,39 @@ struct HiF4 {
                     const float v = float_of(bf16_bits(bits_of((float_of(u & ~SIGN) * rk) * float_of(0x3F800000u - sh))));
                     const uint32_t c = round_mag<MODE, RNG>(bits_of(v), false, i0 + j, g, rnd);
                     const bool negative = xk[j] < 0.0f;
-                    yk[j] = (float_of(negative ? (c | SIGN) : c) * s1k) * float_of(0x3F800000u + sh);
+                    const uint32_t o = negative ? (c | SIGN) : c;
+                    if constexpr (O::CODES) ob[j] = o;
+                    else yk[j] = (float_of(o) * s1k) * float_of(0x3F800000u + sh);
                 }
+                if constexpr (O::CODES) store_block_codes<64>(dk, ob, out);
             }
         }
+        return 0;
     }
 };
 
-template <class K, int B>
-void by_mode(int mode, int rng, const float* x, float* y, int64_t nb, const Grid& g,
-             const Random& r, const K& p) {
+// Every mode; encode (Codes) replays the plain path's draws or has none, so it skips the hash
+template <class K, int B, class O>
+int by_mode(int mode, int rng, const float* x, O out, int64_t nb, const Grid& g,
+            const Random& r, const K& p) {
+    constexpr bool HASHED = !O::CODES;
     switch (mode) {
-        case RNE: K::template run<RNE, NONE, B>(x, y, nb, g, r, p); break;
-        case RNA: K::template run<RNA, NONE, B>(x, y, nb, g, r, p); break;
-        case RNZ: K::template run<RNZ, NONE, B>(x, y, nb, g, r, p); break;
-        case RTZ: K::template run<RTZ, NONE, B>(x, y, nb, g, r, p); break;
-        case RUP: K::template run<RUP, NONE, B>(x, y, nb, g, r, p); break;
-        case RDN: K::template run<RDN, NONE, B>(x, y, nb, g, r, p); break;
-        case RTO: K::template run<RTO, NONE, B>(x, y, nb, g, r, p); break;
+        case RNE: return K::template run<RNE, NONE, B>(x, out, nb, g, r, p);
+        case RNA: return K::template run<RNA, NONE, B>(x, out, nb, g, r, p);
+        case RNZ: return K::template run<RNZ, NONE, B>(x, out, nb, g, r, p);
+        case RTZ: return K::template run<RTZ, NONE, B>(x, out, nb, g, r, p);
+        case RUP: return K::template run<RUP, NONE, B>(x, out, nb, g, r, p);
+        case RDN: return K::template run<RDN, NONE, B>(x, out, nb, g, r, p);
+        case RTO: return K::template run<RTO, NONE, B>(x, out, nb, g, r, p);
         case SR:
-            if (rng == HASH) K::template run<SR, HASH, B>(x, y, nb, g, r, p);
-            else K::template run<SR, REPLAY, B>(x, y, nb, g, r, p);
-            break;
+            if constexpr (HASHED) if (rng == HASH) return K::template run<SR, HASH, B>(x, out, nb, g, r, p);
+            return K::template run<SR, REPLAY, B>(x, out, nb, g, r, p);
         case SR_BITS:
-            if (rng == HASH) K::template run<SR_BITS, HASH, B>(x, y, nb, g, r, p);
-            else K::template run<SR_BITS, REPLAY, B>(x, y, nb, g, r, p);
-            break;
+            if constexpr (HASHED) if (rng == HASH) return K::template run<SR_BITS, HASH, B>(x, out, nb, g, r, p);
+            return K::template run<SR_BITS, REPLAY, B>(x, out, nb, g, r, p);
         default:
-            if (rng == HASH) K::template run<SR_HALF, HASH, B>(x, y, nb, g, r, p);
-            else K::template run<SR_HALF, REPLAY, B>(x, y, nb, g, r, p);
-            break;
+            if constexpr (HASHED) if (rng == HASH) return K::template run<SR_HALF, HASH, B>(x, out, nb, g, r, p);
+            return K::template run<SR_HALF, REPLAY, B>(x, out, nb, g, r, p);
     }
 }
 
@@ -518,12 +717,25 @@ Random random_of(const void* draws, int64_t index0, uint64_t seed, int sr_bits) 
     return Random{draws, index0, (uint32_t)(seed & 0xFFFFFFFFu), (uint32_t)(seed >> 32), sr_bits};
 }
 
+CodeMap code_map(const uint32_t* f) {
+    float sub;
+    std::memcpy(&sub, f + 3, 4);
+    return CodeMap{f[0], f[1], f[2], sub, f[4], f[5], f[6]};
+}
+
+// codes: 7 words of the element's CodeMap (sub_mul as float32 bits), 7 of the scale's, then
+// ebits, scale_nan, scale_bias, scale_mbits
+Codes codes_of(uint8_t* data, uint8_t* scales, const uint32_t* c) {
+    return Codes{data, scales, code_map(c), code_map(c + 7), (int32_t)c[14], c[15], c[16], c[17]};
+}
+
 }  // namespace
 
 // Every entry: x, y the slice's first block; nb blocks of B values; index0 the slice's first
 // element's index in the blocks (HASH); draws the slice's first draw (REPLAY) or null; the
 // element grid (emin, mbits, max_bits, neg_zero); mode, rng, sr_bits, seed. They return 1 for a
-// block size not compiled.
+// block size not compiled. The *_codes entries write codes instead of values: data (element
+// codes), scales (scale codes), codes (codes_of's 18 words) in place of y; NONE or REPLAY only.
 extern "C" int floatlab_block_mx(const float* x, float* y, int64_t nb, int64_t B, int64_t index0,
                                  const void* draws, int mode, int rng, int sr_bits, uint64_t seed,
                                  int emin, int mbits, uint32_t max_bits, int neg_zero,
@@ -532,7 +744,19 @@ extern "C" int floatlab_block_mx(const float* x, float* y, int64_t nb, int64_t B
     const Random r = random_of(draws, index0, seed, sr_bits);
     const MX p{emax_elem, lo, hi};
     if (B != 32) return 1;
-    by_mode<MX, 32>(mode, rng, x, y, nb, g, r, p);
+    by_mode<MX, 32>(mode, rng, x, Values{y}, nb, g, r, p);
+    return 0;
+}
+
+extern "C" int floatlab_block_mx_codes(const float* x, uint8_t* data, uint8_t* scales,
+                                       const uint32_t* codes, int64_t nb, int64_t B,
+                                       int64_t index0, const void* draws, int mode, int rng,
+                                       int sr_bits, int emin, int mbits, uint32_t max_bits,
+                                       int neg_zero, int emax_elem, int lo, int hi) {
+    const Grid g = grid(emin, mbits, max_bits, neg_zero);
+    const Random r = random_of(draws, index0, 0, sr_bits);
+    if (B != 32) return 1;
+    by_mode<MX, 32>(mode, rng, x, codes_of(data, scales, codes), nb, g, r, MX{emax_elem, lo, hi});
     return 0;
 }
 
@@ -544,8 +768,25 @@ extern "C" int floatlab_block_amax(const float* x, float* y, int64_t nb, int64_t
     const Grid g = grid(emin, mbits, max_bits, neg_zero);
     const Random r = random_of(draws, index0, seed, sr_bits);
     const Amax p{grid(s_emin, s_mbits, s_max_bits, 1), target, s_enc, s_dec};
-    if (B == 16) by_mode<Amax, 16>(mode, rng, x, y, nb, g, r, p);
-    else if (B == 256) by_mode<Amax, 256>(mode, rng, x, y, nb, g, r, p);
+    if (B == 16) by_mode<Amax, 16>(mode, rng, x, Values{y}, nb, g, r, p);
+    else if (B == 256) by_mode<Amax, 256>(mode, rng, x, Values{y}, nb, g, r, p);
+    else return 1;
+    return 0;
+}
+
+extern "C" int floatlab_block_amax_codes(const float* x, uint8_t* data, uint8_t* scales,
+                                         const uint32_t* codes, int64_t nb, int64_t B,
+                                         int64_t index0, const void* draws, int mode, int rng,
+                                         int sr_bits, int emin, int mbits, uint32_t max_bits,
+                                         int neg_zero, int s_emin, int s_mbits,
+                                         uint32_t s_max_bits, float target, float s_enc,
+                                         float s_dec) {
+    const Grid g = grid(emin, mbits, max_bits, neg_zero);
+    const Random r = random_of(draws, index0, 0, sr_bits);
+    const Amax p{grid(s_emin, s_mbits, s_max_bits, 1), target, s_enc, s_dec};
+    const Codes o = codes_of(data, scales, codes);
+    if (B == 16) by_mode<Amax, 16>(mode, rng, x, o, nb, g, r, p);
+    else if (B == 256) by_mode<Amax, 256>(mode, rng, x, o, nb, g, r, p);
     else return 1;
     return 0;
 }
@@ -554,8 +795,35 @@ extern "C" void floatlab_block_hif4(const float* x, float* y, int64_t nb, int64_
                                     const void* draws, int mode, int rng, int sr_bits,
                                     uint64_t seed, int emin, int mbits, uint32_t max_bits,
                                     int neg_zero) {
-    by_mode<HiF4, 64>(mode, rng, x, y, nb, grid(emin, mbits, max_bits, neg_zero),
+    by_mode<HiF4, 64>(mode, rng, x, Values{y}, nb, grid(emin, mbits, max_bits, neg_zero),
                       random_of(draws, index0, seed, sr_bits), HiF4{});
+}
+
+// returns 1 where a block holds NaN or Inf (its codes are then incomplete)
+extern "C" int floatlab_block_hif4_codes(const float* x, uint8_t* data, uint8_t* scales,
+                                         const uint32_t* codes, int64_t nb, int64_t index0,
+                                         const void* draws, int mode, int rng, int sr_bits,
+                                         int emin, int mbits, uint32_t max_bits, int neg_zero) {
+    return by_mode<HiF4, 64>(mode, rng, x, codes_of(data, scales, codes), nb,
+                             grid(emin, mbits, max_bits, neg_zero),
+                             random_of(draws, index0, 0, sr_bits), HiF4{});
+}
+
+// out[i] = the code of the value v[i] (float32 bits) under the CodeMap map (7 words), i < n:
+// what the kernels write, for native_block.py's check against the plain encoder
+extern "C" void floatlab_block_code_map(const uint32_t* v, uint32_t* out, int64_t n,
+                                        const uint32_t* map) {
+    const CodeMap c = code_map(map);
+    for (int64_t i = 0; i < n; i += 16) {
+        alignas(64) uint32_t t[16] = {};
+        const int64_t m = n - i < 16 ? n - i : 16;
+        std::memcpy(t, v + i, 4 * m);
+        v16u a;
+        std::memcpy(&a, t, 64);
+        const v16u r = code_vec(a, c);
+        std::memcpy(t, &r, 64);
+        std::memcpy(out + i, t, 4 * m);
+    }
 }
 
 // out[u] = the largest finite |x| of x[4096 u .. 4096 (u + 1)) for u < nu (x holds 4096 nu

@@ -22,6 +22,14 @@ rtz, rup, rdn, rto, sr exact or with ``sr_bits``, sr_half): with a generator, th
 own draws (taken by :func:`floatlab.kernels.dispatch.draws`, same calls, same order); without,
 the compiled kernel's in-kernel hash of (seed, index in the blocks), the very same bits.
 
+The same pass also writes codes instead of values (:func:`encode_into`, what
+:func:`floatlab.encode` runs for these formats: element codes packed as the plain pipeline
+stores them, 4-bit ones two per byte, and the scale codes: MX's E8M0 byte, NVFP4's E4M3 byte and
+FP32 tensor scale, HiF4's E6M2 byte and E1_8/E1_16 bits). The element's rounded value becomes its
+code by a :class:`CodeMap` (exponent field and top mantissa bits, or the multiple of the smallest
+step), checked against the plain encoder on every value of the format first
+(:func:`code_plan`); the plain path's draws are replayed, as for the values.
+
 Built on first use with :mod:`floatlab.kernels.native`'s helpers (compiler, cache key, atomic
 build, threads over slices of the blocks); where it cannot be built or ``FLOATLAB_NATIVE=0``,
 :func:`available` is False and :func:`floatlab.kernels.block.quantize_block` runs the compiled
@@ -62,6 +70,13 @@ _SIGNATURES = {                  # name -> (argtypes, restype)
     "floatlab_block_hif4": ([_P, _P, ctypes.c_int64, ctypes.c_int64, _P, _I, _I, _I,
                              ctypes.c_uint64, _I, _I, _U, _I], None),
     "floatlab_block_absmax": ([_P, ctypes.c_int64, _P], None),
+    "floatlab_block_mx_codes": ([_P, _P, _P, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _P,
+                                 _I, _I, _I, _I, _I, _U, _I, _I, _I, _I], _I),
+    "floatlab_block_amax_codes": ([_P, _P, _P, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                   _P, _I, _I, _I, _I, _I, _U, _I, _I, _I, _U, _F, _F, _F], _I),
+    "floatlab_block_hif4_codes": ([_P, _P, _P, _P, ctypes.c_int64, ctypes.c_int64, _P, _I, _I, _I,
+                                   _I, _I, _U, _I], _I),
+    "floatlab_block_code_map": ([_P, _P, ctypes.c_int64, _P], None),
 }
 
 
@@ -227,3 +242,176 @@ def quantize_into(xb: torch.Tensor, yb: torch.Tensor, p: NativeBlockPlan,
         return (px + 4 * B * s, py + 4 * B * s, c, B, B * s,
                 None if pd is None else pd + step * B * s, *tail, *extra)
     native._parallel(fn, nb, chunk)
+
+
+# ---- encode: codes from the same pass --------------------------------------------------------
+# The element's rounded value o (float32 bits, sign in bit 31) becomes its code by a CodeMap
+# (native_block.cpp's code_vec): |o| at or above 2^emin is (|o| >> (23 - mbits)) - off (the
+# exponent field re-biased and the top mantissa bits), below it the multiple |o| * 2^(mbits - emin)
+# of the smallest step; the sign as a sign bit, or two's complement for integers. Each map is
+# checked against the plain encoder on every value of its format before it is used.
+_NO_NORMAL = 0xFFFFFFFF             # integers: every magnitude is a multiple of the step
+
+
+@dataclass(frozen=True)
+class CodeMap:
+    norm_bits: int
+    shift: int
+    off: int
+    sub_mul: float
+    sign_bit: int
+    twos: bool
+    mask: int
+
+    def words(self) -> tuple[int, ...]:
+        return (self.norm_bits, self.shift, self.off & 0xFFFFFFFF, _bits(self.sub_mul),
+                self.sign_bit, int(self.twos), self.mask)
+
+
+@dataclass(frozen=True)
+class NativeCodePlan:
+    """A :class:`NativeBlockPlan` and the 18 code words ``native_block.cpp``'s ``codes_of``
+    reads: the element's and the scale's CodeMap, element bits, the scale's NaN code (MX,
+    AMAX), MX's scale code ``(e + bias) << mbits``."""
+
+    plan: NativeBlockPlan
+    words: tuple[int, ...]
+    ebits: int
+    scale_bytes: int          # per block: 1, HiF4 4
+
+
+def _code_map_of(fmt, sign_bit: bool) -> CodeMap | None:
+    """The CodeMap of ``fmt`` (a FloatFormat or IntFormat), or None where it has no such form."""
+    from floatlab.formats.floating import FloatFormat
+    from floatlab.formats.integer import IntFormat
+    bits = int(fmt.bits)
+    mask = (1 << bits) - 1
+    if isinstance(fmt, IntFormat):
+        if not -126 <= fmt.frac_bits <= 127:
+            return None
+        return CodeMap(_NO_NORMAL, 0, 0, 2.0 ** fmt.frac_bits, 0, bool(fmt.signed), mask)
+    if not isinstance(fmt, FloatFormat):
+        return None
+    emin, mbits = int(fmt.emin), int(fmt.mbits)
+    if not -126 <= emin <= 127 or mbits > 23 or mbits - emin > 127:
+        return None
+    at_emin = int(fmt.encode(torch.tensor([2.0 ** emin], dtype=torch.float64))[0])
+    sign = 1 << (bits - 1) if sign_bit and fmt.signed else 0
+    return CodeMap(_bits(2.0 ** emin), 23 - mbits, ((127 + emin) << mbits) - at_emin,
+                   2.0 ** (mbits - emin), sign, False, mask)
+
+
+def map_codes(values: torch.Tensor, cm: CodeMap) -> torch.Tensor:
+    """The codes ``native_block.cpp`` writes for the float32 ``values`` under ``cm`` (int64)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native block kernel is not available (check available())")
+    v = values.to(torch.float32).contiguous()
+    out = torch.zeros(v.numel(), dtype=torch.int32)
+    words = (ctypes.c_uint32 * 7)(*cm.words())
+    lib.floatlab_block_code_map(v.data_ptr(), out.data_ptr(), v.numel(), ctypes.addressof(words))
+    return out.to(torch.int64) & 0xFFFFFFFF
+
+
+def _checked_map(fmt, magnitudes: bool) -> CodeMap | None:
+    """:func:`_code_map_of` where ``native_block.cpp`` gives the plain encoder's code
+    (``fmt.encode``) of every finite value of ``fmt`` (``magnitudes``: of every value >= +0,
+    whose sign the kernel then sets as bit ``bits - 1``), else None."""
+    cm = _code_map_of(fmt, sign_bit=True)
+    if cm is None or fmt.bits > 16:
+        return None
+    if magnitudes and cm.twos:
+        return None
+    v = fmt.decode(torch.arange(2 ** fmt.bits, dtype=torch.int64)).to(torch.float64)
+    v = v[torch.isfinite(v)]
+    if magnitudes:
+        v = v[~torch.signbit(v)]
+    if v.numel() == 0 or not torch.equal(v.to(torch.float32).to(torch.float64), v):
+        return None
+    want = fmt.encode(v).to(torch.int64) & ((1 << fmt.bits) - 1)
+    return cm if torch.equal(map_codes(v, cm), want) else None
+
+
+@lru_cache(maxsize=256)
+def _code_plan(bp, scale_bias: int, scale_mbits: int, scale_nan: int) -> NativeCodePlan | None:
+    p = _plan(bp)
+    fmt = bp.fmt
+    if p is None or p.rng == _RNG["hash"] or fmt.element_bits not in (4, 8) or p.block % 16:
+        return None
+    from floatlab.formats.hifloat4 import E6M2
+    elem = _checked_map(fmt.element, magnitudes=fmt.rule is ScaleRule.HIF4)
+    if elem is None:
+        return None
+    if fmt.rule is ScaleRule.HIF4:
+        if elem.sign_bit != 1 << (fmt.element_bits - 1):
+            return None          # the plain pipeline's code: magnitude | (x < 0) << (bits - 1)
+        scale = _checked_map(E6M2, magnitudes=True)
+    elif fmt.rule is ScaleRule.AMAX:
+        scale = _checked_map(fmt.scale, magnitudes=True)
+    else:
+        scale = CodeMap(0, 0, 0, 0.0, 0, False, 0)                 # MX: (e + bias) << mbits
+    if scale is None or (fmt.rule is not ScaleRule.FLOOR and fmt.scale.bits > 8):
+        return None
+    words = (*elem.words(), *scale.words(), fmt.element_bits, scale_nan & 0xFFFFFFFF,
+             scale_bias & 0xFFFFFFFF, scale_mbits)
+    return NativeCodePlan(p, words, fmt.element_bits, 4 if fmt.rule is ScaleRule.HIF4 else 1)
+
+
+def code_plan(bp, scale_bias: int = 0, scale_mbits: int = 0, scale_nan: int = 0) -> NativeCodePlan | None:
+    """The native encode plan for a float32 :class:`floatlab.kernels.block.BlockPlan`, or None
+    where this kernel does not encode it (no library, the hash draws, 6-bit or wide codes, a
+    code map that does not match the plain encoder). MX: the scale code ``(e + scale_bias) <<
+    scale_mbits`` (checked by the caller), ``scale_nan`` that of a block holding NaN/Inf."""
+    if bp is None or not available():
+        return None
+    return _code_plan(bp, scale_bias, scale_mbits, scale_nan)
+
+
+def encode_into(xb: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, cp: NativeCodePlan,
+                rnd: torch.Tensor | None, tensor_scales: tuple[float, float] = (1.0, 1.0)) -> bool:
+    """Write the codes of the blocks ``xb`` (contiguous float32 CPU, (nb, block)) into ``data``
+    (uint8, ``nb * block`` codes, 4-bit ones two per byte, the even element in the low nibble)
+    and their scale codes into ``scales`` (uint8, ``nb * cp.scale_bytes``), both contiguous:
+    what the plain pipeline stores. ``rnd``: the plain path's draws or None;
+    ``tensor_scales`` as :func:`quantize_into`'s. Returns True where a HiF4 block holds NaN or
+    Inf (its plain scales differ: the caller runs the plain pipeline; the outputs are then
+    incomplete)."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the native block kernel is not available (check available())")
+    p = cp.plan
+    nb, B = xb.shape
+    if nb == 0:
+        return False
+    draws, step = None, 0
+    if p.rng == _RNG["replay"]:
+        draws = rnd.contiguous()
+        if draws.numel() != xb.numel():
+            raise ValueError("one draw per element is needed")
+        step = draws.element_size()
+    words = (ctypes.c_uint32 * 18)(*cp.words)
+    pw = ctypes.addressof(words)
+    px, pd_, ps = xb.data_ptr(), data.data_ptr(), scales.data_ptr()
+    pr = draws.data_ptr() if draws is not None else None
+    g = p.elem
+    tail = (p.mode, p.rng, p.sr_bits, g.emin, g.mbits, g.max_bits, int(g.neg_zero))
+    per = B * cp.ebits // 8
+
+    def head(s):
+        return (px + 4 * B * s, pd_ + per * s, ps + cp.scale_bytes * s, pw)
+
+    if p.rule is ScaleRule.HIF4:
+        def chunk(s, c):
+            return (*head(s), c, 64 * s, None if pr is None else pr + step * 64 * s, *tail)
+        return native._parallel(lib.floatlab_block_hif4_codes, nb, chunk)
+    if p.rule is ScaleRule.FLOOR:
+        fn, extra = lib.floatlab_block_mx_codes, p.extra
+    else:
+        fn, extra = lib.floatlab_block_amax_codes, (*p.extra, *tensor_scales)
+
+    def chunk(s, c):
+        return (*head(s), c, B, B * s, None if pr is None else pr + step * B * s, *tail, *extra)
+    if native._parallel(fn, nb, chunk):
+        raise RuntimeError(f"native_block.cpp has no {B}-value blocks for {p.rule.value}")
+    return False
+
