@@ -35,9 +35,7 @@ False and callers keep their own path.
 from __future__ import annotations
 
 import ctypes
-import subprocess
 import threading
-import warnings
 from collections.abc import Callable, Hashable
 from functools import lru_cache
 from pathlib import Path
@@ -56,49 +54,22 @@ _state: dict[str, object] = {}
 _tables: dict[Hashable, torch.Tensor | None] = {}
 
 
-def _load() -> ctypes.CDLL | None:
-    cxx = native.compiler()
-    if cxx is None:
-        return None
-    try:
-        path = native.library_path(cxx, SOURCE, "floatlab_lookup", FLAGS)
-        if not path.exists():
-            native._build(cxx, path, SOURCE, FLAGS)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        warnings.warn(f"floatlab: the table-lookup rounding loop could not be built ({err}); using "
-                      "the other kernels instead (set FLOATLAB_NATIVE=0 to silence this)",
-                      RuntimeWarning, stacklevel=4)
-        return None
-    fn = lib.floatlab_lookup_round
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
-                   ctypes.c_float, ctypes.c_int]
-    fn.restype = None
-    fn = lib.floatlab_unfold_rows
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 21
-    fn.restype = None
-    fn = lib.floatlab_fold_rows
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 15
-    fn.restype = None
-    fn = lib.floatlab_amax
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64]
-    fn.restype = ctypes.c_float
-    fn = lib.floatlab_int_round
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_float,
-                   ctypes.c_float, ctypes.c_float, ctypes.c_int]
-    fn.restype = None
-    return lib
+_P, _L = ctypes.c_void_p, ctypes.c_int64
+_SIGNATURES = {                  # name -> (argtypes, restype)
+    "floatlab_lookup_round": ([_P, _P, _L, _P, ctypes.c_int, ctypes.c_float, ctypes.c_int], None),
+    "floatlab_unfold_rows": ([_P, _P] + [_L] * 21, None),
+    "floatlab_fold_rows": ([_P, _P] + [_L] * 15, None),
+    "floatlab_amax": ([_P, _L], ctypes.c_float),
+    "floatlab_int_round": ([_P, _P, _L, _P, ctypes.c_float, ctypes.c_float, ctypes.c_float,
+                            ctypes.c_int], None),
+}
 
 
 def library() -> ctypes.CDLL | None:
     """The loaded lookup loop (built on first use), or None where it is unavailable."""
-    if not native.enabled():
-        return None
-    if "lib" not in _state:
-        with _lock:
-            if "lib" not in _state:
-                _state["lib"] = _load()
-    return _state["lib"]  # type: ignore[return-value]
+    return native.loaded_once(_state, _lock, lambda: native.build_and_load(
+        SOURCE, "floatlab_lookup", FLAGS, "table-lookup rounding loop", _SIGNATURES, 6,
+        instead="the other kernels"))
 
 
 def available() -> bool:

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import math
-import subprocess
 import threading
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -63,53 +61,21 @@ _lock = threading.Lock()
 _state: dict[str, object] = {}
 
 
-def _load() -> ctypes.CDLL | None:
-    cxx = native.compiler()
-    if cxx is None:
-        return None
-    try:
-        path = native.library_path(cxx, SOURCE, "floatlab_scalar", FLAGS)
-        if not path.exists():
-            native._build(cxx, path, SOURCE, FLAGS)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
-        warnings.warn(f"floatlab: the native scalar kernel could not be built ({err}); using the "
-                      "compiled kernels instead (set FLOATLAB_NATIVE=0 to silence this)",
-                      RuntimeWarning, stacklevel=5)
-        return None
-    fn = lib.floatlab_round_f32
-    fn.argtypes = ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                    ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-                   + [ctypes.c_uint32] * 6 + [ctypes.c_int] * 4 + [ctypes.c_uint64])
-    fn.restype = None
-    fn = lib.floatlab_encode
-    fn.argtypes = ([ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64,
-                    ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-                   + [ctypes.c_uint32] * 6 + [ctypes.c_int] * 4 + [ctypes.c_uint32] * 3)
-    fn.restype = ctypes.c_int
-    fn = lib.floatlab_decode_table
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int,
-                   ctypes.c_int]
-    fn.restype = None
-    fn = lib.floatlab_decode_rows
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-    fn.restype = None
-    fn = lib.floatlab_decode_half
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
-    fn.restype = None
-    return lib
+_P, _I, _U, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_int64
+_SIGNATURES = {                  # name -> (argtypes, restype)
+    "floatlab_round_f32": ([_P, _P, _L, _L, _P, _I, _I, _I] + [_U] * 6 + [_I] * 4 + [ctypes.c_uint64],
+                           None),
+    "floatlab_encode": ([_P, _I, _P, _I, _L, _L, _P, _I, _I] + [_U] * 6 + [_I] * 4 + [_U] * 3, _I),
+    "floatlab_decode_table": ([_P, _P, _L, _P, _I, _I], None),
+    "floatlab_decode_rows": ([_P, _P, _L, _L, _P, _P, _I, _I], None),
+    "floatlab_decode_half": ([_P, _P, _L, _I], None),
+}
 
 
 def library() -> ctypes.CDLL | None:
     """The loaded library (built on first use), or None where it is unavailable."""
-    if not native.enabled():
-        return None
-    if "lib" not in _state:
-        with _lock:
-            if "lib" not in _state:
-                _state["lib"] = _load()
-    return _state["lib"]  # type: ignore[return-value]
+    return native.loaded_once(_state, _lock, lambda: native.build_and_load(
+        SOURCE, "floatlab_scalar", FLAGS, "native scalar kernel", _SIGNATURES, 7))
 
 
 def available() -> bool:
@@ -350,18 +316,7 @@ def encode_into(x: torch.Tensor, dst: torch.Tensor, p: NativePlan, cs: CodeSpec,
         out = start * cs.bits // 8 if cs.bits < 8 else start * dst.element_size()
         return (px + esize * start, in_kind, py + out, out_kind, min(CHUNK * c, n - start), start,
                 None if pd is None else pd + step * start, *consts)
-    return _parallel_any(lib.floatlab_encode, -(-n // CHUNK), chunk)
-
-
-def _parallel_any(fn, nb: int, chunk_args) -> bool:
-    """:func:`floatlab.kernels.native._parallel` for a kernel returning a flag: any set."""
-    threads = max(1, min(torch.get_num_threads(), nb // native.MIN_BLOCKS_PER_THREAD))
-    if threads == 1:
-        return bool(fn(*chunk_args(0, nb)))
-    step = -(-nb // threads)
-    futures = [native._pool(threads).submit(fn, *chunk_args(s, min(step, nb - s)))
-               for s in range(0, nb, step)]
-    return any([bool(f.result()) for f in futures])
+    return native._parallel(lib.floatlab_encode, -(-n // CHUNK), chunk)
 
 
 def decode_table_into(data: torch.Tensor, out: torch.Tensor, table: torch.Tensor, bits: int) -> None:
