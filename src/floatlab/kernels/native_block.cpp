@@ -11,7 +11,7 @@
 //     is replaced by +-2^-126, which every mode rounds the same way); y = round(t) * 2^e.
 //   * AMAX (NVFP4): s_b = scale_RNE((amax / elem_max) * s_enc), s_enc_b = min(1 / (s_b * s_dec),
 //     FLT_MAX); y = (round(x * s_enc_b) * s_b) * s_dec (s_enc, s_dec: the caller's tensor scale).
-//   * HIF4: the scale pass of native_hif4.cpp (16 blocks' level 1 at once), then v = bf16((|x| * r) * 2^-shift), y =
+//   * HIF4: the scale formulas of native_common.h (16 blocks' level 1 at once), then v = bf16((|x| * r) * 2^-shift), y =
 //     (+-round(v) * S1) * 2^shift.
 // A block holding NaN or Inf becomes NaN. The element grid has spacing 2^qe, qe = max(E, emin)
 // - mbits (E = floor(log2 |t|), checked by the caller against the format's own
@@ -24,12 +24,15 @@
 #include <cstdint>
 #include <cstring>
 
+#include "native_common.h"
+
 namespace {
+
+using namespace floatlab_native;
 
 enum Mode : int { RNE = 0, RNA = 1, RNZ = 2, RTZ = 3, RUP = 4, RDN = 5, RTO = 6, SR = 7,
                   SR_BITS = 8, SR_HALF = 9 };
-enum Rng : int { NONE = 0, HASH = 1, REPLAY = 2 };
-constexpr uint32_t F32_INF = 0x7F800000u, F32_NAN = 0x7FC00000u, SIGN = 0x80000000u;
+constexpr uint32_t F32_INF = 0x7F800000u, F32_NAN = 0x7FC00000u;
 constexpr float F32_MAX = 3.40282346638528859811704183484516925e+38f;
 
 struct Grid {             // a signed or unsigned minifloat-like grid (the caller checks it)
@@ -47,24 +50,6 @@ struct Random {
     uint32_t s0, s1;      // HASH: the seed's words
     int32_t sr_bits;      // SR_BITS: k
 };
-
-inline uint32_t bits_of(float f) { uint32_t b; std::memcpy(&b, &f, 4); return b; }
-inline float float_of(uint32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
-
-// round finite float32 bits to bfloat16 (RNE), kept as float32 bits
-inline uint32_t bf16_bits(uint32_t b) {
-    const uint32_t m = b & 0x7FFFFFFFu;
-    return ((m + 0x7FFFu + ((m >> 16) & 1u)) & 0xFFFF0000u) | (b & 0x80000000u);
-}
-
-inline uint32_t mix32(uint32_t h) {          // lowbias32, as floatlab/kernels/rng.py's mix32
-    h ^= h >> 16;
-    h *= 0x7FEB352Du;
-    h ^= h >> 15;
-    h *= 0x846CA68Bu;
-    h ^= h >> 16;
-    return h;
-}
 
 // float32 bits of 2^q for q in [-149, 127]
 inline uint32_t pow2_bits(int32_t q) {
@@ -115,33 +100,10 @@ inline uint32_t round_mag(uint32_t a, bool neg, int64_t i, const Grid& g, const 
         uint32_t h = 0;
         if constexpr (RNG == HASH) {
             const uint64_t idx = (uint64_t)(rnd.index0 + i);
-            h = mix32(mix32((uint32_t)idx ^ rnd.s0) ^ (uint32_t)(idx >> 32) ^ rnd.s1);
+            h = hash_bits((uint32_t)idx, (uint32_t)(idx >> 32), rnd.s0, rnd.s1);
         }
-        if constexpr (MODE == SR_HALF) {
-            const bool bit = RNG == HASH ? (h >> 31) != 0u : ((const int64_t*)rnd.draws)[i] == 1;
-            up = (rem != 0u) & bit;
-        } else if constexpr (MODE == SR) {
-            if constexpr (RNG == HASH) {     // P(up) = rem / 2^d: h < rem * 2^(32 - d), or for
-                const int32_t l = 32 - d, r_ = d - 32;   // d > 32 h < floor(rem / 2^(d - 32))
-                const uint32_t sl = (uint32_t)(l < 0 ? 0 : (l > 31 ? 31 : l));
-                const uint32_t sr = (uint32_t)(r_ < 0 ? 0 : (r_ > 31 ? 31 : r_));
-                up = h < ((rem << sl) >> sr);
-            } else {                         // the plain path's u < rem * 2^-d (exact)
-                const int32_t dc = d < 0 ? 0 : (d > 1022 ? 1022 : d);
-                const uint64_t pb = (uint64_t)(1023 - dc) << 52;
-                double p;
-                std::memcpy(&p, &pb, 8);
-                up = ((const double*)rnd.draws)[i] < (double)rem * p;
-            }
-        } else {                             // SR_BITS: floor(rem * 2^(k - d)) + r >= 2^k
-            const int32_t k = rnd.sr_bits, sh = d - k;
-            const uint64_t r64 = rem;
-            const uint64_t part = sh >= 0 ? (r64 >> (sh < 63 ? sh : 63))
-                                          : (r64 << (-sh < 63 ? -sh : 63));
-            const uint64_t rk = RNG == HASH ? (uint64_t)(h >> (32 - k))
-                                            : (uint64_t)((const int64_t*)rnd.draws)[i];
-            up = part + rk >= (1ull << k);
-        }
+        constexpr int DRAW = MODE == SR ? DRAW_SR : (MODE == SR_BITS ? DRAW_SR_BITS : DRAW_SR_HALF);
+        up = random_up<DRAW, RNG>(rem, d, h, rnd.draws, i, rnd.sr_bits);
     }
     const uint32_t u = up ? 1u : 0u;
     // d in 1..23: the kept bits are a's own (a carry runs into the exponent field, exactly);
@@ -523,12 +485,6 @@ struct Amax {
     }
 };
 
-// round finite float32 values to bfloat16 (RNE), kept in float32
-inline v16u bf16_vec(v16u b) {
-    const v16u m = b & ~SIGN;
-    return ((m + 0x7FFFu + ((m >> 16) & 1u)) & 0xFFFF0000u) | (b & SIGN);
-}
-
 // HiF4's scale bytes 1-3 of a block from its subgroups' E1_8 (e8) and E1_16 (e16) masks (lane
 // s: subgroup s; lanes 2p and 2p + 1 share E1_8): byte 1 holds E1_8 of pairs 0..7 from bit 7
 // down, bytes 2 and 3 E1_16 of subgroups 0..7 and 8..15 from bit 7 down
@@ -565,14 +521,9 @@ struct HiF4 {
         for (int64_t b0 = 0; b0 < nb; b0 += 16, x += 16 * 64) {
             const int cnt = nb - b0 < 16 ? (int)(nb - b0) : 16;
             const v16u ma = load_group<64>(x, cnt, buf);
-            // native_hif4.cpp's level 1 on 16 blocks: S1 = E6M2(RNE)(clamp(bf16(Ma * bf16(1/7)),
-            // 2^-48, 1.5 * 2^15)), r = bf16(1 / S1); sf is normal there: RNE to 2 mantissa bits
-            v16f sf = (v16f)bf16_vec((v16u)((v16f)ma * 0.142578125f));
-            sf = sf < 0x1p-48f ? splatf(0x1p-48f) : (sf > 49152.0f ? splatf(49152.0f) : sf);
-            v16u sb = (v16u)sf;
-            sb = (sb + 0xFFFFFu + ((sb >> 21) & 1u)) & ~0x1FFFFFu;
-            const v16f s1 = (v16f)sb;
-            const v16f r = (v16f)bf16_vec((v16u)(1.0f / s1));
+            v16f s1, r;                     // level 1 on 16 blocks (native_common.h)
+            hif4_level1<v16u>((v16f)ma, s1, r);
+            const v16u sb = (v16u)s1;
             const v16u bad = (v16u)(ma >= F32_INF);
             if constexpr (O::CODES) {
                 if (any(bad)) return 1;
@@ -605,9 +556,8 @@ struct HiF4 {
                 const v16u p1 = vmax(LO1(a[2], a[3]), HI1(a[2], a[3]));
                 const v16u mc = vmax(LO1(p0, p1), HI1(p0, p1));
                 const v16u mb = vmax(mc, SWAP1(mc));
-                const v16u e8 = (v16u)(((v16f)mb * rk) >= 4.0f);              // all ones or 0
-                const v16f scale = (v16f)(splat(0x3F800000u) - (e8 & (1u << 23)));  // 2^-E1_8
-                const v16u e16 = (v16u)((((v16f)mc * rk) * scale) >= 2.0f);
+                v16u e8, e16;                               // all ones or 0
+                hif4_levels23<v16u>((v16f)mb, (v16f)mc, rk, e8, e16);
                 const v16u sh16 = ((e8 & 1u) + (e16 & 1u)) << 23;   // E1_8 + E1_16, << 23
                 const v16u shift[4] = {EXPAND4(sh16, 0), EXPAND4(sh16, 4), EXPAND4(sh16, 8), EXPAND4(sh16, 12)};
                 if constexpr (O::CODES) {
@@ -655,7 +605,7 @@ struct HiF4 {
                         v16u u;
                         std::memcpy(&u, xk + 16 * q, 64);
                         const v16u sh = shift[q];
-                        const v16u v = bf16_vec((v16u)(((v16f)(u & ~SIGN) * rk) * (v16f)(splat(0x3F800000u) - sh)));
+                        const v16u v = bf16_round((v16u)(((v16f)(u & ~SIGN) * rk) * (v16f)(splat(0x3F800000u) - sh)));
                         const v16u c = round_near<MODE>(v, g);
                         const v16u neg = (v16u)((v16f)u < 0.0f);            // -0 is not < 0
                         const v16u o = c | (neg & SIGN);
@@ -674,7 +624,7 @@ struct HiF4 {
                 for (int j = 0; j < 64; j++) {
                     const uint32_t sh = sh_[j];
                     const uint32_t u = bits_of(xk[j]);
-                    const float v = float_of(bf16_bits(bits_of((float_of(u & ~SIGN) * rk) * float_of(0x3F800000u - sh))));
+                    const float v = float_of(bf16_round(bits_of((float_of(u & ~SIGN) * rk) * float_of(0x3F800000u - sh))));
                     const uint32_t c = round_mag<MODE, RNG>(bits_of(v), false, i0 + j, g, rnd);
                     const bool negative = xk[j] < 0.0f;
                     const uint32_t o = negative ? (c | SIGN) : c;

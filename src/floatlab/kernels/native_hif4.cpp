@@ -15,19 +15,14 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "native_common.h"
+
+using namespace floatlab_native;
+
 typedef float v16f __attribute__((vector_size(64)));
 typedef int32_t v16i __attribute__((vector_size(64)));
+typedef uint32_t v16u __attribute__((vector_size(64)));
 typedef int8_t v16b __attribute__((vector_size(16)));
-
-static inline uint32_t bits_of(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
-static inline float float_of(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
-
-// round a finite float32 to bfloat16 (RNE), kept in float32
-static inline float bf16(float f) {
-    uint32_t b = bits_of(f), m = b & 0x7FFFFFFFu;
-    m = (m + 0x7FFFu + ((m >> 16) & 1u)) & 0xFFFF0000u;
-    return float_of(m | (b & 0x80000000u));
-}
 
 static inline v16f vmax(v16f a, v16f b) { return a > b ? a : b; }
 
@@ -38,7 +33,6 @@ static inline v16f vmax(v16f a, v16f b) { return a > b ? a : b; }
 
 extern "C" void floatlab_hif4_scales(const float *x, int64_t nb, uint8_t *bad, float *r_out,
                                      float *s1_out, int8_t *shift) {
-    const v16f one = (v16f){} + 1.0f;
     for (int64_t b = 0; b < nb; b++) {
         v16f mc[4], mb[4];
         v16i nonfinite = {};
@@ -58,20 +52,15 @@ extern "C" void floatlab_hif4_scales(const float *x, int64_t nb, uint8_t *bad, f
         m = vmax(m, SWAP8(m));                   // lane 0: the block's max (Ma)
         int any_bad = 0;
         for (int i = 0; i < 16; i++) any_bad |= nonfinite[i];
-        float sf = bf16(m[0] * 0.142578125f);
-        sf = sf < 0x1p-48f ? 0x1p-48f : (sf > 49152.0f ? 49152.0f : sf);
-        uint32_t sb = bits_of(sf);               // normal: RNE to 2 mantissa bits is E6M2
-        sb = (sb + 0xFFFFFu + ((sb >> 21) & 1u)) & ~0x1FFFFFu;
-        float s1 = float_of(sb);
-        float r = bf16(1.0f / s1);
+        float s1, r;                             // level 1 (native_common.h)
+        hif4_level1<uint32_t>(m[0], s1, r);
         bad[b] = any_bad != 0;
         r_out[b] = r;
         s1_out[b] = s1;
         for (int q = 0; q < 4; q++) {
-            v16i e8 = (mb[q] * r) >= 4.0f;                          // -1 or 0
-            v16f scale = (v16f)((v16i)one - (e8 & (1 << 23)));      // 2^-E1_8
-            v16i e16 = ((mc[q] * r) * scale) >= 2.0f;
-            v16b s = __builtin_convertvector(-(e8 + e16), v16b);
+            v16u e8, e16;                                           // all ones or 0
+            hif4_levels23<v16u>(mb[q], mc[q], r, e8, e16);
+            v16b s = __builtin_convertvector(-((v16i)e8 + (v16i)e16), v16b);
             memcpy(shift + 64 * b + 16 * q, &s, sizeof s);
         }
     }

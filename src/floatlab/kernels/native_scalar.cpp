@@ -21,10 +21,13 @@
 #include <cstring>
 #include <type_traits>
 
+#include "native_common.h"
+
 namespace {
 
+using namespace floatlab_native;
+
 enum Mode : int { RNE = 0, RNA = 1, RNZ = 2, SR = 3, SR_HALF = 4, SR_BITS = 5 };
-enum Rng : int { NONE = 0, HASH = 1, REPLAY = 2 };
 enum Kind : int { IEEE = 0, HIF8 = 1 };
 
 struct Spec {
@@ -40,15 +43,6 @@ struct Spec {
     int32_t sr_bits;      // SR_BITS: random bits k (1..32)
     uint64_t seed;        // HASH: the 0-d seed tensor's value
 };
-
-inline uint32_t mix32(uint32_t h) {          // lowbias32, as floatlab/kernels/rng.py's mix32
-    h ^= h >> 16;
-    h *= 0x7FEB352Du;
-    h ^= h >> 15;
-    h *= 0x846CA68Bu;
-    h ^= h >> 16;
-    return h;
-}
 
 // d for a >= 2^qmin (1..23 there, checked by the caller; other lanes are discarded)
 template <int KIND>
@@ -87,38 +81,10 @@ inline uint32_t round_one(uint32_t u, int64_t i, uint32_t lo0, uint32_t hi,
         const uint32_t step = tiny ? s.tiny_bits : (1u << dd);
         uint32_t h = 0;
         if constexpr (RNG == HASH) {  // the caller keeps the run's indices in one 2^32 block
-            const uint32_t s0 = (uint32_t)(s.seed & 0xFFFFFFFFu), s1 = (uint32_t)(s.seed >> 32);
-            h = mix32(mix32((lo0 + (uint32_t)i) ^ s0) ^ hi ^ s1);
+            h = hash_bits(lo0 + (uint32_t)i, hi, (uint32_t)(s.seed & 0xFFFFFFFFu), (uint32_t)(s.seed >> 32));
         }
-        bool up;
-        if constexpr (MODE == SR_HALF) {
-            const bool bit = RNG == HASH ? (h >> 31) != 0u
-                                         : ((const int64_t*)draws)[i] == 1;
-            up = rem != 0u && bit;
-        } else if constexpr (MODE == SR) {
-            if constexpr (RNG == HASH) {   // P(up) = rem / 2^d: the top d bits of h below rem,
-                // i.e. h < rem * 2^(32 - d) (< 2^32, as rem < 2^d), or for d > 32
-                // h < floor(rem / 2^(d - 32)); d <= 0 leaves rem = 0: never
-                const int32_t l = 32 - d, r_ = d - 32;
-                const uint32_t sl = (uint32_t)(l < 0 ? 0 : (l > 31 ? 31 : l));
-                const uint32_t sr = (uint32_t)(r_ < 0 ? 0 : (r_ > 31 ? 31 : r_));
-                up = h < ((rem << sl) >> sr);
-            } else {                  // the plain path's u < frac, frac = rem * 2^-d exactly
-                const double u01 = ((const double*)draws)[i];
-                const uint64_t pb = (uint64_t)(1023 - (d > 0 ? d : 0)) << 52;
-                double p;
-                std::memcpy(&p, &pb, 8);
-                up = u01 < (double)rem * p;
-            }
-        } else {                      // SR_BITS: floor(rem * 2^(k-d)) + r >= 2^k
-            const int32_t k = s.sr_bits, sh = d - k;
-            const uint64_t r64 = (uint64_t)rem;
-            const uint64_t part = sh >= 0 ? (r64 >> (sh < 63 ? sh : 63))
-                                          : (r64 << (-sh < 63 ? -sh : 63));
-            const uint64_t rk = RNG == HASH ? (uint64_t)(h >> (32 - k))
-                                            : (uint64_t)((const int64_t*)draws)[i];
-            up = part + rk >= (1ull << k);
-        }
+        constexpr int DRAW = MODE == SR ? DRAW_SR : (MODE == SR_BITS ? DRAW_SR_BITS : DRAW_SR_HALF);
+        const bool up = random_up<DRAW, RNG>(rem, d, h, draws, i, s.sr_bits);
         r = base + (up ? step : 0u);
     }
     r = r > s.max_bits ? s.ovf_bits : r;
