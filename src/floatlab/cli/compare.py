@@ -41,8 +41,14 @@ def compare_command(
     from floatlab.cli import inputs
 
     t0 = time.time()
-    # every input first: nothing is loaded or computed before they all pass
+    # every input first: nothing is loaded or computed before they all pass (but the kernels'
+    # cache, below: a build that outlives a refused input is only cached for the next run)
     fmts = inputs.format_list(formats, "--formats")
+    if device.strip().lower() == "cpu":
+        # the native libraries these formats run (a C++ build of seconds each on a fresh machine,
+        # cached) are built on a free core while the other inputs are checked and the model loads
+        from floatlab.kernels.dispatch import prepare_native
+        prepare_native(fmts)
     method, grid = inputs.method_grid(method)
     calibrates = any(inputs.needs_calibration(st) for st in grid)
     for st, m in zip(grid, method.split(",")):
@@ -68,9 +74,6 @@ def compare_command(
 
     import torch
 
-    if dev.type == "cpu":    # a fresh machine's native C++ builds run on a free core while the model loads
-        from floatlab.kernels.dispatch import prepare_native
-        prepare_native(fmts)
     before = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)

@@ -282,7 +282,9 @@ def prepare_native(formats) -> threading.Thread | None:
     which then runs on a free core while the caller loads its model, instead of at its first
     quantize call; later processes only load the cached files (milliseconds). A quantize call
     that needs a library meanwhile waits for it (the library's own lock), so results are the
-    same with or without this. Returns the started (daemon) thread; None when there is nothing
+    same with or without this. Returns the started thread (not a daemon: a process that ends
+    early, e.g. on a refused input, finishes the build and caches it rather than leave a
+    half-written file); None when there is nothing
     to build (no such format, ``FLOATLAB_NATIVE=0``, or ``FLOATLAB_FAST`` selects another
     backend). :func:`native_preparation` says how long each took. Names that are not floatlab
     formats (weight codecs) are skipped."""
@@ -310,7 +312,7 @@ def prepare_native(formats) -> threading.Thread | None:
             t0 = time.perf_counter()
             library()
             _prepared[name] = time.perf_counter() - t0
-    thread = threading.Thread(target=build, name="floatlab-native-build", daemon=True)
+    thread = threading.Thread(target=build, name="floatlab-native-build")
     thread.start()
     return thread
 
