@@ -14,12 +14,17 @@ memory of a process that only imports torch, transformers and floatlab and loads
 Runs (``--only`` picks some):
 
 * ``compare``: ``floatlab compare`` over ``--formats`` (default 7 formats, RTN, weights and
-  activations), one quantized variant held at a time;
+  activations), one quantized variant held at a time, its layers as packed codes decoded in each
+  forward pass, the fp32 model's checkpoint-mapped pages held one layer at a time;
 * ``compare-gptq``: the same with ``--method gptq --weights-only`` (GPTQ's Hessians collected
   one transformer block at a time for each format);
 * ``ptq-gptq`` / ``ptq-gptq-blockwise``: ``floatlab ptq --method gptq --format int4``, the whole
   model in memory vs ``--blockwise`` (the checkpoint read one transformer block at a time);
 * ``ptq-rtn`` / ``ptq-rtn-blockwise``: the same with RTN (no calibration).
+
+Peak resident memory counts the checkpoint's file pages while they are mapped into the process;
+pages that a run drops after use (``CheckpointWeights.paged``) stay in the system's page cache,
+which is not counted (it is reclaimable, and shared with any other reader of the file).
 
 Goal (issue 17): peak <= 1.5x the fp32 checkpoint. The numbers in docs/workflow.md come from this
 script (run, size and analysis there); it asserts nothing (a benchmark, not a test).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -114,10 +115,14 @@ def ptq_command(
     with progress():
         batches = calibration_batches(lm, calib, opts) if calibrates else []
         ref = copy.deepcopy(lm.model) if lm.kind == "encoder" else None
-        qweights = quantize_model(lm.model, cfg, calib=batches, released=None if fp32 is None else fp32.release)
-        release_memory()
-        say(f"quantized {plural(len(qweights), 'layer')} ({cfg.label()}) in {time.time() - t0:.1f}s; measuring ...")
-        metric = measure_single(lm, lm.model, opts, ref_model=ref)
+        # layers keep their packed codes (decoded in each forward pass: the same numbers); passes
+        # over the fp32 model hold one layer's checkpoint-mapped pages at a time
+        with contextlib.nullcontext() if fp32 is None else fp32.paged(lm.model):
+            qweights = quantize_model(lm.model, cfg, calib=batches, released=None if fp32 is None else fp32.release,
+                                      packed=True, read=None if fp32 is None else fp32.drop)
+            release_memory()
+            say(f"quantized {plural(len(qweights), 'layer')} ({cfg.label()}) in {time.time() - t0:.1f}s; measuring ...")
+            metric = measure_single(lm, lm.model, opts, ref_model=ref)
     show_table(f"{cfg.label()} on {lm.name}", ("metric", "value"), [[k, str(v)] for k, v in metric.items()],
                right=("value",))
     save_quantized(out, lm, lm.model, cfg, qweights, metric, command=command_line(),

@@ -22,7 +22,9 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
                    progress: Callable[[str], None] | None = None,
                    hessians: dict[str, torch.Tensor] | None = None,
                    report: dict | None = None, keep: bool = True,
-                   released: Callable[[str, nn.Module], None] | None = None) -> dict[str, QWeight]:
+                   released: Callable[[str, nn.Module], None] | None = None,
+                   packed: bool = False,
+                   read: Callable[[torch.Tensor], None] | None = None) -> dict[str, QWeight]:
     """Quantize ``model``'s linear layers (in place) and return their :class:`QWeight` by name.
 
     ``calib`` is a list of model input dicts (``input_ids``, ``attention_mask``), needed by GPTQ,
@@ -46,10 +48,21 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
     no :class:`QWeight` (only the dequantized weight the model computes with), for callers that
     do not save the result (``floatlab compare``). ``released(name, linear)``: called with each
     fp32 layer right after its :class:`QuantLinear` took its place (``floatlab compare`` frees
-    that layer's weight then and reads it back from the checkpoint afterwards)."""
+    that layer's weight then and reads it back from the checkpoint afterwards).
+
+    ``packed=True`` (RTN and GPTQ, float32 CPU weights): each quantized layer keeps only its
+    packed codes and scales (:class:`QuantLinear` ``packed=``) and decodes them in every forward
+    pass, instead of a float32 copy of its weight (SmolLM2: 0.40 GiB of float32 weights become
+    0.05-0.2 GiB of codes). Before a layer is packed, its decode is compared bit for bit with
+    the dequantized weight the dense layer would hold; a layer where they differ (or whose
+    weight is not contiguous float32 on the CPU) stays dense, so the model computes the same
+    numbers either way. The returned :class:`QWeight` are then the records the layers hold
+    (no dense copy). ``read(p)``: called with each parameter of ``model`` once the NaN/Inf check
+    before quantizing has read it (``floatlab compare`` drops its checkpoint-mapped pages then:
+    :meth:`floatlab.ptq.compare.CheckpointWeights.drop`)."""
     transforms, rounder = config.steps()
     calib = list(calib or [])
-    check_parameters(model)
+    check_parameters(model, each=read)
     transforms_done: dict[str, nn.Module] = {}
     pending = _PendingTransforms(model)   # keeps the model computing its fp32 function meanwhile
     with nonfinite_policy(config.nonfinite_tokens):     # for every calibration pass below
@@ -74,15 +87,17 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
             def done(name: str, qw: QWeight | None) -> None:
                 """Swap layer ``name`` for its QuantLinear now (RTN/GPTQ: nothing reads the fp32
                 model after its layer is quantized; LWC/PTQ1.61: after its block)."""
-                wq = _swap(model, name, layers[name], qw, config, transforms_done)
+                wq = _swap(model, name, layers[name], qw, config, transforms_done, pack)
                 swapped.add(name)
                 trim_allocator()
                 if released is not None and wq is not None:
                     released(name, layers[name])
                 layers[name] = None          # the fp32 layer can go, unless the caller holds it
                 if keep and qw is not None:
-                    qw.compact(wq)           # codes instead of float32 grid values
+                    if not (pack and getattr(model.get_submodule(name), "packed", None) is qw):
+                        qw.compact(wq)       # codes instead of float32 grid values
                     qweights[name] = qw
+            pack = packed and rounder in ("rtn", "gptq")
             generator = torch.Generator().manual_seed(config.recon.seed)      # random salient masks
             if rounder in RECONSTRUCTING:
                 if not calib:
@@ -138,11 +153,13 @@ def trim_allocator() -> None:
 
 
 def _swap(model: nn.Module, name: str, lin: nn.Linear, qw: QWeight | None, config: PTQConfig,
-          transforms_done: dict[str, nn.Module]) -> torch.Tensor | None:
+          transforms_done: dict[str, nn.Module], packed: bool = False) -> torch.Tensor | None:
     """Replace layer ``name`` by its :class:`QuantLinear` (weight ``qw`` dequantized; without
     ``qw``: the layer's own weight) where it has a weight or activation format or a transform;
-    returns the weight it computes with (``None``: not replaced). Raises
-    :class:`CalibrationError` when the quantized weight is not finite."""
+    returns the weight it computes with (``None``: not replaced). With ``packed``, the layer
+    holds ``qw``'s packed record instead where :func:`packs_exactly` (see
+    :func:`quantize_model`). Raises :class:`CalibrationError` when the quantized weight is not
+    finite."""
     w_spec, a_spec = config.weight_spec(name), config.act_spec(name)
     if w_spec is None and a_spec is None and name not in transforms_done:
         return None
@@ -152,8 +169,25 @@ def _swap(model: nn.Module, name: str, lin: nn.Linear, qw: QWeight | None, confi
                                f"{int((~torch.isfinite(wq)).sum())} non-finite values (max |w| before: "
                                f"{float(lin.weight.detach().abs().max()):.3g}); the weight is beyond the "
                                "range this format's scales reach, or this is a floatlab bug: please report it")
+    if packed and qw is not None and lin.weight.dtype == torch.float32 and packs_exactly(qw, wq):
+        qw.drop_dense()
+        set_module(model, name, QuantLinear(lin, None, w_spec, a_spec, transforms_done.get(name), packed=qw))
+        return wq
     set_module(model, name, QuantLinear(lin, wq, w_spec, a_spec, transforms_done.get(name)))
     return wq
+
+
+def packs_exactly(qw: QWeight, wq: torch.Tensor) -> bool:
+    """Whether ``qw``'s packed record decodes (:meth:`QWeight.decode`) to ``wq`` bit for bit
+    (every float32 bit pattern, signs of zeros included) with the same layout: ``wq`` a
+    contiguous float32 CPU tensor of ``qw.shape``. Builds ``qw``'s QTensor (kept)."""
+    if wq.dtype != torch.float32 or wq.device.type != "cpu" or not wq.is_contiguous() \
+            or tuple(wq.shape) != tuple(qw.shape):
+        return False
+    qw._qt = qw.to_qtensor()
+    back = qw.decode()
+    return back.dtype == torch.float32 and back.shape == wq.shape and back.is_contiguous() \
+        and torch.equal(back.view(torch.int32), wq.view(torch.int32))
 
 
 def codec_statistics(model: nn.Module, layers: dict[str, nn.Linear], calib: list[dict],

@@ -143,12 +143,15 @@ def check_finite(layer: str, what: str, t: torch.Tensor, hint: str = "") -> torc
     return t
 
 
-def check_parameters(model: nn.Module, after: str | None = None) -> None:
+def check_parameters(model: nn.Module, after: str | None = None, *, each=None) -> None:
     """Raise :class:`CalibrationError` naming the first floating-point parameter of ``model`` that
     holds a NaN/Inf (the count and the first index), before quantization or ``after`` a
-    transform step (e.g. ``"rotate"``)."""
+    transform step (e.g. ``"rotate"``). ``each(p)``: called with every parameter once it is
+    checked (``floatlab compare`` drops its checkpoint-mapped pages then)."""
     for name, p in model.named_parameters():
         if not p.is_floating_point() or all_finite(p):
+            if each is not None:
+                each(p)
             continue
         first = tuple(int(i) for i in torch.nonzero(~torch.isfinite(p.detach()))[0])
         if after is None:

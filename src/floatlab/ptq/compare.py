@@ -18,11 +18,14 @@ held at a time: methods that only round (``rtn``, ``gptq``) quantize the loaded 
 and put its own linear layers back afterwards (no copy of the model), and where the checkpoint
 gives the fp32 weights back exactly (:class:`CheckpointWeights`) those layers do not hold their
 weights meanwhile; methods that transform the model (rotation, SmoothQuant, AWQ, the
-reconstruction methods) work on a copy, freed before the next cell. Causal LMs' GPTQ collects
-its Hessians one block at a time for each cell (encoders: once for every format). The fp32
-reference outputs of the SQNR column wait in a temporary file
-(:class:`floatlab.eval.metrics.SpilledOutputs`). Freed memory is returned to the operating
-system after every cell.
+reconstruction methods) work on a copy, freed before the next cell. The quantized layers keep
+their packed codes and scales and decode them in each forward pass (``quantize_model(...,
+packed=True)``: the same weights bit for bit, checked per layer), not a float32 copy. Where the
+model's weights lie in the checkpoint's memory mapping, every pass over the fp32 model holds one
+layer's pages at a time (:meth:`CheckpointWeights.paged`). Causal LMs' GPTQ collects its Hessians
+one block at a time for each cell (encoders: once for every format). The fp32 reference outputs
+of the SQNR column wait in a temporary file (:class:`floatlab.eval.metrics.SpilledOutputs`).
+Freed memory is returned to the operating system after every cell.
 """
 
 from __future__ import annotations
@@ -166,8 +169,16 @@ class CheckpointWeights:
 
     MADV_DONTNEED = 4
 
-    def __init__(self, checkpoint, transposed: set[str], layout: dict[str, tuple], mapped: set[str]):
+    def __init__(self, checkpoint, transposed: set[str], layout: dict[str, tuple], mapped: set[str],
+                 maps: list[tuple[int, int]] | None = None):
         self.checkpoint, self.transposed, self.layout, self.mapped = checkpoint, transposed, layout, mapped
+        self.maps = maps or []           # (start, end) of the checkpoint files' private mappings
+
+    def drop(self, p: torch.Tensor) -> None:
+        """Drop the resident pages of ``p`` if it lies in the checkpoint's mapping (the next read
+        pages the file in again; see :meth:`paged`); anything else is left alone."""
+        if _inside(p, self.maps):
+            _drop_pages(p)
 
     def read(self, name: str) -> torch.Tensor:
         """Layer ``name``'s fp32 weight as the loaded model held it (a new tensor)."""
@@ -189,6 +200,36 @@ class CheckpointWeights:
         lin._parameters["weight"] = torch.nn.Parameter(torch.empty(w.shape, dtype=w.dtype, device="meta"),
                                                        requires_grad=w.requires_grad)
 
+    @contextlib.contextmanager
+    def paged(self, model: torch.nn.Module):
+        """Inside the block, every module of ``model`` whose own parameters lie in the checkpoint
+        file's memory mapping (the fp32 linears, embeddings, a tied LM head, norms) drops their
+        resident pages right after each of its forward passes (:func:`_drop_pages`), so a pass
+        over the fp32 model holds one layer's weights at a time instead of all of them: the
+        pages stay in the system's page cache (not this process's memory; reclaimable) and the
+        next read maps them again (a minor fault; from disk where the system dropped them). The
+        values are the file's bytes either way, so the results are the same bit for bit.
+        Checked at each call: a parameter no longer in the mapping (a deep copy, a swapped layer)
+        is left alone. The caller must not write into those parameters in place (a written
+        page of a private mapping would be dropped back to the file's bytes): ``compare`` and
+        ``ptq`` without transforms only read them. A no-op where nothing is mapped."""
+        maps = self.maps
+        handles = []
+
+        def drop(mod, args, out):
+            for p in mod._parameters.values():
+                if p is not None and _inside(p, maps):
+                    _drop_pages(p)
+        if maps:
+            for mod in model.modules():
+                if any(p is not None and _inside(p, maps) for p in mod._parameters.values()):
+                    handles.append(mod.register_forward_hook(drop))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
     def restore(self, name: str, lin: torch.nn.Module) -> None:
         """``lin``'s fp32 weight back after :meth:`release` (a mapped one pages itself in when read)."""
         if lin._parameters["weight"].device.type == "meta":
@@ -205,7 +246,7 @@ class CheckpointWeights:
             return None
         layout, mapped = {}, set()
         maps = _file_mappings({p.resolve() for p in ckpt.files.values()})
-        src = cls(ckpt, ckpt.transposed, layout, mapped)
+        src = cls(ckpt, ckpt.transposed, layout, mapped, maps)
         for name, lin in layers.items():
             w = lin._parameters.get("weight")
             if (w is None or w.dtype != torch.float32 or f"{name}.weight" not in ckpt.files
@@ -219,9 +260,9 @@ class CheckpointWeights:
             if back.shape != w.shape or back.stride() != w.stride() or not torch.equal(back, w) \
                     or not torch.equal(torch.signbit(back), torch.signbit(w)):
                 return None
-            if w.device.type == "cpu" and w.is_contiguous() and any(
-                    a <= w.data_ptr() and w.data_ptr() + w.nbytes <= b for a, b in maps):
+            if _inside(w, maps):
                 mapped.add(name)
+                _drop_pages(w)           # read for the comparison: not resident for the whole run
         return src
 
 
@@ -247,6 +288,17 @@ def _file_mappings(files: set) -> list[tuple[int, int]]:
     return out
 
 
+def _inside(w: torch.Tensor, maps: list[tuple[int, int]]) -> bool:
+    """``w`` is a contiguous CPU tensor whose bytes lie wholly inside one of ``maps``."""
+    if w.device.type != "cpu" or not w.is_contiguous() or not w.nbytes:
+        return False
+    a = w.data_ptr()
+    return any(lo <= a and a + w.nbytes <= hi for lo, hi in maps)
+
+
+_madvise = []
+
+
 def _drop_pages(w: torch.Tensor) -> None:
     """Drop the resident pages that lie wholly inside ``w``'s bytes (a private file mapping: the
     next read pages the file in again; the pages it shares with a neighbouring tensor stay)."""
@@ -257,9 +309,11 @@ def _drop_pages(w: torch.Tensor) -> None:
     a = -(-w.data_ptr() // page) * page
     b = (w.data_ptr() + w.nbytes) // page * page
     if b > a:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        libc.madvise(a, b - a, CheckpointWeights.MADV_DONTNEED)
+        if not _madvise:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            _madvise.append(libc.madvise)
+        _madvise[0](a, b - a, CheckpointWeights.MADV_DONTNEED)
 
 
 def _in_place(cfg: PTQConfig) -> bool:
@@ -287,7 +341,8 @@ def quantized_variant(model: torch.nn.Module, cfg: PTQConfig, calib: list[dict],
     if not _in_place(cfg):
         variant = copy.deepcopy(model)
         try:
-            quantize_model(variant, cfg, calib=calib, hessians=hessians, keep=False)
+            quantize_model(variant, cfg, calib=calib, hessians=hessians, keep=False, packed=True,
+                           read=None if fp32 is None else fp32.drop)
             release_memory()
             yield variant
         finally:
@@ -301,7 +356,8 @@ def quantized_variant(model: torch.nn.Module, cfg: PTQConfig, calib: list[dict],
         released.add(name)
     try:
         quantize_model(model, cfg, calib=calib, hessians=hessians, keep=False,    # only the model's weights
-                       released=None if fp32 is None else release)
+                       released=None if fp32 is None else release, packed=True,
+                       read=None if fp32 is None else fp32.drop)
         release_memory()
         yield model
     finally:
@@ -374,6 +430,25 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
         return task, advance
 
     source = opts.eval_source().source
+    cells = grid_cells(opts)
+    mine = parallel.my_share(len(cells), rank, size)
+    # the fp32 weights come back from the checkpoint exactly: the in-place variants give theirs up
+    # (read back afterwards), and every pass over the fp32 model holds one layer's mapped pages
+    # at a time (CheckpointWeights.paged)
+    in_place = any(_in_place(PTQConfig(weight=None, method=cells[i][0])) for i in mine)
+    on_cpu = torch.device(opts.device).type == "cpu"
+    fp32 = CheckpointWeights.check(lm, linear_layers(lm.model)) if in_place or on_cpu else None
+    stack = contextlib.ExitStack()
+    if fp32 is not None:
+        stack.enter_context(fp32.paged(lm.model))
+    with stack:
+        return _run_cells(lm, opts, results, names, cells, mine, fp32, steps, source, t_all, progress)
+
+
+def _run_cells(lm, opts, results, names, cells, mine, fp32, steps, source, t_all, progress) -> dict:
+    """:func:`run_compare` after its checks: the fp32 reference, then this rank's cells."""
+    from floatlab import parallel
+
     if lm.kind == "encoder":
         texts, n = evaluation_texts(opts)
         sq_in = _encoder_inputs(lm, texts[:opts.sqnr_texts], opts.max_length)
@@ -412,16 +487,10 @@ def run_compare(lm: LoadedModel, opts: CompareOptions, *, progress=None, log=pri
         ref_out = metrics.layer_outputs(lm.model, names, sq_in, spill=True)   # on disk
         results["fp32"] = {"perplexity": ppl, "seconds": time.time() - t0}
 
-    cells = grid_cells(opts)
-    mine = parallel.my_share(len(cells), rank, size)
     t0 = time.time()
     calib = calibration_batches(lm, opts.calib, opts) if any(needs_calibration(cells[i][0]) for i in mine) else []
     results["seconds_calibration"] = time.time() - t0        # tokenizing the calibration batches
     hessians = None
-    # the variants that quantize the loaded model in place read its fp32 weights back from the
-    # checkpoint afterwards instead of keeping them (where the checkpoint gives them back exactly)
-    in_place = any(_in_place(PTQConfig(weight=None, method=cells[i][0])) for i in mine)
-    fp32 = CheckpointWeights.check(lm, linear_layers(lm.model)) if in_place else None
     rows = []
     with _survivors_frozen() as freeze:
         for i in mine:

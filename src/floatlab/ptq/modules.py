@@ -23,13 +23,25 @@ class QuantLinear(nn.Module):
         input_transform: an optional module applied to the input first (e.g. the online
             Hadamard rotation of QuaRot on ``down_proj``); the weight must already hold its
             inverse.
+        packed: instead of ``weight_q`` (pass ``None``), the :class:`floatlab.ptq.weights.QWeight`
+            record of the quantized weight (packed codes and scales, :meth:`QWeight.drop_dense`
+            done): the layer keeps only that (1 byte or half a byte per value plus scales,
+            instead of 4) and decodes it in every forward pass (:meth:`QWeight.decode`);
+            ``layer.weight`` is then that decoded float32 tensor, a new one on each access, and
+            not a parameter (``state_dict`` has no ``weight`` for the layer). The caller checks
+            that the decode equals the weight it would otherwise pass
+            (:func:`floatlab.ptq.apply.quantize_model` with ``packed=True`` does, bit for bit).
     """
 
-    def __init__(self, linear: nn.Linear, weight_q: torch.Tensor, w_spec: QuantSpec | None,
-                 a_spec: QuantSpec | None, input_transform: nn.Module | None = None):
+    def __init__(self, linear: nn.Linear, weight_q: torch.Tensor | None, w_spec: QuantSpec | None,
+                 a_spec: QuantSpec | None, input_transform: nn.Module | None = None, *, packed=None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = nn.Parameter(weight_q.detach().to(linear.weight.dtype), requires_grad=False)
+        if (packed is None) == (weight_q is None):
+            raise ValueError("QuantLinear takes either weight_q (a dense weight) or packed (a QWeight), not both")
+        self.packed = packed
+        if packed is None:
+            self.weight = nn.Parameter(weight_q.detach().to(linear.weight.dtype), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         self.w_spec, self.a_spec = w_spec, a_spec
         self.input_transform = input_transform
@@ -53,9 +65,17 @@ class QuantLinear(nn.Module):
                 x = xq
         return F.linear(x, self.weight, self.bias)
 
+    def __getattr__(self, name: str):
+        if name == "weight":                   # a packed layer: its weight decoded now
+            packed = self.__dict__.get("packed")
+            if packed is not None:
+                return packed.decode()
+        return super().__getattr__(name)
+
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, w={self.w_spec}, a={self.a_spec}, "
-                f"transform={type(self.input_transform).__name__ if self.input_transform else None}")
+                f"transform={type(self.input_transform).__name__ if self.input_transform else None}"
+                + (", packed" if self.packed is not None else ""))
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:

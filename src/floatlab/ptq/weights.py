@@ -38,6 +38,8 @@ class QWeight:
         """The float32 weight the model computes with (equal to the packed QTensor's decode)."""
         if self.wq is not None:
             return self.wq
+        if self.values is None and self._qt is not None:
+            return self.decode()
         spec = self.spec
         if spec.is_codec:
             return spec.codec.decode(self.to_qtensor())
@@ -48,6 +50,30 @@ class QWeight:
         if spec.group_size:
             return (_grouped(self.values, spec.group_size) * self.row_scale).reshape(self.shape)
         return self.values * self.row_scale
+
+    def decode(self) -> torch.Tensor:
+        """The float32 weight computed from the packed record alone (the QTensor's codes and
+        scales, and ``row_scale``), never from ``wq`` or ``values``: what a packed
+        :class:`floatlab.ptq.modules.QuantLinear` computes with in each forward pass. The same
+        arithmetic as :meth:`dequantize` on the decoded grid values (``values * row_scale``,
+        grouped where the spec has groups); shape ``self.shape``, on the codes' device."""
+        qt = self.to_qtensor()
+        spec = self.spec
+        if spec.is_codec:
+            return spec.codec.decode(qt)
+        values = qt.dequantize(torch.float32)
+        if spec.is_block or self.row_scale is None:
+            return values
+        if spec.group_size:
+            return (_grouped(values, spec.group_size) * self.row_scale).reshape(self.shape)
+        return values * self.row_scale
+
+    def drop_dense(self) -> None:
+        """Keep only the packed record (QTensor and ``row_scale``): ``values`` and ``wq`` go, and
+        :meth:`dequantize` decodes from the codes from then on."""
+        self._qt = self.to_qtensor()
+        self.values = None
+        self.wq = None
 
     def to_qtensor(self) -> QTensor:
         """Pack the grid values (codes, 2 per byte for 4-bit formats) and block scales."""
