@@ -14,6 +14,7 @@ FLOATLAB_NATIVE=0 and a failed build fall back with the same bits.
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -83,15 +84,18 @@ def _shapes(fmt):
     return [(24, 4 * n), (7, 3, 2 * n + 5)]                            # rows; padded 3-D
 
 
+def _shaped_inputs(fmt):
+    """Stress blocks cut to each of :func:`_shapes`'s shapes."""
+    for si, shape in enumerate(_shapes(fmt)):
+        numel = math.prod(shape)
+        base = stress_blocks(-(-numel // fmt.block_numel), fmt.block_numel, si)
+        yield base.reshape(-1)[:numel].reshape(shape)
+
+
 @pytest.mark.parametrize("name", NATIVE_FORMATS)
 def test_every_mode_with_and_without_out_equals_plain(name):
-    fmt = floatlab.get_format(name)
-    for si, shape in enumerate(_shapes(fmt)):
-        numel = 1
-        for d in shape:
-            numel *= d
-        base = stress_blocks(-(-numel // fmt.block_numel), fmt.block_numel, si)
-        x = base.reshape(-1)[:numel].reshape(shape)
+    for x in _shaped_inputs(floatlab.get_format(name)):
+        shape = tuple(x.shape)
         for mode, bits in MODES:
             what = f"{name} {shape} {mode.value} sr_bits={bits}"
             kw = dict(rounding=mode, sr_bits=bits)
@@ -276,14 +280,10 @@ def _finite_for(name, x):
 @pytest.mark.parametrize("name", ENCODED)
 def test_encode_every_mode_dtype_and_shape_equals_plain(name, encodes):
     from test_codes import same_qtensor
-    fmt = floatlab.get_format(name)
-    for si, shape in enumerate(_shapes(fmt)):
-        numel = 1
-        for d in shape:
-            numel *= d
-        base = stress_blocks(-(-numel // fmt.block_numel), fmt.block_numel, si)
+    for base in _shaped_inputs(floatlab.get_format(name)):
+        shape = tuple(base.shape)
         for dtype in INPUT_DTYPES:
-            x = _finite_for(name, base.reshape(-1)[:numel].reshape(shape).to(dtype))
+            x = _finite_for(name, base.to(dtype))
             for mode, bits in MODES:
                 what = f"{name} {shape} {dtype} {mode.value} sr_bits={bits}"
                 before = len(encodes)

@@ -334,6 +334,20 @@ inline void store_block_codes(uint8_t* d, const uint32_t* ob, const Codes& o) {
     }
 }
 
+// Block blk's output: yk its values, or dk its codes; false where a poisoned block's values
+// were written (NaN) and nothing is left to do
+template <int B, class O>
+inline bool block_out(const O& out, int64_t blk, uint32_t bad, float*& yk, uint8_t*& dk) {
+    if constexpr (O::CODES) {
+        dk = out.data + blk * B * out.ebits / 8;
+        return true;
+    } else {
+        yk = out.y + B * blk;
+        if (bad) poison<B>(yk);
+        return !bad;
+    }
+}
+
 // Every kernel: for each group of 16 blocks the per-block values (maximum, scale) on vectors,
 // then each block's elements (vector code for the nearest modes, round_mag's loop for the
 // others). Values: a poisoned block becomes NaN. Codes: its finite values are coded (MX, AMAX)
@@ -374,12 +388,7 @@ struct MX {
                 const float* xk = buf + B * k;
                 float* yk = nullptr;
                 uint8_t* dk = nullptr;
-                if constexpr (O::CODES) {
-                    dk = out.data + (b0 + k) * B * out.ebits / 8;
-                } else {
-                    yk = out.y + B * (b0 + k);
-                    if (bad_[k]) { poison<B>(yk); continue; }
-                }
+                if (!block_out<B>(out, b0 + k, bad_[k], yk, dk)) continue;
                 const float dn = down_[k], bk = back_[k];
                 if constexpr (nearest(MODE)) {     // |t| < 2^-126 rounds to 0 as it is
                     for (int q = 0; q < B / 16; q++) {
@@ -445,12 +454,7 @@ struct Amax {
                 const float* xk = buf + B * k;
                 float* yk = nullptr;
                 uint8_t* dk = nullptr;
-                if constexpr (O::CODES) {
-                    dk = out.data + (b0 + k) * B * out.ebits / 8;
-                } else {
-                    yk = out.y + B * (b0 + k);
-                    if (bad_[k]) { poison<B>(yk); continue; }
-                }
+                if (!block_out<B>(out, b0 + k, bad_[k], yk, dk)) continue;
                 const float sb = sb_[k], se = senc_[k];
                 const bool pos = sb > 0.0f;
                 if constexpr (nearest(MODE)) {
@@ -537,12 +541,7 @@ struct HiF4 {
                 const float* xk = buf + 64 * k;
                 float* yk = nullptr;
                 uint8_t* dk = nullptr;
-                if constexpr (O::CODES) {
-                    dk = out.data + (b0 + k) * 64 * out.ebits / 8;
-                } else {
-                    yk = out.y + 64 * (b0 + k);
-                    if (bad_[k]) { poison<64>(yk); continue; }
-                }
+                if (!block_out<B>(out, b0 + k, bad_[k], yk, dk)) continue;
                 const float rk = r_[k], s1k = s1_[k];
                 // levels 2 and 3 on one vector of the 16 subgroups (lane s: subgroup s): two
                 // levels of pairwise shuffles take each subgroup's maximum (Mc); lanes s and s^1
