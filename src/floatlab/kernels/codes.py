@@ -31,14 +31,14 @@ natively, or widens fp16/bf16 codes to float32 on their bits. Elsewhere (float64
 modes, ``eager``/``compiled`` backends, no compiler, ``FLOATLAB_NATIVE=0``) the compiled kernels
 below serve the call, with the same bits.
 
-Block formats (MX, NVFP4 and HiF4 with 4- or 8-bit elements) on float32/bfloat16/float16 CPU
+Block formats (MX, NVFP4 and HiF4 with 4-, 6- or 8-bit elements) on float32/bfloat16/float16 CPU
 tensors go first to the native block kernel (:func:`floatlab.kernels.native_block.encode_into`,
 backend ``auto``): the rounding pass of :mod:`~floatlab.kernels.native_block` writes the packed
 element codes and the scale codes itself (half inputs widened to float32 first, exactly). A
 HiF4 block holding NaN/Inf sends the call to the plain pipeline, as below.
 
 Everything not covered (the stochastic modes without a generator, whose plain draws come from
-``torch.rand``; other scale rules; 6-bit codes; formats whose values a float32/float64 pattern
+``torch.rand``; other scale rules; 6-bit block codes off the native kernel; formats whose values a float32/float64 pattern
 cannot spell) returns None and the caller runs the plain path.
 """
 
@@ -316,8 +316,8 @@ def _block_code_plan(fmt: BlockFormat, mode: M, dtype, sr_bits, generator) -> Bl
         return None
     L = bp.elem.layout
     elem = code_plan(fmt.element, L)
-    if elem is None or elem.bits not in (4, 8) or fmt.scale.nan_code is None:
-        return None
+    if elem is None or elem.bits not in (4, 6, 8) or fmt.scale.nan_code is None:
+        return None         # 6-bit codes: the native kernel only (_compiled_codes)
     if fmt.rule is ScaleRule.FLOOR:
         # q * 2^e must be a float of the layout (true for every OCP MX element with E8M0), and
         # every scale 2^e a normal number of the scale format (E8M0: e + 127)
@@ -446,9 +446,15 @@ def _block_fn(body, cp):
     return encode_blocks
 
 
+def _compiled_codes(cp: BlockCodePlan | None) -> bool:
+    """Whether the compiled kernels pack these codes (4 or 8 bits; 6-bit ones: native only)."""
+    return cp is not None and cp.elem.bits in (4, 8)
+
+
 def covers(fmt: BlockFormat, mode: M, dtype: torch.dtype, sr_bits=None, generator=None) -> bool:
-    """Whether :func:`encode_block` runs for these options (HiF4: unless a block holds NaN/Inf)."""
-    return _block_code_plan(fmt, mode, dtype, sr_bits, generator) is not None
+    """Whether :func:`encode_block`'s compiled kernels run for these options (HiF4: unless a
+    block holds NaN/Inf); the native kernel may serve more (6-bit codes)."""
+    return _compiled_codes(_block_code_plan(fmt, mode, dtype, sr_bits, generator))
 
 
 def encode_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bits, backend: str,
@@ -464,6 +470,8 @@ def encode_block(x: torch.Tensor, fmt: BlockFormat, mode: M, generator, sr_bits,
         res = _encode_block_native(x, fmt, mode, generator, sr_bits, cp, axis, pad)
         if res is not None:
             return res or None     # False: a HiF4 block holds NaN/Inf, the plain pipeline runs
+    if not _compiled_codes(cp):
+        return None
     xb, blocking = to_blocks(x, fmt.block, axis, pad)
     meta = {"axis": blocking.axis, "padded": list(blocking.padded)}
     eager = not (_use_compiler(backend, x.numel()) and xb.shape[0] >= 2)

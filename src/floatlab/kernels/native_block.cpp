@@ -252,10 +252,10 @@ struct CodeMap {          // a format's code of one of its values o (float32 bit
 
 struct Codes {
     static constexpr bool CODES = true;
-    uint8_t* data;        // element codes: B per block, one byte each, or two per byte (4 bits)
+    uint8_t* data;        // element codes: B * ebits / 8 bytes per block (store_codes)
     uint8_t* scales;      // scale codes: one byte per block (HiF4: four)
     CodeMap elem, scale;  // element and scale (AMAX: the scale format; HiF4: E6M2) codes
-    int32_t ebits;        // 4 or 8
+    int32_t ebits;        // 4, 6 or 8
     uint32_t scale_nan;   // the scale code of a block holding NaN/Inf (MX, AMAX)
     uint32_t scale_bias, scale_mbits;   // MX: the scale 2^e has the code (e + bias) << mbits
 };
@@ -274,10 +274,20 @@ typedef uint32_t v8u __attribute__((vector_size(32)));
 typedef uint8_t v8b __attribute__((vector_size(8)));
 typedef uint8_t v16b __attribute__((vector_size(16)));
 
-// 16 codes to d: one byte each, or two per byte (the even element in the low nibble, as
-// floatlab.plain.packing)
+// 16 codes to d as floatlab.plain.packing stores them: one byte each (8 bits), two per byte
+// (4 bits: the even element in the low nibble), or four per three bytes (6 bits, little-endian)
 inline void store_codes(uint8_t* d, v16u c, int ebits) {
-    if (ebits == 4) {
+    if (ebits == 6) {
+        alignas(64) uint32_t t[16];
+        std::memcpy(t, &c, 64);
+        for (int g = 0; g < 4; g++) {
+            const uint32_t v = (t[4 * g] & 63u) | ((t[4 * g + 1] & 63u) << 6) |
+                               ((t[4 * g + 2] & 63u) << 12) | ((t[4 * g + 3] & 63u) << 18);
+            d[3 * g] = (uint8_t)v;
+            d[3 * g + 1] = (uint8_t)(v >> 8);
+            d[3 * g + 2] = (uint8_t)(v >> 16);
+        }
+    } else if (ebits == 4) {
         const v8u ev = __builtin_shufflevector(c, c, 0, 2, 4, 6, 8, 10, 12, 14);
         const v8u od = __builtin_shufflevector(c, c, 1, 3, 5, 7, 9, 11, 13, 15);
         const v8b b = __builtin_convertvector((ev & 15u) | (od << 4), v8b);

@@ -336,7 +336,7 @@ def _checked_map(fmt, magnitudes: bool) -> CodeMap | None:
 def _code_plan(bp, scale_bias: int, scale_mbits: int, scale_nan: int) -> NativeCodePlan | None:
     p = _plan(bp)
     fmt = bp.fmt
-    if p is None or p.rng == _RNG["hash"] or fmt.element_bits not in (4, 8) or p.block % 16:
+    if p is None or p.rng == _RNG["hash"] or fmt.element_bits not in (4, 6, 8) or p.block % 16:
         return None
     from floatlab.formats.hifloat4 import E6M2
     elem = _checked_map(fmt.element, magnitudes=fmt.rule is ScaleRule.HIF4)
@@ -359,7 +359,7 @@ def _code_plan(bp, scale_bias: int, scale_mbits: int, scale_nan: int) -> NativeC
 
 def code_plan(bp, scale_bias: int = 0, scale_mbits: int = 0, scale_nan: int = 0) -> NativeCodePlan | None:
     """The native encode plan for a float32 :class:`floatlab.kernels.block.BlockPlan`, or None
-    where this kernel does not encode it (no library, the hash draws, 6-bit or wide codes, a
+    where this kernel does not encode it (no library, the hash draws, codes other than 4/6/8 bits, a
     code map that does not match the plain encoder). MX: the scale code ``(e + scale_bias) <<
     scale_mbits`` (checked by the caller), ``scale_nan`` that of a block holding NaN/Inf."""
     if bp is None or not available():
@@ -370,7 +370,8 @@ def code_plan(bp, scale_bias: int = 0, scale_mbits: int = 0, scale_nan: int = 0)
 def encode_into(xb: torch.Tensor, data: torch.Tensor, scales: torch.Tensor, cp: NativeCodePlan,
                 rnd: torch.Tensor | None, tensor_scales: tuple[float, float] = (1.0, 1.0)) -> bool:
     """Write the codes of the blocks ``xb`` (contiguous float32 CPU, (nb, block)) into ``data``
-    (uint8, ``nb * block`` codes, 4-bit ones two per byte, the even element in the low nibble)
+    (uint8, ``nb * block`` codes packed as :func:`floatlab.plain.packing.pack`: 8-bit ones one
+    per byte, 4-bit ones two per byte, 6-bit ones four per three bytes)
     and their scale codes into ``scales`` (uint8, ``nb * cp.scale_bytes``), both contiguous:
     what the plain pipeline stores. ``rnd``: the plain path's draws or None;
     ``tensor_scales`` as :func:`quantize_into`'s. Returns True where a HiF4 block holds NaN or
