@@ -10,11 +10,13 @@ environment variable when the argument is None):
 ``compiled`` the compiled kernel; raises if the case is not supported or cannot compile
 ``eager``  the same kernel run op by op without a compiler (for tests and debugging)
 ``native`` the native C++ scalar kernel (:mod:`floatlab.kernels.native_scalar`: float32 CPU
-           tensors, float formats, modes rne/rna/rnz/sr/sr_half); raises where it does not apply
+           tensors, float formats, modes rne/rna/rnz/sr/sr_half) or, for block formats, the
+           native block kernel (:mod:`floatlab.kernels.native_block`: float32 CPU tensors, MX,
+           NVFP4 and HiF4, every mode); raises where it does not apply
 ``plain``  the plain reference path (:mod:`floatlab.plain.scalar`, :mod:`floatlab.plain.block`)
 ========== ============================================================================
 
-``auto`` runs the native scalar kernel first wherever it applies (any size, with or without
+``auto`` runs the native scalar (or block) kernel first wherever it applies (any size, with or without
 ``out=``; built on first use, ``FLOATLAB_NATIVE=0`` turns it off), then, for integer formats
 (int8, int4, fixed point with ``frac_bits >= 0``) in rne/rtz/rup/rdn on float32/float64 CPU
 tensors, a few vectorized ATen operations (:func:`quantize_int_aten`: no compilation, which
