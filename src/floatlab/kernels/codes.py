@@ -760,7 +760,8 @@ def _decode_block(qt, dtype, backend):
                    and not torch.compiler.is_compiling() and native_scalar.available())
     arith = None if native_rows else _block_arith(fmt, qt, dtype, s, dev)
     if fmt.rule is ScaleRule.HIF4:
-        row = _run("hif4 rows", lambda: _hif4_rows, eager, s)                # (nb, 16)
+        row = _hif4_rows(s)   # (nb, 16); a few integer ops on nb x 4 bytes: eager (compiling it
+                              # cost a first compare of packed HiF4 layers ~39 s)
         data = qt.data.reshape(nb, 16, 4 // per_byte)
     else:
         row = s.reshape(nb, 1)
