@@ -292,7 +292,7 @@ def note_once(key: str, text: str) -> None:
 
 
 def compile_note() -> None:
-    """Say once that the first use of a format compiles its kernel (seconds of silence otherwise)."""
+    """Say once that the first use of a format builds or compiles its kernel (seconds of silence otherwise)."""
     from floatlab.kernels.compiler import compile_available
     from floatlab.kernels.dispatch import resolve_backend
 
@@ -301,9 +301,10 @@ def compile_note() -> None:
     except ValueError:
         return
     if backend in ("auto", "compiled") and compile_available():
-        note_once("compile", "the first use of each format on a large tensor (65,536 values or more) compiles "
-                  "its fused kernel: about 2-12 s of silence, once per process; FLOATLAB_FAST=0 uses the "
-                  "uncompiled reference path")
+        note_once("compile", "the first use of a format on a large tensor (65,536 values or more) builds its "
+                  "kernel: a C++ library compiled once per machine and cached (seconds, the first time), "
+                  "or, for what the native kernels do not cover, a torch.compile'd kernel (about 2-12 s, "
+                  "once per process); FLOATLAB_FAST=0 uses the uncompiled reference path")
 
 
 # ---- the boundary: user mistakes become one line -----------------------------------------------
