@@ -533,7 +533,7 @@ def test_compile_note_is_said_once(monkeypatch, capsys):
     output.compile_note()
     output.compile_note()
     err = _plain(capsys.readouterr().err)
-    assert err.count("note: the first use of each format") == 1 and "FLOATLAB_FAST=0" in err, err
+    assert err.count("note: the first use of a format") == 1 and "FLOATLAB_FAST=0" in err, err
 
 
 # item 6's kind in --help (8ce2320): rich's option table cut long defaults to '…' in 80 columns
