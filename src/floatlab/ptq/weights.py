@@ -19,9 +19,21 @@ import torch
 
 import floatlab
 from floatlab.plain.blocking import to_blocks
+from floatlab.plain.packing import pack
 from floatlab.ptq import grid as block_grids
 from floatlab.ptq.quantizer import QuantSpec, _grouped, absmax_scale
 from floatlab.tensor.qtensor import QTensor
+
+
+def _packed_codes(values: torch.Tensor, fmt) -> torch.Tensor:
+    """The packed codes (:func:`floatlab.plain.packing.pack`'s layout) of ``values``, which lie on
+    ``fmt``'s grid already: ``floatlab.encode``'s fast path where the values are float32 and the
+    codes fit 16 bits (rounding an exact value is the identity, so its code is the plain
+    encoder's: tested equal bit for bit), else the float64 encoder and ``pack``. The fast path
+    took ``floatlab compare``'s packed layers from ~55 ms to a few ms per MiniLM layer."""
+    if values.dtype == torch.float32 and values.device.type == "cpu" and fmt.bits <= 16 and values.numel():
+        return floatlab.encode(values.contiguous(), fmt, "rne").data
+    return pack(fmt.encode(values.double()), fmt.bits)
 
 
 @dataclass
@@ -84,12 +96,11 @@ class QWeight:
         fmt = self.spec.fmt
         if self.spec.is_block:
             blocks, blocking = to_blocks(self.values, fmt.block, axis=-1, pad=self.spec.pad)
-            codes = fmt.element.encode(blocks.double())
             meta = {"axis": blocking.axis, "padded": list(blocking.padded)}
-            self._qt = QTensor.from_codes(codes, fmt, dtype=torch.float32, scales=self.scales, meta=meta,
-                                          shape=self.shape)
+            self._qt = QTensor(_packed_codes(blocks, fmt.element), fmt, tuple(self.shape), torch.float32,
+                               dict(self.scales or {}), meta)
             return self._qt
-        return QTensor.from_codes(fmt.encode(self.values.double()), fmt, dtype=torch.float32)
+        return QTensor(_packed_codes(self.values, fmt), fmt, tuple(self.values.shape), torch.float32)
 
     def compact(self, wq: torch.Tensor | None = None) -> None:
         """Hold the packed QTensor (codes, 1 byte or half a byte per value, and scales) and the
