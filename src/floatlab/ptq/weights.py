@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 import floatlab
+from floatlab.formats.integer import IntFormat
 from floatlab.plain.blocking import to_blocks
 from floatlab.plain.packing import pack
 from floatlab.ptq import grid as block_grids
@@ -29,9 +30,12 @@ def _packed_codes(values: torch.Tensor, fmt) -> torch.Tensor:
     """The packed codes (:func:`floatlab.plain.packing.pack`'s layout) of ``values``, which lie on
     ``fmt``'s grid already: ``floatlab.encode``'s fast path where the values are float32 and the
     codes fit 16 bits (rounding an exact value is the identity, so its code is the plain
-    encoder's: tested equal bit for bit), else the float64 encoder and ``pack``. The fast path
+    encoder's: tested equal bit for bit), else (and for integer formats) the float64 encoder and
+    ``pack``. The fast path
     took ``floatlab compare``'s packed layers from ~55 ms to a few ms per MiniLM layer."""
-    if values.dtype == torch.float32 and values.device.type == "cpu" and fmt.bits <= 16 and values.numel():
+    if values.dtype == torch.float32 and values.device.type == "cpu" and fmt.bits <= 16 and values.numel() \
+            and not isinstance(fmt, IntFormat):      # integer codes: the plain encoder is quick, and
+                                                     # encode's fast path would compile a kernel
         return floatlab.encode(values.contiguous(), fmt, "rne").data
     return pack(fmt.encode(values.double()), fmt.bits)
 
