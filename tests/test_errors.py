@@ -156,3 +156,9 @@ def test_deterministic_modes_leave_the_generator_alone():
         state = g.get_state()
         fn(x, "e4m3", "sr", generator=g)            # the stochastic modes draw from it
         assert not torch.equal(g.get_state(), state)
+
+
+def test_decode_with_another_format_names_the_fix():
+    q = floatlab.encode(torch.randn(64), "nvfp4")
+    with pytest.raises(ValueError, match=r"holds 'nvfp4', not 'mxfp4': leave fmt out .* pass 'nvfp4'"):
+        floatlab.decode(q, "mxfp4")

@@ -24,6 +24,12 @@ def speed_command(
         raise CliError(f"unknown case(s) {', '.join(map(repr, unknown))}; choose from "
                        f"{', '.join(map(repr, CASES))}", "--case")
     compile_note()
+    import torch
+
+    say(f"{size:,} float32 values (rounded down to whole rows of {BLOCK_ROW}), {torch.get_num_threads()} "
+        f"torch thread(s) (OMP_NUM_THREADS), best of {reps}; a ratio above 1 is faster than the "
+        "baseline: fresh outputs, encode and decode compare with x.clone(), `out=` rows with "
+        "dst.copy_(x) (the goal column says which)")
     say(HEADER)
     run_speed(size=size, reps=reps, cases=case or None, peers=peers, log=say)
 

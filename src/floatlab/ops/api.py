@@ -262,7 +262,8 @@ def decode(codes, fmt=None, dtype: torch.dtype | None = None, *,
                         f"the encoded dtype), got {dtype}")
     if isinstance(codes, QTensor):
         if fmt is not None and get_format(fmt) != codes.format:
-            raise ValueError(f"QTensor holds {codes.format.name!r}, not {get_format(fmt).name!r}")
+            raise ValueError(f"QTensor holds {codes.format.name!r}, not {get_format(fmt).name!r}: leave fmt "
+                             f"out (a QTensor knows its format) or pass {codes.format.name!r}")
         return codes.dequantize(dtype, backend=backend)
     if fmt is None:
         raise TypeError("decode(codes, fmt): fmt is required unless codes is a QTensor")
