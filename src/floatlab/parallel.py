@@ -104,17 +104,30 @@ def finish() -> None:
         dist.destroy_process_group()
 
 
+_malloc_trim: list = []            # glibc's malloc_trim, looked up once (None: not available)
+
+
+def trim_allocator() -> None:
+    """Hand the C allocator's free memory back to the system (glibc ``malloc_trim(0)``; a no-op
+    elsewhere): freed tensors otherwise stay in the allocator's arenas and count as resident.
+    About 5 ms, so cheap enough to call after each layer (``floatlab ptq`` RTN on SmolLM2: a
+    1.85 instead of a 1.16 GiB peak while quantizing without it)."""
+    if not _malloc_trim:
+        try:
+            import ctypes
+            _malloc_trim.append(ctypes.CDLL("libc.so.6").malloc_trim)
+        except (OSError, AttributeError):
+            _malloc_trim.append(None)
+    if _malloc_trim[0] is not None:
+        _malloc_trim[0](0)
+
+
 def release_memory() -> None:
-    """Give freed memory back to the operating system: Python's garbage collector, then glibc's
-    ``malloc_trim(0)`` where available (freed tensors otherwise stay in the allocator's arenas
-    and count as resident), and CUDA's cache when CUDA is in use."""
-    import ctypes
+    """Give freed memory back to the operating system: Python's garbage collector, then
+    :func:`trim_allocator`, and CUDA's cache when CUDA is in use."""
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    trim_allocator()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()

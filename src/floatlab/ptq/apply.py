@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from floatlab.models.loading import linear_layers
+from floatlab.parallel import trim_allocator
 from floatlab.progress import track
 from floatlab.ptq.calibration import CalibrationError, all_finite, check_parameters, nonfinite_policy
 from floatlab.codecs import CodecError
@@ -132,24 +133,6 @@ def quantize_model(model: nn.Module, config: PTQConfig, *, calib: Iterable[dict]
             if _swap(model, name, lin, qweights.get(name), config, transforms_done) is not None and released:
                 released(name, lin)
     return qweights if keep else {}
-
-
-_libc = []
-
-
-def trim_allocator() -> None:
-    """Hand the C allocator's free memory back to the system (glibc ``malloc_trim(0)``; a no-op
-    elsewhere). Called after each layer is swapped: a layer's freed temporaries otherwise stay
-    with the allocator and add up over the model (``floatlab ptq`` RTN on SmolLM2: a 1.85 instead
-    of a 1.16 GiB peak while quantizing), for ~5 ms per layer."""
-    if not _libc:
-        try:
-            import ctypes
-            _libc.append(ctypes.CDLL("libc.so.6").malloc_trim)
-        except (OSError, AttributeError):
-            _libc.append(None)
-    if _libc[0] is not None:
-        _libc[0](0)
 
 
 def _swap(model: nn.Module, name: str, lin: nn.Linear, qw: QWeight | None, config: PTQConfig,
