@@ -34,6 +34,7 @@ from torch import nn
 import floatlab
 from floatlab.codecs import AffineInt, FormatCodec
 from floatlab.codecs.base import grouped, ungrouped
+from floatlab.kernels import native_recon
 from floatlab.ptq.config import PTQConfig
 from floatlab.ptq.quantizer import QuantSpec
 from floatlab.ptq.reconstruct import mse_loss
@@ -57,10 +58,20 @@ class AffineFakeQuant(torch.autograd.Function):
     the rounding's straight-through, ``div`` (``-g * ((w / s) / s)``), each summed over the
     group as autograd's broadcast reduction does. (Outside the clamp's range autograd adds
     ``-0 * u``, here ``g s * 0``: a zero either way.)
+
+    On float32 CPU tensors with the native kernel built (:mod:`floatlab.kernels.native_recon`),
+    forward and backward are one pass each: the same values bit for bit, and the gradient's
+    same products summed in float64 (equal to this torch backward's to float32 rounding of the
+    sums, not bit for bit).
     """
 
     @staticmethod
     def forward(ctx, wg, s, z, qmax):
+        ctx.native = native_recon.usable(wg, s, z)
+        if ctx.native:
+            ctx.qmax = qmax
+            ctx.save_for_backward(wg, s, z)
+            return native_recon.affine_fq_forward(wg, s, z, qmax)
         d = wg / s
         x = torch.round(d).clamp_(-32768.0, 32767.0).add_(z)
         outside = (x < 0).logical_or_(x > qmax)
@@ -73,6 +84,9 @@ class AffineFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.native:
+            wg, s, z = ctx.saved_tensors
+            return None, native_recon.affine_fq_backward(wg, s, z, ctx.qmax, g.contiguous()), None, None
         s, qz, neg_dds = ctx.saved_tensors
         return None, (g * qz).sum(-1, keepdim=True) + (g * s).mul_(neg_dds).sum(-1, keepdim=True), None, None
 

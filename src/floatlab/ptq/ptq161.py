@@ -37,6 +37,7 @@ from torch import nn
 
 from floatlab.codecs import Binary, Masked
 from floatlab.codecs.base import stored
+from floatlab.kernels import native_recon
 from floatlab.ptq.config import PTQConfig
 from floatlab.ptq.quantizer import QuantSpec
 from floatlab.ptq.reconstruct import cosine, mse_loss
@@ -68,10 +69,20 @@ class RankOneBinary(torch.autograd.Function):
 
     Shapes: ``s``, ``r1``, ``center`` ``(rows, 1)``; ``r2`` ``(cols,)``; ``signs`` ``(rows, cols)``
     of +-1; ``mask`` ``(cols,)`` bool or ``None``; ``wide`` ``(rows, cols)`` or ``None``; all float32.
+    ``bits``: ``(sign bits, mask bits or None)`` as :func:`floatlab.kernels.native_recon.pack_bits`
+    makes them; given, and on CPU with the native kernel built
+    (:mod:`floatlab.kernels.native_recon`), forward and backward are one pass each: the same
+    values bit for bit, the gradients computed in float64 (equal to the torch backward's to
+    float32 rounding of the sums, not bit for bit).
     """
 
     @staticmethod
-    def forward(ctx, s, r1, r2, signs, center, mask, wide):
+    def forward(ctx, s, r1, r2, signs, center, mask, wide, bits=None):
+        ctx.native = bits is not None and native_recon.usable(s, r1, r2, center, wide)
+        if ctx.native:
+            sign_bits, mask_bits = bits
+            ctx.save_for_backward(s, r1, r2, center, sign_bits, mask_bits)
+            return native_recon.rank1_binary_forward(s, r1, r2, center, sign_bits, mask_bits, wide)
         t2 = (s * signs).add_(center)
         t3 = r1 * t2
         out = t3 * r2
@@ -83,6 +94,11 @@ class RankOneBinary(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        if ctx.native:
+            s, r1, r2, center, sign_bits, mask_bits = ctx.saved_tensors
+            g_s, g_r1, g_r2 = native_recon.rank1_binary_backward(s, r1, r2, center, sign_bits, mask_bits,
+                                                                 g.contiguous())
+            return g_s, g_r1, g_r2, None, None, None, None, None
         r1, r2, signs, mask, t2, t3 = ctx.saved_tensors
         if ctx.masked:
             g = torch.where(mask, torch.zeros((), dtype=g.dtype), g)
@@ -90,7 +106,7 @@ class RankOneBinary(torch.autograd.Function):
         g3 = g * r2
         g_r1 = t2.mul_(g3).sum(1, keepdim=True)
         g_s = g3.mul_(r1).mul_(signs).sum(1, keepdim=True)
-        return g_s, g_r1, g_r2, None, None, None, None
+        return g_s, g_r1, g_r2, None, None, None, None, None
 
 
 class PTQ161Learner:
@@ -114,6 +130,8 @@ class PTQ161Learner:
         self.center = fit["mean"]                                   # (rows, 1), fp16-exact
         # the signs over every column (the salient ones are replaced by their 4-bit values)
         self.signs = torch.where(w - self.center >= 0, 1.0, -1.0)
+        self.bits = (native_recon.pack_bits(self.signs > 0),                    # the native kernel's
+                     None if self.wide_full is None else native_recon.pack_bits(self.mask[None]))
         self.s = nn.Parameter(fit["scale"].clone())
         self.r1 = nn.Parameter(torch.ones(w.shape[0], 1))
         self.r2 = nn.Parameter(torch.ones(cols))                   # salient entries unused (no gradient)
@@ -126,7 +144,7 @@ class PTQ161Learner:
     def weight(self) -> torch.Tensor:
         if self.fast:
             return RankOneBinary.apply(self.s, self.r1, self.r2, self.signs, self.center,
-                                       None if self.wide_full is None else self.mask, self.wide_full)
+                                       None if self.wide_full is None else self.mask, self.wide_full, self.bits)
         lo = self.r1 * (self.s * self.signs + self.center) * self.r2
         return lo if self.wide_full is None else torch.where(self.mask, self.wide_full, lo)
 
