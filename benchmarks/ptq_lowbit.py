@@ -1,7 +1,7 @@
 """Wall time and peak memory of the block-wise reconstruction methods (LWC, PTQ1.61) on SmolLM2.
 
 Usage: python benchmarks/ptq_lowbit.py [--windows 32] [--window 256] [--epochs 20] [--blocks N]
-                                       [--threads 2] [--method lwc|ptq161|both] [--amp bf16|off]
+                                       [--threads 2] [--method lwc|ptq161|both] [--amp auto|bf16|off]
                                        [--json data/lowbit_bench_smollm2.json]
 
 Each method runs in its own process (so each peak is its own): it loads SmolLM2-135M
@@ -12,7 +12,9 @@ blocks (the others stay fp32) to measure quickly; the time of the whole model is
 ``30 / N`` times the measured reconstruction time. Prints the wall time (model load,
 calibration, reconstruction), the process CPU time (readable on a loaded machine), the peak
 resident memory (``ru_maxrss``) and the model's own size. ``--amp``: the reconstruction's mixed
-precision (``ReconOptions.amp``; this benchmark's default is ``bf16``, the library's is ``off``).
+precision (``ReconOptions.amp``; this benchmark's default ``auto`` takes ``bf16`` on CPUs that
+multiply bfloat16 in hardware, AVX512-BF16 or AMX, and ``off`` elsewhere, where torch emulates
+bfloat16 matmuls far slower than float32; the library's default is ``off``).
 ``--json PATH`` appends each run's record (with the command, the load average before and after,
 and the machine) to a JSON list.
 Goal (issue 14): under 15 minutes per method on 2 cores with 32 windows of 256 tokens.
@@ -69,6 +71,21 @@ def run_one(args) -> dict:
             "block_loss": [[b["loss_start"], b["loss_end"]] for b in report["blocks"]]}
 
 
+def _cpu_model() -> str:
+    """The CPU's model name, family and model numbers, and torch's vector capability."""
+    import torch
+    info = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return (f"{info.get('model name', platform.processor() or platform.machine())} (family {info.get('cpu family', '?')} "
+            f"model {info.get('model', '?')}), torch {torch.backends.cpu.get_cpu_capability()}")
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--windows", type=int, default=32)
@@ -77,10 +94,14 @@ def main(argv: list[str]) -> None:
     p.add_argument("--blocks", type=int, default=0, help="reconstruct only the first N blocks (0: all)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--method", default="both", choices=["lwc", "ptq161", "both"])
-    p.add_argument("--amp", default="bf16", choices=["bf16", "off"], help="ReconOptions.amp (default here: bf16)")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="ReconOptions.amp; auto (default): bf16 on CPUs with AVX512-BF16 or AMX, else off")
     p.add_argument("--json", default=None, help="append each run's record to this JSON list")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.amp == "auto":
+        from floatlab.ptq.reconstruct import cpu_has_native_bf16
+        args.amp = "bf16" if cpu_has_native_bf16() else "off"
     if args.child:
         print(json.dumps(run_one(args)))
         return
@@ -92,6 +113,7 @@ def main(argv: list[str]) -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         r = json.loads(out)
         r.update(load_before=load0, load_after=os.getloadavg(), cpu=platform.processor() or platform.machine(),
+                 cpu_model=_cpu_model(),
                  cores=os.cpu_count(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  command="python benchmarks/ptq_lowbit.py " + " ".join(argv))
         if args.json:
