@@ -162,3 +162,17 @@ def test_decode_with_another_format_names_the_fix():
     q = floatlab.encode(torch.randn(64), "nvfp4")
     with pytest.raises(ValueError, match=r"holds 'nvfp4', not 'mxfp4': leave fmt out .* pass 'nvfp4'"):
         floatlab.decode(q, "mxfp4")
+
+
+@pytest.mark.parametrize("written,replaced", [("e4m3", "e2m1"), ("e2m1", "e4m3"), ("fp16", "e4m3"),
+                                              ("int4", "e3m2"), ("mxfp4", "mxfp6_e3m2"), ("hif8", "bf16")])
+def test_a_qtensor_whose_format_was_replaced_refuses_to_decode(written, replaced):
+    """Codes read with another width than they were written with would decode to other values:
+    the packed data's size and dtype no longer match, and decoding says so instead."""
+    import dataclasses
+    q = floatlab.encode(torch.randn(4, 64), written)
+    bad = dataclasses.replace(q, format=floatlab.get_format(replaced))
+    with pytest.raises(ValueError, match="was not written for this format"):
+        bad.dequantize()
+    with pytest.raises(ValueError, match="was not written for this format"):
+        bad.codes

@@ -51,8 +51,27 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return wrapped.to(dtype)
 
 
+def packed_numel(numel: int, bits: int) -> int:
+    """Entries of :func:`pack`'s output for ``numel`` codes of ``bits`` bits."""
+    return -(-numel * bits // 8) if bits < 8 else numel
+
+
+def check_packed(data: torch.Tensor, bits: int, numel: int) -> None:
+    """Raise ``ValueError`` unless ``data`` has the dtype and size :func:`pack` gives ``numel``
+    codes of ``bits`` bits: codes read with another width than they were written with (e.g. a
+    QTensor whose ``format`` was replaced) would decode to other values, or past the data's end."""
+    want, dtype = packed_numel(numel, bits), storage_dtype(bits)
+    if data.numel() != want or data.dtype != dtype:
+        raise ValueError(f"packed codes hold {data.numel()} {data.dtype} entries, but {numel} codes of {bits} bits "
+                         f"are stored as {want} {dtype} entries: the data was not written for this format (was a "
+                         f"QTensor's format or shape replaced after encoding? decode with the format it was "
+                         f"encoded with)")
+
+
 def unpack(data: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    """Inverse of :func:`pack`: ``numel`` int64 codes, flat."""
+    """Inverse of :func:`pack`: ``numel`` int64 codes, flat. Raises ``ValueError`` where ``data``
+    does not hold ``numel`` codes of ``bits`` bits (:func:`check_packed`)."""
+    check_packed(data, bits, numel)
     d = data.reshape(-1).to(torch.int64)
     if bits < 8:
         stream = ((d[:, None] >> torch.arange(8, device=d.device)) & 1).reshape(-1)

@@ -19,7 +19,7 @@ import torch
 from floatlab.formats.block import BlockFormat
 from floatlab.formats.serialize import format_from_reference, format_reference
 from floatlab.plain.block import block_decode, blocking_of
-from floatlab.plain.packing import pack, unpack
+from floatlab.plain.packing import check_packed, pack, unpack
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -66,13 +66,20 @@ class QTensor:
         it decodes, counts its bits and lists its codes itself."""
         return getattr(self.format, "kind", None) == "codec"
 
-    def blocked_codes(self) -> torch.Tensor:
-        """Element codes of a block QTensor in the blocked layout ``(nblocks, block)`` (int64)."""
+    def _stored_codes(self) -> int:
+        """How many element codes ``data`` holds: the logical ``numel``, or for a block format
+        its padded blocks' elements."""
+        if not self.is_block:
+            return self.numel
         b = blocking_of(self.format, self.shape, self.meta)
         blocked_axes = (b.axis,) if len(b.block) == 1 else (len(b.shape) - 2, len(b.shape) - 1)
         others = math.prod(n for i, n in enumerate(b.shape) if i not in blocked_axes)
-        total = others * math.prod(b.padded)
-        return unpack(self.data, self.element_bits, total).reshape(-1, b.block_numel)
+        return others * math.prod(b.padded)
+
+    def blocked_codes(self) -> torch.Tensor:
+        """Element codes of a block QTensor in the blocked layout ``(nblocks, block)`` (int64)."""
+        b = blocking_of(self.format, self.shape, self.meta)
+        return unpack(self.data, self.element_bits, self._stored_codes()).reshape(-1, b.block_numel)
 
     @property
     def codes(self) -> torch.Tensor:
@@ -91,6 +98,8 @@ class QTensor:
 
         Raises:
             TypeError: ``dtype`` is not float16, bfloat16, float32 or float64.
+            ValueError: ``data`` does not hold this format's packed codes for ``shape`` (a
+                ``format`` or ``shape`` replaced after encoding).
         """
         if dtype is not None and dtype not in _FLOAT_DTYPES:
             raise TypeError(f"dtype must be one of {', '.join(map(str, _FLOAT_DTYPES))} (or None "
@@ -98,6 +107,8 @@ class QTensor:
         out_dtype = self.dtype if dtype is None else dtype
         if self.is_codec:
             return self.format.decode(self).to(out_dtype)
+        # every decoder below reads data as this format's codes: refuse data written for another
+        check_packed(self.data, self.element_bits, self._stored_codes())
         from floatlab.kernels import codes as fast_codes   # (kernels import plain/, as this does)
         fast = fast_codes.decode(self, out_dtype, backend)
         if fast is not None:
