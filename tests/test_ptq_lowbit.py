@@ -397,6 +397,7 @@ def test_ptq161_weight_equals_the_autograd_expression_bit_for_bit(fmt, shape, na
     ("int2_asym_g32", "lwc", {"epochs": 4, "lr": 0.1}),
     ("ptq161", "ptq161", {"epochs": 3}),
 ])
+@pytest.mark.filterwarnings("ignore:ReconOptions.amp='bf16' on a CPU without")   # tested below
 def test_bf16_amp_lowers_every_blocks_output_error(llama, calib, fmt, method, recon):
     """Training under bfloat16 autocast still ends every block below its starting point, stores
     weights the model computes with exactly, and is reproducible."""
@@ -414,6 +415,21 @@ def test_bf16_amp_lowers_every_blocks_output_error(llama, calib, fmt, method, re
     _, off, report_off = _run(llama, fmt, method, calib, **recon)
     assert report["blocks"][0]["loss_start"] == report_off["blocks"][0]["loss_start"]
     assert [b["epoch_losses"] for b in report["blocks"]] != [b["epoch_losses"] for b in report_off["blocks"]]
+
+
+@pytest.mark.parametrize("native_bf16", [False, True, None])
+def test_bf16_amp_warns_where_the_cpu_emulates_bfloat16(llama, calib, monkeypatch, native_bf16):
+    """amp='bf16' on a CPU without AVX512-BF16/AMX warns once per run, naming the fix; a CPU with
+    them, or one torch says nothing about, runs quietly."""
+    from floatlab.ptq import reconstruct
+    monkeypatch.setattr(reconstruct, "cpu_has_native_bf16", lambda: native_bf16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _run(llama, "int2_asym_g32", "lwc", calib, amp="bf16", epochs=1)
+    ours = [w for w in seen if "emulates the bfloat16" in str(w.message)]
+    assert len(ours) == (1 if native_bf16 is False else 0)
+    if ours:
+        assert "amp='off'" in str(ours[0].message) and ours[0].category is RuntimeWarning
 
 
 def test_amp_is_recorded_in_the_config_and_bad_values_are_refused():
