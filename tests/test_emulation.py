@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 import os
 import math
+
+import numpy as np
 from fractions import Fraction
 from functools import lru_cache
 
@@ -340,6 +342,31 @@ def test_round_to_odd_float32():
     x = torch.tensor([1.0 + 2.0 ** -30, 1.0 - 2.0 ** -40, 3.0, -(1 + 2.0 ** -25 + 2.0 ** -40)], dtype=torch.float64)
     y = round_to_odd_float32(x).double().tolist()
     assert y == [1.0 + 2.0 ** -23, 1.0 - 2.0 ** -24, 3.0, -(1 + 2.0 ** -23)]
+
+
+def test_round_to_odd_native_numpy_and_torch_versions_agree(monkeypatch):
+    # the native loop (scan.round_to_odd), the NumPy version and the torch version (tensors above
+    # _NUMPY_MAX_NUMEL without the loop) give the same bits: random bit patterns, ties, values
+    # just inside and beyond float32's range, subnormals, zeros, infinities
+    from floatlab.emulation import rounding as R
+    from floatlab.emulation import scan
+    g = torch.Generator().manual_seed(11)
+    pats = torch.randint(-2 ** 62, 2 ** 62, (50000,), generator=g, dtype=torch.int64).view(torch.float64)
+    base = torch.randn(20000, generator=g, dtype=torch.float64) * 2.0 ** torch.randint(-160, 140, (20000,), generator=g)
+    f32 = base.float().double()
+    special = torch.tensor([0.0, -0.0, math.inf, -math.inf, 3.4028235677973366e38, 3.4028235677973366e38 * (1 + 2 ** -30),
+                            3.5e38, -3.5e38, 1e-46, -1e-46, 2.0 ** -149, 2.0 ** -150, 2.0 ** -150 * 3, 1e300],
+                           dtype=torch.float64)
+    x = torch.cat([pats[pats.isfinite()], base, f32, f32 + f32 * 2.0 ** -24, f32 * (1 + 2.0 ** -40), special])
+    native = scan.round_to_odd(x)
+    assert native is not None and native.dtype is torch.float32
+    numpy_version = R._round_to_odd_float32_numpy(x)
+    assert scan.round_to_odd(x[::2]) is None       # a strided tensor: the others handle it
+    monkeypatch.setattr(scan, "library", lambda: None)
+    torch_version = R.round_to_odd_float32(x)      # above _NUMPY_MAX_NUMEL: the torch operations
+    assert x.numel() > R._NUMPY_MAX_NUMEL
+    for other in (numpy_version, torch_version):
+        assert torch.equal(native.view(torch.int32), other.view(torch.int32))
 
 
 def test_nested_contexts_innermost_wins():
@@ -774,6 +801,61 @@ def test_nudged_redo_equals_the_float64_path(name):
             with emulate(name, rounding=rounding, saturate=saturate, working="float64"):
                 want = op(a, b)
             assert torch.equal(_bits(got), _bits(want)), (name, rounding, saturate, op_name)
+
+
+@pytest.mark.parametrize("name", ["fp16", "bf16", "e4m3"])
+def test_native_nudge_equals_its_numpy_version_on_every_operand_layout(monkeypatch, name):
+    # Emulation._nudged decides the flagged elements in scan.nudge's C++ loop where the operands'
+    # layouts allow and in NumPy otherwise: both must give the same bits, and the same refusal (None:
+    # redo in float64) where an operand or result is not finite
+    from floatlab.emulation import scan
+    g = torch.Generator().manual_seed(5)
+    spec = floatlab.get_format(name)
+    vals = floatlab.decode(torch.arange(2 ** min(spec.bits, 16)), name, dtype=torch.float64)
+    vals = torch.unique(vals[vals.isfinite()])
+    mid = ((vals[:-1] + vals[1:]) / 2).to(torch.float32)
+    mid = mid[(mid.abs() > 2.0 ** -60) & (mid.abs() < 2.0 ** 60)]   # squares, quotients stay finite (checked apart below)
+    n = (mid.numel() // 8) * 8
+    x = mid[:n].reshape(-1, 8).contiguous()
+    tiny = (torch.randn(x.shape, generator=g) * 2.0 ** -30).contiguous()
+    row, lead1, zero_dim = tiny[0].clone(), tiny[:1].clone(), torch.tensor(2.0 ** -28)
+    cases = [("add", (x, tiny)), ("sub", (x, tiny)), ("rsub", (x, tiny)), ("add", (x, row)), ("sub", (lead1, x)),
+             ("add", (x, zero_dim)), ("add", (x, 2.0 ** -27)), ("mul", (x, 1 + tiny)), ("mul", (x, 1.0 + 2 ** -20)),
+             ("div", (x, 1 + row)), ("div", (1 + tiny, x)), ("square", (x,)), ("reciprocal", (x,))]
+    ref = {"add": torch.add, "sub": torch.sub, "rsub": torch.rsub, "mul": torch.mul, "div": torch.div,
+           "square": torch.square, "reciprocal": torch.reciprocal}
+    native_used = 0
+    for op_name, args in cases:
+        func = getattr(torch.ops.aten, op_name).Tensor if op_name not in ("square", "reciprocal") \
+            else getattr(torch.ops.aten, op_name).default
+        if op_name in ("add", "sub", "mul", "div") and not isinstance(args[1], torch.Tensor):
+            func = getattr(torch.ops.aten, op_name).Scalar
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        out = ref[op_name](*args)
+        out = out.expand(torch.broadcast_shapes(*(t.shape for t in tensors))).contiguous()
+        em = emulate(name)
+        y = em.rounder(out)
+        pos = np.arange(out.numel(), dtype=np.int64)[::3]
+        native = em._nudged(func, args, out, y, pos)
+        native_used += scan.nudge(op_name, out, [a if isinstance(a, torch.Tensor) else float(a) for a in args],
+                                  pos) is not None
+        monkeypatch.setattr(scan, "library", lambda: None)
+        try:
+            plain = em._nudged(func, args, out, y, pos)
+        finally:
+            monkeypatch.undo()
+        assert native is not None and plain is not None, op_name
+        assert torch.equal(_bits(native), _bits(plain)), (name, op_name)
+    assert native_used == len(cases)
+    # a non-finite operand or result: both refuse (the caller redoes the elements in float64)
+    bad = x.clone()
+    bad.view(-1)[3] = math.inf
+    out = bad + tiny
+    em = emulate(name)
+    pos = np.arange(out.numel(), dtype=np.int64)
+    assert em._nudged(torch.ops.aten.add.Tensor, (bad, tiny), out, em.rounder(out), pos) is None
+    monkeypatch.setattr(scan, "library", lambda: None)
+    assert em._nudged(torch.ops.aten.add.Tensor, (bad, tiny), out, em.rounder(out), pos) is None
 
 
 @pytest.mark.parametrize("name", ["fp16", "bf16", "e4m3", "hif8"])

@@ -530,7 +530,11 @@ class Emulation(TorchDispatchMode):
         significand bit (then ``o'`` is no boundary either): true of the candidates of the
         midpoint tests, not of the float32 subnormal results that formats reaching below float32's
         normal range also flag (those are redone), except for bf16 and tf32 (``_midpoint_bits``:
-        only their midpoints are flagged; float32 subnormal results are correctly rounded too)."""
+        only their midpoints are flagged; float32 subnormal results are correctly rounded too).
+
+        On the CPU, with contiguous results and operands of the result's shape, broadcast rows or
+        scalars, the decisions run in one C++ loop (:func:`scan.nudge`, the same float64
+        operations); other layouts, and machines without the loop, take the NumPy version below."""
         name = _facts(func).name
         arity = _NUDGE_ARITY.get(name)
         if arity is None or len(args) != arity or out.device.type != "cpu" \
@@ -538,6 +542,19 @@ class Emulation(TorchDispatchMode):
             return None
         shape = out.shape
         flat = out.is_contiguous() and y.is_contiguous()
+        if flat:
+            # the same decisions in one native loop (scan.nudge), where the operands' layouts allow
+            res = scan.nudge(name, out, [float(a) if not isinstance(a, torch.Tensor) else a for a in args], pos)
+            if res is False:
+                return None                         # a non-finite operand or result: redo in float64
+            if res is not None:
+                moved, stepped = res
+                if moved.size == 0:
+                    return y
+                if y is out or any(y is a for a in args):
+                    y = y.clone()
+                y.detach().numpy().reshape(-1)[moved] = self.rounder(torch.from_numpy(stepped), out.dtype).numpy()
+                return y
         nidx = None
         ops = []
         with np.errstate(all="ignore"):

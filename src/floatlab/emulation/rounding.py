@@ -40,7 +40,7 @@ from floatlab.formats.registry import get_format
 from floatlab.kernels.dispatch import COMPILE_MIN_NUMEL
 from floatlab.rounding import RoundingMode, check_flag, resolve_rounding
 
-from . import lut
+from . import lut, scan
 
 FP64 = FloatFormat(11, 52, name="fp64")
 _FP64_NAMES = ("fp64", "float64", "double", "f64", "e11m52")
@@ -121,8 +121,12 @@ def round_to_odd_float32(x: torch.Tensor) -> torch.Tensor:
     Rounding this result to nearest into a format of at most 22 significant bits equals rounding
     ``x`` to nearest directly (round-to-odd keeps the sticky information; 24 >= p + 2).
     """
-    if x.device.type == "cpu" and x.numel() <= _NUMPY_MAX_NUMEL:
-        return _round_to_odd_float32_numpy(x)
+    if x.device.type == "cpu":
+        native = scan.round_to_odd(x)                # one native loop (built on first use)
+        if native is not None:
+            return native
+        if x.numel() <= _NUMPY_MAX_NUMEL:
+            return _round_to_odd_float32_numpy(x)
     r = x.to(torch.float32)
     back = r.to(torch.float64)
     inexact = back != x

@@ -12,6 +12,10 @@ those elements (a superset is always safe: a redone element gets the float64 pat
   (checked once per format and mode by :func:`grid_bits`), an element farther away than its
   error bound rounds like the exact value; plus zeros, float32 subnormals, infinities and NaNs.
 
+:func:`round_to_odd` is the float64 -> float32 round-to-odd cast of
+:func:`~floatlab.emulation.rounding.round_to_odd_float32` as one loop, and :func:`nudge` decides the flagged elements of ``+ - * /`` without a float64 redo (the
+argument is :meth:`~floatlab.emulation.mode.Emulation._nudged`'s).
+
 Each is a small C++ loop (``native_scan.cpp``, built on first use like
 :mod:`floatlab.kernels.native`; about 0.2 ns per element) with a NumPy fallback where no compiler
 is found or ``FLOATLAB_NATIVE=0``. Both return flat (C-order) positions as an int64 NumPy array.
@@ -56,6 +60,15 @@ def _load():
     fn = lib.floatlab_scan_grid
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_uint32, ctypes.c_void_p]
     fn.restype = ctypes.c_int64
+    fn = lib.floatlab_nudge
+    fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                   ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_double,
+                   ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_double,
+                   ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = ctypes.c_int64
+    fn = lib.floatlab_round_to_odd
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+    fn.restype = None
     return lib
 
 
@@ -159,3 +172,67 @@ def _grid_holds(rounder, p: int) -> bool:
     b = np.concatenate([y[n:2 * n], y[3 * n:]])
     same = (a == b) | (np.isnan(a) & np.isnan(b))
     return bool(same.all())
+
+
+NUDGE_OPS = {"add": 0, "sub": 1, "rsub": 2, "mul": 3, "square": 4, "div": 5, "reciprocal": 6}
+
+
+def nudge(name: str, out: torch.Tensor, operands, pos: np.ndarray):
+    """The native loop of :meth:`Emulation._nudged <floatlab.emulation.mode.Emulation._nudged>`
+    for the contiguous float32 CPU result ``out`` of ``name`` (a key of :data:`NUDGE_OPS`) at the
+    flat positions ``pos`` (int64).
+
+    ``operands``: one entry per operand, a Python float or 0-dim float32 tensor (a scalar), or a
+    contiguous float32 CPU tensor of ``out``'s shape or of a trailing part of it, leading size-1
+    dimensions allowed (a broadcast row). Returns ``(moved,
+    stepped)``: the positions whose exact result differs from ``out`` and there ``out``'s float32
+    neighbour on the exact result's side (NumPy int64 and float32); ``False`` where an operand or
+    result at ``pos`` is not finite; ``None`` where the loop is unavailable or an operand has
+    another layout (the caller takes the NumPy path)."""
+    lib = library()
+    if lib is None or not _native_ok(out) or len(operands) not in (1, 2):
+        return None
+    out = out.detach()
+    desc = []
+    for a in operands:
+        if isinstance(a, torch.Tensor) and a.dim() == 0 and a.device.type == "cpu" \
+                and a.dtype is torch.float32:
+            a = float(a)
+        if isinstance(a, float):
+            desc += [0, None, 1, a]
+            continue
+        if not _native_ok(a):
+            return None
+        a = a.detach()
+        if a.shape == out.shape:
+            desc += [1, a.data_ptr(), a.numel(), 0.0]
+            continue
+        trailing = tuple(a.shape)
+        while trailing and trailing[0] == 1:
+            trailing = trailing[1:]
+        if len(trailing) > out.dim() or tuple(out.shape[out.dim() - len(trailing):]) != trailing:
+            return None
+        desc += [2, a.data_ptr(), a.numel(), 0.0]      # a row broadcast over the leading dimensions
+    if len(operands) == 1:
+        desc += [0, None, 1, 0.0]
+    pos = np.ascontiguousarray(pos, dtype=np.int64)
+    moved = np.empty(pos.size, dtype=np.int64)
+    stepped = np.empty(pos.size, dtype=np.float32)
+    k = lib.floatlab_nudge(NUDGE_OPS[name], out.data_ptr(), pos.ctypes.data, pos.size, *desc,
+                           moved.ctypes.data, stepped.ctypes.data)
+    if k < 0:
+        return False
+    return moved[:k], stepped[:k]
+
+
+def round_to_odd(x: torch.Tensor) -> torch.Tensor | None:
+    """:func:`~floatlab.emulation.rounding.round_to_odd_float32` of the contiguous float64 CPU
+    tensor ``x`` in one native loop (a new float32 tensor of ``x``'s shape), or None where the loop
+    is unavailable or ``x`` is another kind of tensor."""
+    lib = library()
+    if lib is None or x.dtype is not torch.float64 or x.device.type != "cpu" or not x.is_contiguous():
+        return None
+    x = x.detach()
+    out = torch.empty(x.shape, dtype=torch.float32)
+    lib.floatlab_round_to_odd(x.data_ptr(), out.data_ptr(), x.numel())
+    return out
