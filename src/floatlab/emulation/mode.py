@@ -549,12 +549,7 @@ class Emulation(TorchDispatchMode):
                 return None                         # a non-finite operand or result: redo in float64
             if res is not None:
                 moved, stepped = res
-                if moved.size == 0:
-                    return y
-                if y is out or any(y is a for a in args):
-                    y = y.clone()
-                y.detach().numpy().reshape(-1)[moved] = self.rounder(torch.from_numpy(stepped), out.dtype).numpy()
-                return y
+                return self._stepped_into(y, out, args, stepped, moved) if moved.size else y
         nidx = None
         ops = []
         with np.errstate(all="ignore"):
@@ -606,13 +601,20 @@ class Emulation(TorchDispatchMode):
             if not move.any():
                 return y
             stepped = np.nextafter(o32[move], np.where(side[move] > 0, np.float32(np.inf), np.float32(-np.inf)))
+        return self._stepped_into(y, out, args, stepped,
+                                  pos[move] if flat else tuple(torch.from_numpy(i[move]) for i in nidx))
+
+    def _stepped_into(self, y, out, args, stepped, at):
+        """``y`` (copied where it is ``out`` or an operand) with the roundings of the float32
+        values ``stepped`` written at ``at``: flat positions (NumPy int64, contiguous ``y``) or a
+        tuple of index tensors."""
         if y is out or any(y is a for a in args):
             y = y.clone()
         vals = self.rounder(torch.from_numpy(stepped), out.dtype)
-        if flat:
-            y.detach().numpy().reshape(-1)[pos[move]] = vals.numpy()
+        if isinstance(at, np.ndarray):
+            y.detach().numpy().reshape(-1)[at] = vals.numpy()
         else:
-            y[tuple(torch.from_numpy(i[move]) for i in nidx)] = vals
+            y[at] = vals
         return y
 
     def _redo(self, func, args, kwargs, out, y, idx):

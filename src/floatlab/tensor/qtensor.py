@@ -66,12 +66,12 @@ class QTensor:
         it decodes, counts its bits and lists its codes itself."""
         return getattr(self.format, "kind", None) == "codec"
 
-    def _stored_codes(self) -> int:
+    def _stored_codes(self, b=None) -> int:
         """How many element codes ``data`` holds: the logical ``numel``, or for a block format
-        its padded blocks' elements."""
+        its padded blocks' elements (``b``: its blocking, where the caller has it)."""
         if not self.is_block:
             return self.numel
-        b = blocking_of(self.format, self.shape, self.meta)
+        b = blocking_of(self.format, self.shape, self.meta) if b is None else b
         blocked_axes = (b.axis,) if len(b.block) == 1 else (len(b.shape) - 2, len(b.shape) - 1)
         others = math.prod(n for i, n in enumerate(b.shape) if i not in blocked_axes)
         return others * math.prod(b.padded)
@@ -79,7 +79,7 @@ class QTensor:
     def blocked_codes(self) -> torch.Tensor:
         """Element codes of a block QTensor in the blocked layout ``(nblocks, block)`` (int64)."""
         b = blocking_of(self.format, self.shape, self.meta)
-        return unpack(self.data, self.element_bits, self._stored_codes()).reshape(-1, b.block_numel)
+        return unpack(self.data, self.element_bits, self._stored_codes(b)).reshape(-1, b.block_numel)
 
     @property
     def codes(self) -> torch.Tensor:
