@@ -99,8 +99,33 @@ def test_cli_writes_summary_curves_plot_and_refuses_bad_input(tmp_path):
     bad = [(["--recipe", str(tmp_path / "r.json")], "--recipe", "'conv9' match no layer of the cnn model"),
            (["--rule", "bsl"], "--rule", "add --model mlp"),
            (["--model", "resnet"], "--model", "unknown value 'resnet'"),
-           (["--preset", "paper"], "--preset", "unknown preset")]
+           (["--preset", "paper"], "--preset", "unknown preset"),
+           (["--master-weights", "bf16"], "--master-weights", "option of the lm task"),
+           (["--corpus", "file:x.txt", "--device", "cuda"], "--corpus", "--corpus and --device are options of the lm task")]
     for args, flag, words in bad:
         r = runner.invoke(app, ["train", "--task", "digits", "--out", str(tmp_path / "x"), *args])
         assert r.exit_code == 2 and f"error: {flag}:" in r.output and words in r.output, r.output
         assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "x" / "runs").exists()
+    # a finished run with other settings: the error names --out and the way out (--fresh), not --recipe
+    r = runner.invoke(app, ["train", "--task", "digits", "--preset", "smoke", "--steps", "7", "--recipe",
+                            "bf16", "--out", str(out)])
+    assert r.exit_code == 2 and r.output.startswith("error: --out:") and "steps: 6 in the checkpoint, 7 now" in r.output
+    assert "Pass --fresh" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_fashion_mnist_folder_named_by_the_variable_is_the_only_one_read(tmp_path, monkeypatch):
+    from floatlab.cli import app
+    monkeypatch.setenv("FLOATLAB_FASHION_MNIST", str(tmp_path / "mine"))
+    assert images.candidate_dirs() == [tmp_path / "mine"]
+    with pytest.raises(images.DataMissing, match="FLOATLAB_FASHION_MNIST=.*mine is not a folder"):
+        images.find_fashion_mnist()
+    (tmp_path / "mine").mkdir()
+    _idx(tmp_path / "mine" / images.FILES["train"][0], np.zeros((2, 28, 28)))
+    with pytest.raises(images.DataMissing, match="the folder lacks train-labels-idx1-ubyte.gz, t10k-images"):
+        images.find_fashion_mnist()
+    r = CliRunner().invoke(app, ["train", "--task", "fashion-mnist", "-r", "int8", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "error: --task: FLOATLAB_FASHION_MNIST=" in r.output and not (tmp_path / "o").exists()
+    r = CliRunner().invoke(app, ["data", "--prepare", "fashion-mnist"])   # would unpack where it is not read
+    assert r.exit_code == 2 and "the folder lacks" in r.output
+    monkeypatch.delenv("FLOATLAB_FASHION_MNIST")
+    assert images.candidate_dirs()[0] == images.SYSTEM_DIR

@@ -10,6 +10,7 @@ refused, naming the difference, unless ``--fresh``).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -19,14 +20,14 @@ from floatlab.text import plural
 
 
 def train_command(
-    recipe: list[str] = typer.Option(None, "--recipe", "-r", help="A built-in recipe name (case-insensitive) or a .json/.yaml recipe file; repeat for several (default: every built-in). bf16 is always run as the baseline."),
+    recipe: list[str] = typer.Option(None, "--recipe", "-r", help="A built-in recipe name (case-insensitive) or a .json/.yaml recipe file; repeat for several (default: every built-in). The lm task always adds bf16 as its baseline, the image tasks fp32 as their reference."),
     seeds: int = typer.Option(1, "--seeds", help="Number of seeds (0..N-1) per recipe; at least 1."),
     steps: int = typer.Option(None, "--steps", help="Training steps, at least 1 (default: the preset's)."),
-    preset: str = typer.Option("smoke", "--preset", help="smoke | small | paper"),
-    out: Path = typer.Option(..., "--out", help="Output folder: summary.json, curves.csv, loss.png, runs/ (checkpoints)."),
-    corpus: str = typer.Option("pydoc", "--corpus", help="'pydoc' (pydoc_data.topics) or 'file:PATH' to a text file."),
-    master: str = typer.Option(None, "--master-weights", help="Keep master weights in this format with stochastic rounding (e.g. bf16)."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when available)."),
+    preset: str = typer.Option("smoke", "--preset", help="lm: smoke | small | paper; image tasks: smoke | small | full."),
+    out: Path = typer.Option(..., "--out", help="Output folder: summary.json, curves.csv, loss.png (lm) or accuracy.png (image tasks), runs/ (checkpoints)."),
+    corpus: str = typer.Option("pydoc", "--corpus", help="lm task: 'pydoc' (pydoc_data.topics) or 'file:PATH' to a text file."),
+    master: str = typer.Option(None, "--master-weights", help="lm task: keep master weights in this format with stochastic rounding (e.g. bf16)."),
+    device: str = typer.Option(None, "--device", help="lm task: cpu, cuda or cuda:N (default: cuda when available). The image tasks train on the CPU."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads per process; 0 keeps torch's default (1 is fastest on shared cores: OpenMP barriers stall when cores are oversubscribed)."),
     fresh: bool = typer.Option(False, "--fresh", help="Train every run from step 0, replacing the checkpoints in --out. Without it, finished runs with the same settings are reused, interrupted ones resumed, and a run made with other settings is refused."),
     task: str = typer.Option("lm", "--task", help="lm (byte-level language modelling, the GPT) | fashion-mnist | digits (scikit-learn's 8x8 digits, CI-sized)."),
@@ -40,7 +41,9 @@ def train_command(
     bf16_warmup: int = typer.Option(0, "--bf16-warmup", help="Run the first N steps of every recipe in bf16, then the recipe."),
     sweep: Path = typer.Option(None, "--sweep", help="A sweep file (.yaml/.json): a grid over element format, scale format, block size, SR/RHT roles, tensor scaling and seeds; see docs/training.md. Writes sweep.csv, sweep.md and sweep.png into --out; resumable."),
 ) -> None:
-    """Train a small GPT once per recipe and seed; report the final loss relative to bf16.
+    """Train once per recipe and seed, and compare the recipes: a small GPT on bytes (--task lm,
+    final validation loss relative to bf16) or an MLP/CNN on images (--task fashion-mnist|digits,
+    test accuracy relative to fp32).
 
     Rerunning the same command resumes: finished runs are reused and interrupted ones continue
     from their last checkpoint with identical losses. A larger --steps extends a finished run
@@ -78,6 +81,12 @@ def train_command(
     if task_name != "lm":
         if options.to_dict():
             raise CliError("--dtype, --loss-scale and --bf16-warmup are options of the lm task", "--task")
+        lm_only = [flag for flag, given in (("--master-weights", master), ("--corpus", corpus != "pydoc"),
+                                            ("--device", device not in (None, "cpu"))) if given]
+        if lm_only:
+            raise CliError(f"{' and '.join(lm_only)} {'is an option' if len(lm_only) == 1 else 'are options'} of the "
+                           f"lm task (the image tasks train on the CPU, on the task's own data); leave "
+                           f"{'it' if len(lm_only) == 1 else 'them'} out", lm_only[0])
         return _image_command(recipe, seeds, steps, preset, out, task_name, model, rule, threads, fresh)
     if model is not None and model.strip().lower() != "gpt":
         raise CliError(f"the lm task trains the GPT; --model {model!r} is for the image tasks "
@@ -183,11 +192,12 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
         data = load_data(task, p)
     out = check_out_dir(out)
     try:
-        with flag_errors("--recipe"):
-            plan = plan_runs(recipes, list(range(seeds)), p, kind, how, out, data, fresh)
+        plan = plan_runs(recipes, list(range(seeds)), p, kind, how, out, data, fresh)
     except ConfigMismatch as err:
         raise CliError(f"{err}. Pass --fresh to discard the runs in {out} and train from step 0, "
                        "or choose another --out", "--out") from None
+    except ValueError as err:  # a recipe that cannot apply to this model (a layer it names, padding)
+        raise CliError(str(err), "--recipe") from None
     if threads > 0:
         torch.set_num_threads(threads)
     counts: dict[str, int] = {}
@@ -275,7 +285,7 @@ def data_command(
 ) -> None:
     """List the image data sets and where they are; prepare Fashion-MNIST offline."""
     from floatlab.cli.output import flag_errors, parse_choice, say, show_table
-    from floatlab.train.images import DataMissing, find_fashion_mnist, prepare_fashion_mnist
+    from floatlab.train.images import ENV_VAR, DataMissing, find_fashion_mnist, prepare_fashion_mnist
 
     names = [parse_choice(n, ("fashion-mnist",), "--prepare") for n in prepare]
     for _ in names:
@@ -283,8 +293,8 @@ def data_command(
             prepare_fashion_mnist(log=say)
     try:
         where = str(find_fashion_mnist())
-    except DataMissing:
-        where = "missing: floatlab data --prepare fashion-mnist"
+    except DataMissing as err:
+        where = f"missing: {err}" if os.environ.get(ENV_VAR) else "missing: floatlab data --prepare fashion-mnist"
     try:
         import sklearn  # noqa: F401
         digits = "in scikit-learn"

@@ -7,7 +7,8 @@ images of 28x28 grey pixels, 10 classes) is read from the four standard idx file
 ``/usr/share/datasets/fashion-mnist``. Where the package is not installed,
 ``floatlab data --prepare fashion-mnist`` fetches it with ``apt-get download`` and unpacks it with
 ``dpkg-deb -x`` into ``$FLOATLAB_CACHE/datasets`` (no root needed). ``$FLOATLAB_FASHION_MNIST``
-names another folder holding the four files.
+names another folder holding the four files; when it is set, only that folder is read (an empty or
+wrong folder is an error, never a silent fall-back to another copy).
 
 The idx files are read by :func:`read_idx`, a small numpy reader of the format (LeCun's: a magic
 number whose third byte is the element type and fourth the number of dimensions, the sizes as
@@ -92,22 +93,39 @@ def cache_dir() -> Path:
     return root() / "datasets"
 
 
+ENV_VAR = "FLOATLAB_FASHION_MNIST"
+
+
 def candidate_dirs() -> list[Path]:
-    """Where Fashion-MNIST is looked for, in order."""
-    out = []
-    if os.environ.get("FLOATLAB_FASHION_MNIST"):
-        out.append(Path(os.environ["FLOATLAB_FASHION_MNIST"]).expanduser())
-    out += [SYSTEM_DIR, cache_dir() / "fashion-mnist" / SYSTEM_DIR.relative_to("/")]
-    return out
+    """Where Fashion-MNIST is looked for, in order: only ``$FLOATLAB_FASHION_MNIST`` when it is set
+    (a folder named on purpose is never passed over for another copy), else Debian's folder, then
+    the floatlab cache."""
+    if os.environ.get(ENV_VAR):
+        return [Path(os.environ[ENV_VAR]).expanduser()]
+    return [SYSTEM_DIR, cache_dir() / "fashion-mnist" / SYSTEM_DIR.relative_to("/")]
 
 
 def find_fashion_mnist() -> Path:
-    """The first folder holding all four idx files. Raises :class:`DataMissing` saying where it
-    looked and how to get them."""
+    """The first folder holding all four idx files.
+
+    Raises:
+        DataMissing: no folder holds them; the message says where it looked and how to get them.
+            With ``$FLOATLAB_FASHION_MNIST`` set, it names that folder and the files it lacks
+            (no other copy is used in its place).
+    """
     names = FILES["train"] + FILES["test"]
     for d in candidate_dirs():
         if all((d / n).is_file() for n in names):
             return d
+    if os.environ.get(ENV_VAR):
+        d = candidate_dirs()[0]
+        where = f"{ENV_VAR}={os.environ[ENV_VAR]}"
+        if not d.is_dir():
+            raise DataMissing(f"{where} is not a folder; point it at a folder holding {', '.join(names)}, "
+                              f"or unset it to use Debian's {DEBIAN_PACKAGE} package")
+        lacks = [n for n in names if not (d / n).is_file()]
+        raise DataMissing(f"{where}: the folder lacks {', '.join(lacks)}; put Fashion-MNIST's four idx files "
+                          f"there, or unset {ENV_VAR} to use Debian's {DEBIAN_PACKAGE} package")
     looked = ", ".join(str(d) for d in candidate_dirs())
     raise DataMissing(f"Fashion-MNIST's idx files are not on this machine (looked in {looked}); {HOW_TO_GET}")
 
@@ -125,7 +143,8 @@ def prepare_fashion_mnist(log=print) -> Path:
         log(f"Fashion-MNIST is available in {found}")
         return found
     except DataMissing:
-        pass
+        if os.environ.get(ENV_VAR):
+            raise  # the files would go into the cache, which is not read while the variable is set
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise DataMissing(f"cannot prepare Fashion-MNIST: {tool} is not available on this machine; {HOW_TO_GET}")
