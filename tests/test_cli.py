@@ -17,7 +17,15 @@ def test_formats_shows_the_largest_float64_as_it_is_not_as_2_to_1024():
     """math.log2 rounds (2 - 2^-52) * 2^1023 to 1024.0: the max of e11m52 printed as 2^1024."""
     r = runner.invoke(app, ["formats", "e11m52"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
-    assert "2^1024" not in r.output and "1.798e+308" in r.output and "2^-1074" in r.output
+    assert "2^1024" not in r.output and "1.7976931348623157e+308" in r.output and "2^-1074" in r.output
+
+
+def test_formats_prints_each_value_whole():
+    """q3.4's max printed as 7.938 (4 significant digits), which is not a q3.4 value."""
+    r = runner.invoke(app, ["formats", "q3.4"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "7.9375" in r.output and "7.938 " not in r.output, r.output
+    r = runner.invoke(app, ["formats", "bf16"], env={"COLUMNS": "200"})
+    assert "3.3895313892515355e+38" in r.output   # (2 - 2^-7) * 2^127, read back exactly
 
 
 def test_formats_values_lists_every_code():
@@ -56,7 +64,7 @@ def test_version():
 
 
 # item 6: numbers are never cut, on any terminal width and in redirected output
-E4M3_FACTS = [f"{2.0 ** -6:.4g}", f"{2.0 ** -9:.4g}", "448", "0.125", "253"]   # independent of _num
+E4M3_FACTS = ["0.015625", "0.001953125", "448", "0.125", "253"]   # written out, independent of _num
 
 
 @pytest.mark.parametrize("env", [{}, {"COLUMNS": "80"},
@@ -558,3 +566,36 @@ def test_quantize_help_and_the_format_facts_are_in_the_docs():
         assert word in doc, word
     root = Path(__file__).resolve().parents[1]
     assert (root / "docs" / "formats.md").is_file() and "(docs/formats.md)" in (root / "README.md").read_text()
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_its_hint(capsys):
+    """typer turns a KeyboardInterrupt into a silent exit code 130 inside main: a Ctrl-C during
+    floatlab train printed nothing. Every command now says ``error: interrupted`` (+ its hint)."""
+    import signal
+
+    import typer as _typer
+
+    from floatlab.cli.output import FloatlabGroup, on_interrupt
+
+    demo = _typer.Typer(cls=FloatlabGroup)
+
+    @demo.command()
+    def work() -> None:
+        on_interrupt("rerun to resume")
+        os.kill(os.getpid(), signal.SIGINT)
+        import time
+        time.sleep(5)                       # the interrupt lands here
+
+    @demo.command()
+    def other() -> None:
+        pass
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code = _typer.main.get_command(demo).main(["work"], standalone_mode=False)
+        assert code == 130
+        assert capsys.readouterr().err.strip() == "error: interrupted; rerun to resume"
+        assert _typer.main.get_command(demo).main(["other"], standalone_mode=False) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -176,3 +176,83 @@ def test_a_qtensor_whose_format_was_replaced_refuses_to_decode(written, replaced
         bad.dequantize()
     with pytest.raises(ValueError, match="was not written for this format"):
         bad.codes
+
+
+# ---- issue 15/18 new-user pass: messages that pointed the wrong way or lacked the place ----------
+def test_rounding_suggestions_name_the_mode_each_alias_stands_for():
+    with pytest.raises(ValueError) as e:
+        floatlab.quantize(torch.ones(2), "e4m3", rounding="nearest")
+    msg = str(e.value)
+    assert "nearest_even (= rne)" in msg and "Valid modes: rne, rna" in msg
+
+
+def test_emulate_dtype_advice_names_a_dtype_that_holds_the_format():
+    from floatlab.emulation import EmulationError
+    with pytest.raises(EmulationError) as e, floatlab.emulate("fp64"):
+        torch.ones(2) + torch.ones(2)
+    assert "on float64 tensors" in str(e.value) and "float32 (or" not in str(e.value)
+    with pytest.raises(EmulationError, match=r"on float32 \(or float64\) tensors"), floatlab.emulate("bf16"):
+        torch.ones(2, dtype=torch.float16) + 1
+
+
+def test_accumulator_spec_errors_say_they_come_from_the_accumulator():
+    with pytest.raises(ValueError, match=r"accumulator spec 'fp32:xx:16': accumulator rounding: unknown rounding mode 'xx'"):
+        floatlab.emulate("fp16", accumulator="fp32:xx:16")
+    with pytest.raises(ValueError, match="'hybrid' is not available for an accumulator; choose one of rne"):
+        floatlab.emulate("fp16", accumulator="fp32:hybrid")
+    from floatlab.gemm import Accumulator
+    assert Accumulator.parse("fp32:nearest_even:8").rounding == "rne"     # aliases work as in quantize
+
+
+def test_non_finite_right_hand_side_names_its_position():
+    from floatlab.linalg import lu_factor, lu_solve, randsvd, refine
+    A = randsvd(8, 10.0, generator=torch.Generator().manual_seed(0))
+    b = torch.ones(8, dtype=torch.float64)
+    b[5] = float("inf")
+    with pytest.raises(ValueError, match=r"b has 1 non-finite entries \(first at entry 5: inf\)"):
+        refine(A, b, "fp16")
+    B = torch.ones(8, 2, dtype=torch.float64)
+    B[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"first at row 3, column 1: nan"):
+        lu_solve(lu_factor(A, "fp16"), B)
+
+
+def test_refine_takes_the_scaling_the_cli_defaults_to():
+    from floatlab.linalg import randsvd, refine
+    from floatlab.linalg.refine import default_scaling, factorize
+    A = randsvd(12, 1e3, generator=torch.Generator().manual_seed(1))
+    assert factorize(A, "fp16", scaling="auto").meta["theta"] is not None     # squeezed: fp16 lacks range
+    assert factorize(A, "fp32", scaling="auto").meta["theta"] is None and default_scaling("fp32") is None
+    r = refine(A, A @ torch.ones(12, dtype=torch.float64), "fp16", scaling="auto")
+    assert r.status == "converged"
+    with pytest.raises(ValueError, match="scaling must be None, 'none', 'squeeze' or 'auto'"):
+        refine(A, torch.ones(12, dtype=torch.float64), "fp16", scaling="yes")
+
+
+@pytest.mark.parametrize("text", ["abc", "1e1..x", "1,two"])
+def test_kappa_list_errors_give_the_syntax(text):
+    from floatlab.linalg.study import parse_kappas
+    with pytest.raises(ValueError, match=r"cannot read condition numbers .*'LOW\.\.HIGH'.*comma list"):
+        parse_kappas(text)
+
+
+def test_fault_errors_say_what_is_stored_and_want_flat_indices():
+    from floatlab.faults import bit_table, flip_bits, flip_random, inject
+    q = floatlab.encode(torch.randn(4, 32), "mxfp8_e4m3")
+    with pytest.raises(ValueError, match=r"stores 1056 bits in target 'all' \(codes 1024 \+ scale 32\)"):
+        flip_random(q, 2000)
+    with pytest.raises(ValueError, match=r"index must be flat indices .* got shape \(1, 2\)"):
+        flip_bits(q, 0, index=[[1, 2]])
+    assert flip_bits(q, 0, index=3).shape == q.shape                 # one flat index is fine
+    with pytest.raises(ValueError, match="give bits .* or n/rate"):
+        inject(torch.ones(3), "e4m3")
+    with pytest.raises(ValueError, match="at least one bit_sensitivity"):
+        bit_table([])
+
+
+def test_gmres_refuses_what_it_cannot_solve():
+    from floatlab.linalg.gmres import gmres
+    with pytest.raises(ValueError, match="b must be a 1-D tensor"):
+        gmres(lambda v: v, torch.ones(3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="tol must be positive"):
+        gmres(lambda v: v, torch.ones(3, dtype=torch.float64), tol=0.0)

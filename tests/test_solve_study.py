@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from floatlab.linalg.study import boundaries, parse_kappas, run_study, to_markdown, write_outputs
+from floatlab.linalg.study import boundaries, cell, parse_kappas, run_study, to_markdown, write_outputs
 
 
 def test_parse_kappas():
@@ -26,6 +26,9 @@ def test_small_study_rows_tables_and_files(tmp_path):
     assert by[(10.0, "gmres-ir")]["gmres_iterations"] >= 1
     md = to_markdown(rows)
     assert "| kappa | fp16 (scaled) LU-IR | fp16 (scaled) GMRES-IR |" in md
+    for status in ("stagnated", "diverged", "max_iter", "failed"):   # every word a cell can hold is explained
+        short = cell({"status": status, "method": "lu-ir"})
+        assert f"{short} = " in md, short
     bnd = {b["method"]: b for b in boundaries(rows)}
     assert bnd["lu-ir"]["last_converged_kappa"] == 10.0
     paths = write_outputs(rows, tmp_path, {"command": "floatlab solve --n 24"})

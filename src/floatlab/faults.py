@@ -14,6 +14,10 @@ within each block's scale bytes (HiF4: bit ``8 * k + j`` is bit ``j`` of byte ``
 * :func:`inject`: encode a float tensor, flip, decode (the fake-quantized value a soft error leaves).
 * :func:`bit_sensitivity`: how often a flip of each bit position gives NaN, Inf or a large error,
   per format, exhaustively over every finite code or over quantized Gaussian data.
+
+The fault model is the single-bit flip in stored data that soft-error studies of DNNs inject
+(Li et al., "Understanding Error Propagation in Deep Learning Neural Network (DNN) Accelerators
+and Applications", SC 2017), applied here to the exact bytes floatlab's codecs store.
 """
 
 from __future__ import annotations
@@ -140,12 +144,13 @@ def flip_bits(q: QTensor, bits, *, index=None, target: str = CODES) -> QTensor:
         target: ``"codes"`` or the name of a scale tensor (``"scale"``, ``"tensor_scale"``).
 
     Returns:
-        A new QTensor; ``q`` is unchanged. Exactly the named bits differ (the rest of the storage,
-        packing padding included, is identical).
+        A new QTensor of ``q``'s format, shape and dtype; ``q`` is unchanged. Exactly the named bits
+        differ (the rest of the storage, packing padding included, is identical).
 
     Raises:
         TypeError: ``q`` is not a QTensor.
-        ValueError: a bit position outside the width, an index out of range, an unknown target.
+        ValueError: a bit position outside the width, an index out of range or not flat (more
+            than one dimension), an unknown target.
     """
     _check_q(q)
     width = _width(q, target)
@@ -157,7 +162,11 @@ def flip_bits(q: QTensor, bits, *, index=None, target: str = CODES) -> QTensor:
     if index is None:
         idx = torch.arange(units, dtype=torch.int64)
     else:
-        idx = torch.as_tensor(index, dtype=torch.int64).reshape(-1)
+        idx = torch.as_tensor(index, dtype=torch.int64)
+        if idx.dim() > 1:
+            raise ValueError(f"index must be flat indices (an int or a 1-D sequence), got shape {tuple(idx.shape)}; "
+                             f"for a position (i, j, ...) in the tensor pass its row-major flat index")
+        idx = idx.reshape(-1)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= units):
             raise ValueError(f"index out of range: {target!r} has {units} units (0..{units - 1})")
     all_idx = idx.repeat_interleave(len(bit_list))
@@ -179,7 +188,8 @@ def flip_random(q: QTensor, n: int | None = None, *, rate: float | None = None, 
         generator: ``torch.Generator`` (CPU): the same state flips the same bits.
 
     Returns:
-        ``(flipped QTensor, FlipLog)``.
+        ``(flipped, log)``: a new QTensor of ``q``'s format, shape and dtype, and the
+        :class:`FlipLog` of the flips (in storage order: codes first, then each scale).
 
     Raises:
         ValueError: both or neither of ``n``/``rate``, ``n`` larger than the stored bits,
@@ -199,7 +209,9 @@ def flip_random(q: QTensor, n: int | None = None, *, rate: float | None = None, 
     total = sum(sizes)
     if n is not None:
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= total:
-            raise ValueError(f"n must be an int in 0..{total} (the stored bits of {target!r}), got {n!r}")
+            held = " + ".join(f"{t} {sz}" for t, sz in zip(targets, sizes))
+            raise ValueError(f"n must be an int in 0..{total}: the {q.format.name!r} QTensor stores {total} bits "
+                             f"in target {target!r} ({held}), got {n!r}")
         picks = torch.randperm(total, generator=generator)[:n]
     else:
         if not 0 <= rate <= 1:
@@ -230,7 +242,23 @@ def inject(x: torch.Tensor, fmt, bits=None, *, index=None, n: int | None = None,
 
     Give ``bits`` (with optional ``index``) for chosen flips, or ``n``/``rate`` for random ones
     (:func:`flip_random`, with ``target``). ``encode_options`` go to :func:`floatlab.encode`.
+
+    Args:
+        x: float tensor of any shape (block formats block its last axis unless ``axis`` is given
+            in ``encode_options``).
+        fmt: any floatlab format (name or spec).
+        bits, index, target: as :func:`flip_bits`; n, rate, generator: as :func:`flip_random`.
+
+    Returns:
+        A float tensor of ``x``'s shape and dtype: the decoded values after the flips.
+
+    Raises:
+        ValueError: ``bits`` together with ``n``/``rate``, neither given, and every error of
+            :func:`flip_bits`, :func:`flip_random` and :func:`floatlab.encode`.
+        TypeError: as :func:`floatlab.encode` (a non-tensor ``x``).
     """
+    if bits is None and n is None and rate is None:
+        raise ValueError("give bits (chosen flips, with optional index) or n/rate (random flips)")
     q = encode(x, fmt, **encode_options)
     if bits is not None:
         if n is not None or rate is not None:
@@ -311,7 +339,21 @@ def bit_sensitivity(fmt, *, data: str = "codes", samples: int = 65536, large: fl
 
 
 def bit_table(rows: list[dict]) -> str:
-    """Markdown: one row per bit position, one column group per format (nan / inf / large, %)."""
+    """A Markdown table of :func:`bit_sensitivity` rows: one line per bit position (highest
+    first), one column per (format, target), each cell ``NaN/Inf/large`` in percent of the flipped
+    elements ("0" for none; two significant digits below 10 %).
+
+    Args:
+        rows: rows of one or more :func:`bit_sensitivity` calls, concatenated.
+
+    Returns:
+        The table as a string ending in a newline; a bit a format does not have is an empty cell.
+
+    Raises:
+        ValueError: ``rows`` is empty.
+    """
+    if not rows:
+        raise ValueError("bit_table needs the rows of at least one bit_sensitivity call")
     keys = list(dict.fromkeys((r["format"], r["target"]) for r in rows))
     maxbit = max(r["bit"] for r in rows)
     header = ["bit"] + [f"{f}{'' if t == CODES else ' ' + t} NaN/Inf/large %" for f, t in keys]

@@ -86,7 +86,9 @@ def parse_rounding(mode: "str | RoundingMode") -> RoundingMode:
     except ValueError:
         valid = [m.value for m in RoundingMode]
         close = difflib.get_close_matches(key, valid + list(_ALIASES), n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        # an alias is shown with the mode it names, so every suggestion ties to the list below
+        hint = (" Did you mean: " + ", ".join(f"{c} (= {_ALIASES[c]})" if c in _ALIASES else c for c in close)
+                + "?") if close else ""
         raise ValueError(
             f"unknown rounding mode {mode!r}.{hint} Valid modes: {', '.join(valid)}") from None
 

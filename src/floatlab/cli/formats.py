@@ -16,8 +16,11 @@ _BLOCK_COLUMNS = ("format", "element", "scale", "block", "scale rule", "tensor s
 
 
 def _num(v: float) -> str:
-    """Compact and complete: integers as is, powers of two beyond 2^+-10 as 2^k, the rest with
-    4 significant digits."""
+    """Compact and complete (never a cut number): integers as is, powers of two beyond 2^+-10 as
+    2^k, the rest as the shortest decimal that reads back as the same float64 (every value of a
+    format is a float64 exactly, so this names it exactly; where the value has a short exact
+    decimal, as small floats and fixed point do, it is that decimal: q3.4's max is 7.9375, not
+    7.938)."""
     if v == 0 or not math.isfinite(v):
         return str(v)
     m, e = math.frexp(abs(v))          # exact: |v| = m * 2^e with m in [0.5, 1)
@@ -25,7 +28,7 @@ def _num(v: float) -> str:
         return f"2^{e - 1}"
     if float(v).is_integer() and abs(v) < 1e7:
         return f"{v:.0f}"
-    return f"{v:.4g}"
+    return repr(float(v))
 
 
 def _specials(info) -> str:

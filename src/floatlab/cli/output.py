@@ -348,13 +348,55 @@ def _click_exceptions():
     return mods
 
 
+_interrupt_hint: list[str] = []
+
+
+def on_interrupt(hint: str) -> None:
+    """Say ``hint`` after ``interrupted`` if Ctrl-C ends this command (e.g. how to resume)."""
+    _interrupt_hint[:] = [hint]
+
+
+@contextlib.contextmanager
+def _noting_interrupts(seen: list[bool]) -> Iterator[None]:
+    """Record a Ctrl-C before it becomes a ``KeyboardInterrupt``: typer turns that exception into
+    a silent exit code 130 inside ``main``, where :func:`run_guarded` cannot see it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def note(signum, frame):
+        seen.append(True)
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _interrupted() -> int:
+    error_line("interrupted" + (f"; {_interrupt_hint[0]}" if _interrupt_hint else ""))
+    return 130
+
+
 def run_guarded(call) -> int:
     """Run a click ``main(standalone_mode=False)`` call; return its exit code, printing a user
-    mistake as one line. Other exceptions (bugs) propagate with their traceback."""
+    mistake as one line and Ctrl-C as ``error: interrupted`` (exit code 130, with the command's
+    :func:`on_interrupt` hint). Other exceptions (bugs) propagate with their traceback."""
     mods = _click_exceptions()
     no_args = tuple(m.NoArgsIsHelpError for m in mods if hasattr(m, "NoArgsIsHelpError"))
+    seen: list[bool] = []
+    _interrupt_hint.clear()
     try:
-        rv = call()
+        with _noting_interrupts(seen):
+            rv = call()
+        if seen:
+            return _interrupted()
     except no_args as err:
         err.show()
         return 2
@@ -365,11 +407,12 @@ def run_guarded(call) -> int:
         _remove_created()
         return err.exit_code
     except tuple(m.Abort for m in mods if hasattr(m, "Abort")) + (typer.Abort,):
+        if seen:
+            return _interrupted()
         error_line("aborted")
         return 1
     except KeyboardInterrupt:
-        error_line("interrupted")
-        return 130
+        return _interrupted()
     except _user_errors() as err:
         error_line(str(err))
         _remove_created()

@@ -18,6 +18,8 @@ import typer
 
 from floatlab.text import plural
 
+_RESUME = "rerun the same command to resume: finished runs are kept, the others go on from their last checkpoint"
+
 
 def train_command(
     recipe: list[str] = typer.Option(None, "--recipe", "-r", help="A built-in recipe name (case-insensitive) or a .json/.yaml recipe file; repeat for several (default: every built-in). The lm task always adds bf16 as its baseline, the image tasks fp32 as their reference."),
@@ -52,7 +54,7 @@ def train_command(
     """
     import torch
 
-    from floatlab.cli.output import (CliError, check_int, check_out_dir, compile_note, flag_errors,
+    from floatlab.cli.output import (CliError, check_int, check_out_dir, compile_note, flag_errors, on_interrupt,
                                      parse_choice, progress, say, show_table)
     from floatlab.nn.recipes import LM_RECIPES
     from floatlab.train.checkpoint import ConfigMismatch
@@ -145,6 +147,7 @@ def train_command(
     if any(r.name != "bf16" for r in recipes):
         compile_note()
 
+    on_interrupt(_RESUME)
     with progress() if rank == 0 else contextlib.nullcontext():
         summary = run_experiment(recipes, list(range(seeds)), p, out, corpus=data, master=master,
                                  device=str(dev) if world == 1 else dev.type, fresh=fresh, options=options)
@@ -166,7 +169,7 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
     """``floatlab train --task fashion-mnist|digits``: every input checked, then the runs."""
     import torch
 
-    from floatlab.cli.output import (CliError, check_int, check_out_dir, flag_errors, parse_choice,
+    from floatlab.cli.output import (CliError, check_int, check_out_dir, flag_errors, on_interrupt, parse_choice,
                                      progress, say, show_table)
     from floatlab.nn.recipes import IMAGE_RECIPES
     from floatlab.train.checkpoint import ConfigMismatch
@@ -206,6 +209,7 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
     say(f"floatlab train: {kind} on {task} ({p.name} preset: {len(data.train_y)} training images, batch "
         f"{p.batch_size}, {plural(p.steps, 'step')}), rule {how}, {plural(seeds, 'seed')}; runs: "
         + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    on_interrupt(_RESUME)
     with progress():
         summary = run_image_experiment(recipes if how == "backprop" else [], list(range(seeds)), p, kind, out,
                                        data, rule=how, fresh=fresh)
@@ -231,7 +235,7 @@ def _sweep_command(path: Path, out: Path, threads: int, fresh: bool, options, de
     """``floatlab train --sweep FILE``: the file checked, every run folder checked, then the grid."""
     import torch
 
-    from floatlab.cli.output import CliError, check_int, check_out_dir, flag_errors, progress, say
+    from floatlab.cli.output import CliError, check_int, check_out_dir, flag_errors, on_interrupt, progress, say
     from floatlab.train.checkpoint import ConfigMismatch
     from floatlab.train.data import Corpus
     from floatlab.train.experiment import plan_runs
@@ -274,6 +278,7 @@ def _sweep_command(path: Path, out: Path, threads: int, fresh: bool, options, de
     say(f"floatlab train --sweep {path}: {len(cells)} cells + {len(sw.recipes)} recipe(s) + bf16, seeds "
         f"{sw.seeds}, {p.name} preset ({plural(p.steps, 'step')}) on {dev}; runs: "
         + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    on_interrupt(_RESUME)
     with progress():
         doc = run_sweep(sw, out, data, device=str(dev), fresh=fresh)
     say((out / "sweep.md").read_text(encoding="utf-8"))

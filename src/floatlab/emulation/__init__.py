@@ -85,6 +85,15 @@ torch's default generator (reproducible under ``torch.manual_seed``).
 **Nesting**: the innermost context rounds (``with emulate("bf16"): ... with emulate("fp16"): ...``
 rounds to fp16 inside and to bf16 outside); leaving it restores the outer one. Other dispatch
 modes (``FlopCounterMode``) still see the program's operations, not the rounding's.
+
+**Sources.** The model (each operation computed in a wider precision, then rounded once to the
+target format, in any rounding mode) is that of chop (Higham and Pranesh, "Simulating Low
+Precision Floating-Point Arithmetic", SIAM J. Sci. Comput. 41(5), 2019), CPFloat (Fasi and
+Mikaitis, "CPFloat: A C Library for Simulating Low-Precision Arithmetic", ACM Trans. Math. Softw.
+49(2), 2023) and Pychop (Chen and Carson, 2025), whose op-by-op results
+``tests/test_pychop_agreement.py`` compares against. Double rounding through float32: Figueroa,
+"When is double rounding innocuous?", ACM SIGNUM Newsletter 30(3), 1995. Exact errors of sums and
+products: TwoSum (Knuth, TAOCP vol. 2) and TwoProduct (Dekker, Numer. Math. 18, 1971).
 """
 
 from __future__ import annotations
@@ -107,7 +116,8 @@ def emulate(fmt, rounding=None, *, saturate: bool | None = None,
             reductions: str = "result", fused: str = "decompose", linalg: str = "result",
             working: str = "auto", round_inputs: bool = False,
             backend: str | None = None) -> Emulation:
-    """Context manager: every floating operation's result inside it rounded to ``fmt``.
+    """Context manager: every floating operation's result inside it rounded to ``fmt``
+    (the chop/CPFloat model, Higham and Pranesh 2019: the module docstring has the sources).
 
     Args:
         fmt: a scalar format name or object: ``"fp16"``, ``"bf16"``, ``"tf32"``, ``"e4m3"``,

@@ -705,8 +705,14 @@ class Emulation(TorchDispatchMode):
         if not ok:
             raise EmulationError(
                 f"{dtype} tensors cannot hold every value of {self.spec.name!r}: results would be "
-                f"rounded a second time when stored. Run the emulated code on float32 (or float64) "
-                f"tensors, e.g. model.float() / x.double()")
+                f"rounded a second time when stored. {self._wide_enough()}")
+
+    def _wide_enough(self) -> str:
+        """The fix for :meth:`_check_dtype`'s error: the torch dtypes that do hold the format."""
+        fits = [d for d in (torch.float32, torch.float64) if holds_format(d, self.spec)]
+        if fits == [torch.float64]:
+            return "Run the emulated code on float64 tensors, e.g. x.double() / model.double()"
+        return "Run the emulated code on float32 (or float64) tensors, e.g. model.float() / x.double()"
 
     # ---- accumulated contractions and reductions ------------------------------------------
     def _contract(self, func, args, kwargs):

@@ -13,6 +13,23 @@ from floatlab.formats.registry import get_format
 
 @dataclass(frozen=True)
 class FInfo:
+    """What :func:`finfo` returns (the fields of ``torch.finfo``/``numpy.finfo`` where they exist,
+    under the same names, in float64 values).
+
+    Attributes:
+        name: the format's canonical name. bits: its width.
+        max: the largest finite value. lowest: the most negative finite value (the smallest value
+            for an unsigned format: 0, or the smallest positive one without a zero).
+        smallest_normal: the smallest positive normal value (``torch.finfo.tiny``; for formats
+            without subnormals, fixed point and integers, the smallest positive value).
+        smallest_subnormal: the smallest positive value.
+        eps: the spacing of the grid at 1.0 (its step for fixed point and integers).
+        num_finite: distinct finite values (+0 and -0 counted once).
+        binades: powers of two from the smallest positive to the largest finite value.
+        has_inf, has_nan, has_neg_zero: which special codes exist.
+        overflow: what rounding past ``max`` gives by default (``"saturate"``, ``"inf"``, ``"nan"``).
+    """
+
     name: str
     bits: int
     max: float
@@ -43,7 +60,19 @@ def finfo(fmt) -> FInfo:
     """Derived facts of a scalar format: range, precision, count of values, specials.
 
     ``eps`` is the spacing of the grid at 1.0 (the gap from 1.0 to the next value); ``binades`` counts the powers of two
-    from the smallest positive value to the largest finite value.
+    from the smallest positive value to the largest finite value. Every field is derived from the
+    spec (decoding codes), never typed in; tests compare them with ``torch.finfo`` and
+    ``ml_dtypes.finfo`` where those know the format.
+
+    Args:
+        fmt: a scalar format's name or spec (``"e4m3"``, ``"fp16"``, ``"q3.4"``, ``"int8"``, ...).
+
+    Returns:
+        :class:`FInfo`.
+
+    Raises:
+        TypeError: ``fmt`` is a block format (ask about its element format).
+        ValueError: an unknown format name (with did-you-mean suggestions).
     """
     spec = get_format(fmt)
     if not isinstance(spec, ScalarFormat):

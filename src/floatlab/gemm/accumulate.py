@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from floatlab.formats import BlockFormat, get_format
+from floatlab.rounding import parse_rounding
 
 ROUNDINGS = ("rne", "rna", "rnz", "rtz", "rup", "rdn", "rto", "sr", "sr_half")
 DEFAULT_CHUNK = 16
@@ -67,8 +68,14 @@ class Accumulator:
             raise ValueError(f"accumulator format {self.fmt!r} is a block format: an accumulator rounds "
                              "each running sum on its own, so it takes a scalar format (fp32, tf32, "
                              "bf16, fp16, e4m3, ...)")
-        if self.rounding not in ROUNDINGS:
-            raise ValueError(f"unknown rounding {self.rounding!r}; expected one of {ROUNDINGS}")
+        try:   # the rounding names (and aliases) quantize takes, canonical from here on
+            mode = parse_rounding(self.rounding).value
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"accumulator rounding: {err}") from None
+        if mode not in ROUNDINGS:
+            raise ValueError(f"accumulator rounding {self.rounding!r} is not available for an accumulator; "
+                             f"choose one of {', '.join(ROUNDINGS)}")
+        object.__setattr__(self, "rounding", mode)
         if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 1:
             raise ValueError(f"chunk must be a positive int, got {self.chunk!r}")
 
@@ -94,7 +101,10 @@ class Accumulator:
             chunk = int(parts[2]) if len(parts) > 2 else DEFAULT_CHUNK
         except ValueError:
             raise ValueError(f"chunk in accumulator spec {spec!r} must be an integer") from None
-        return cls(fmt=fmt, rounding=rounding, chunk=chunk)
+        try:
+            return cls(fmt=fmt, rounding=rounding, chunk=chunk)
+        except ValueError as err:
+            raise ValueError(f"accumulator spec {spec!r}: {err}") from None
 
     def __str__(self) -> str:
         return f"{self.fmt}:{self.rounding}:{self.chunk}"

@@ -6,6 +6,12 @@ modified Gram-Schmidt and vectorized), the least-squares problem is updated with
 the initial guess is zero, and there is no restart. It stops when the preconditioned residual
 ``||M^-1 (b - A x_k)||_2 <= tol * ||M^-1 b||_2`` (from the Givens recurrence) or after ``max_iter``
 steps.
+
+Sources: GMRES, Saad and Schultz, "GMRES: A Generalized Minimal Residual Algorithm for Solving
+Nonsymmetric Linear Systems", SIAM J. Sci. Stat. Comput. 7(3), 1986 (Givens update of the
+Hessenberg least-squares problem, Section 3); CGS2, Giraud, Langou and Rozloznik, "The loss of
+orthogonality in the Gram-Schmidt orthogonalization process", Comput. Math. Appl. 50, 2005. Its
+use inside GMRES-IR follows Carson and Higham, SIAM J. Sci. Comput. 40(2), 2018.
 """
 
 from __future__ import annotations
@@ -39,10 +45,20 @@ def gmres(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *,
         dtype: torch.float32 or torch.float64: the precision of every GMRES operation.
 
     Returns:
-        :class:`GMRESResult` (``x`` of ``dtype``).
+        :class:`GMRESResult` (``x`` of ``dtype``). A zero ``M^-1 b`` gives ``x = 0``, converged; a
+        non-finite one gives ``x = 0``, not converged, ``relres`` NaN.
+
+    Raises:
+        ValueError: ``dtype`` other than float32/float64, ``b`` not a 1-D tensor, ``tol`` not
+            positive.
     """
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"GMRES runs in float32 or float64, got {dtype}")
+    if not isinstance(b, torch.Tensor) or b.dim() != 1:
+        raise ValueError(f"b must be a 1-D tensor (n,), got "
+                         f"{tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}")
+    if not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol!r}")
     pre = precond if precond is not None else (lambda v: v)
     b = b.to(dtype)
     n = b.shape[0]

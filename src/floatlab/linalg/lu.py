@@ -52,6 +52,16 @@ def _check_matrix(A, what: str = "A") -> torch.Tensor:
     return A
 
 
+def _check_finite_rhs(b: torch.Tensor) -> None:
+    """Refuse a right-hand side holding NaN/Inf, naming how many and where the first one is."""
+    bad = ~torch.isfinite(b)
+    if bool(bad.any()):
+        at = tuple(int(v) for v in bad.nonzero()[0])
+        where = f"entry {at[0]}" if b.dim() == 1 else f"row {at[0]}, column {at[1]}"
+        raise ValueError(f"b has {int(bad.sum())} non-finite entries (first at {where}: {b[at].item()}); "
+                         "the solve needs finite input")
+
+
 @dataclass
 class LUFactors:
     """``P A = L U`` with ``L`` unit lower triangular, both stored in ``lu`` (float64 values of
@@ -211,8 +221,7 @@ def lu_solve(factors: LUFactors, b: torch.Tensor, rounder: Rounder | None = None
         raise TypeError("b must be a floating torch.Tensor")
     if b.shape[0] != factors.n or b.dim() not in (1, 2):
         raise ValueError(f"b must have shape ({factors.n},) or ({factors.n}, k), got {tuple(b.shape)}")
-    if not bool(torch.isfinite(b).all()):
-        raise ValueError("b holds NaN/Inf")
+    _check_finite_rhs(b)
     lu = factors.lu
     x = r(b.detach().to(torch.float64)[factors.perm]).clone()
     vec = x.dim() == 1

@@ -19,6 +19,14 @@ def randsvd(n: int, kappa: float, *, mode: int = 3, generator: torch.Generator |
     mode 2: one small singular value ``1/kappa``, the rest 1; mode 1: one large, the rest
     ``1/kappa``. ``||A||_2 = 1``.
 
+    Source: the ``randsvd`` test matrix of Higham's Test Matrix Toolbox and MATLAB's
+    ``gallery('randsvd', n, kappa, mode)`` (Higham, *Accuracy and Stability of Numerical
+    Algorithms*, 2nd ed., SIAM 2002, Section 28.3), with the same mode numbers; the Haar factors
+    come from :func:`random_orthogonal`.
+
+    Returns:
+        An (n, n) float64 tensor.
+
     Raises:
         ValueError: ``n < 2``, ``kappa < 1`` or an unknown mode.
     """

@@ -45,8 +45,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from floatlab.emulation.rounding import resolve_format
+
 from .gmres import gmres
-from .lu import LUFactors, _check_matrix, lu_factor, lu_solve
+from .lu import LUFactors, _check_finite_rhs, _check_matrix, lu_factor, lu_solve
 from .scaling import squeeze
 
 PRECISIONS = {"fp64": torch.float64, "fp32": torch.float32}
@@ -91,6 +93,12 @@ def _precision(name, what):
     return name
 
 
+def default_scaling(fmt) -> str | None:
+    """``"squeeze"`` for formats with less range than fp32 (fp16, fp8, ...), else None: what
+    ``scaling="auto"`` picks."""
+    return "squeeze" if resolve_format(fmt).max_value < 1e30 else None
+
+
 def factorize(A: torch.Tensor, fmt="fp16", *, scaling: str | None = None, theta: float = 0.1,
               rounding=None, saturate=None, generator=None, retries: int = 3) -> LUFactors:
     """``lu_factor`` of ``A``, after the two-sided scaling when ``scaling="squeeze"``.
@@ -106,8 +114,10 @@ def factorize(A: torch.Tensor, fmt="fp16", *, scaling: str | None = None, theta:
         SingularMatrixError, ValueError, TypeError: as :func:`floatlab.linalg.lu_factor`.
     """
     _check_matrix(A)
-    if scaling not in (None, "none", "squeeze"):
-        raise ValueError(f"scaling must be None or 'squeeze', got {scaling!r}")
+    if scaling not in (None, "none", "squeeze", "auto"):
+        raise ValueError(f"scaling must be None, 'none', 'squeeze' or 'auto', got {scaling!r}")
+    if scaling == "auto":
+        scaling = default_scaling(fmt)
     if scaling != "squeeze":
         f = lu_factor(A.detach().to(torch.float64), fmt, rounding, saturate=saturate, generator=generator)
         f.meta["theta"] = None
@@ -175,7 +185,9 @@ def refine(A: torch.Tensor, b: torch.Tensor, fmt="fp16", *, method: str = "lu-ir
            scaling: str | None = None, theta: float = 0.1, factors: LUFactors | None = None,
            tol: float | None = None, max_iter: int | None = None, gmres_tol: float = 1e-6,
            gmres_max_iter: int | None = None, x_true: torch.Tensor | None = None) -> RefinementResult:
-    """Solve ``A x = b`` by LU-IR or GMRES-IR with ``u_f = fmt`` (see the module docstring).
+    """Solve ``A x = b`` by LU-IR or GMRES-IR with ``u_f = fmt`` (Carson and Higham, SIAM J. Sci.
+    Comput. 40(2), 2018; GMRES-IR as Amestoy et al. 2021 with ``u_g = u_p = u``: the module
+    docstring gives the steps and the stopping rules).
 
     Args:
         A: (n, n) finite float tensor; b: (n,) finite float tensor.
@@ -183,7 +195,9 @@ def refine(A: torch.Tensor, b: torch.Tensor, fmt="fp16", *, method: str = "lu-ir
         method: ``"lu-ir"`` or ``"gmres-ir"``.
         working: ``u``, ``"fp64"`` or ``"fp32"``. residual: ``u_r``, ``"fp64"`` or ``"fp32"``.
         rounding, saturate: of the factorization (and of the ``u_f`` solves).
-        scaling: ``None`` or ``"squeeze"`` (two-sided diagonal scaling, then ``mu = theta x_max``).
+        scaling: ``None``/``"none"``, ``"squeeze"`` (two-sided diagonal scaling, then
+            ``mu = theta x_max``) or ``"auto"`` (squeeze for formats with less range than fp32,
+            as ``floatlab solve`` does by default).
         factors: reuse factors from :func:`factorize` (then ``fmt``/``scaling`` are taken from them).
         tol: backward-error target (default ``2 u``).
         max_iter: refinement steps (default 100 for LU-IR, which converges slowly when
@@ -212,8 +226,7 @@ def refine(A: torch.Tensor, b: torch.Tensor, fmt="fp16", *, method: str = "lu-ir
     if not isinstance(b, torch.Tensor) or b.shape != (n,):
         raise ValueError(f"b must be a tensor of shape ({n},), got "
                          f"{tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__}")
-    if not bool(torch.isfinite(b).all()):
-        raise ValueError("b holds NaN/Inf")
+    _check_finite_rhs(b)
     if factors is None:
         factors = factorize(A, fmt, scaling=scaling, theta=theta, rounding=rounding, saturate=saturate)
     u_dtype, r_dtype = PRECISIONS[working], PRECISIONS[residual]

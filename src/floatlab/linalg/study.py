@@ -28,7 +28,7 @@ from floatlab.emulation.rounding import resolve_format
 from floatlab.formats.finfo import finfo
 
 from .matrices import randsvd
-from .refine import METHODS, PRECISIONS, factorize, refine
+from .refine import METHODS, PRECISIONS, default_scaling, factorize, refine
 
 DEFAULT_KAPPAS = tuple(10.0 ** k for k in range(1, 11))
 DEFAULT_FORMATS = ("fp16", "bf16", "e4m3")
@@ -44,22 +44,26 @@ def unit_roundoff(fmt) -> float:
     return finfo(spec).eps / 2
 
 
-def default_scaling(fmt) -> str | None:
-    """``"squeeze"`` for formats with less range than fp32 (fp16, fp8, ...), else None."""
-    spec = resolve_format(fmt)
-    return "squeeze" if spec.max_value < 1e30 else None
-
-
 def parse_kappas(text: str) -> list[float]:
-    """``"1e1..1e10"`` (every power of ten in between) or a comma list ``"10,1e4,1e8"``."""
+    """``"1e1..1e10"`` (every power of ten in between) or a comma list ``"10,1e4,1e8"``.
+
+    Raises:
+        ValueError: neither form, a number that does not parse, a value below 1 or a reversed range.
+    """
     text = text.strip()
+    syntax = "give 'LOW..HIGH' (every power of ten in between, e.g. 1e1..1e8) or a comma list (e.g. 10,1e4,1e8)"
+    try:
+        if ".." in text:
+            lo, hi = (float(t) for t in text.split(".."))
+        else:
+            vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"cannot read condition numbers from {text!r}: {syntax}") from None
     if ".." in text:
-        lo, hi = (float(t) for t in text.split(".."))
         if not (lo >= 1 and hi >= lo):
             raise ValueError(f"kappa range {text!r} must satisfy 1 <= low <= high")
         a, b = round(math.log10(lo)), round(math.log10(hi))
         return [10.0 ** k for k in range(a, b + 1)]
-    vals = [float(t) for t in text.split(",") if t.strip()]
     if not vals or any(not v >= 1 for v in vals):
         raise ValueError(f"condition numbers must be >= 1, got {text!r}")
     return vals
@@ -160,7 +164,8 @@ def to_markdown(rows: Sequence[Row]) -> str:
         lines = [f"u = {w}, u_r = {sub[0]['u_r']}, n = {sub[0]['n']}, randsvd mode {sub[0].get('randsvd_mode', 3)}, "
                  f"GMRES <= {sub[0].get('gmres_max_iter')} steps per correction: refinement steps to "
                  f"backward error <= 2u (GMRES-IR: steps (total GMRES steps)); "
-                 "stag = stagnated, div = diverged", "",
+                 "stag = stagnated, div = diverged, max = still above 2u after max_iter refinement steps, "
+                 "fail = the factorization failed (zero pivot or overflow)", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for kappa in dict.fromkeys(r["kappa"] for r in sub):
             cells = [f"1e{round(math.log10(kappa))}"]
