@@ -31,7 +31,7 @@ def advise_command(
     check: int = typer.Option(0, "--check", help="with a Fisher proxy: also measure this many layers (spread over the model) and report the proxy's rank correlation with them"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="keep sensitivities in the cache folder (resumable)"),
     out: Path = typer.Option(Path("results/advise"), "--out", "-o", help="folder for results.json, recipe.json, overrides.txt, report.md, pareto.png"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out (without it, an --out that holds one is refused)"),
 ) -> None:
     """Choose a format per linear layer under a budget, write it as a recipe for `floatlab ptq`, and
     verify it end to end against uniform formats and random assignments."""

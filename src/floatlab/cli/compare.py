@@ -33,7 +33,7 @@ def compare_command(
     nonfinite_tokens: str = typer.Option("error", "--nonfinite-tokens", help="a NaN/Inf in a calibration token's input: error | exclude (leave the token out)"),
     device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N (under torchrun: each process its local GPU)"),
     out: Path = typer.Option(Path("results/compare"), "--out", "-o", help="folder for results.json, report.md, plots"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out (without it, an --out that holds one is refused)"),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads; 0 keeps torch's default (one per core). 1 is the default: on shared cores OpenMP barriers stall when cores are oversubscribed (on a loaded 2-core machine the default run took 3x as long on 2 threads as on 1); results.json records the count"),
     profile: bool = typer.Option(False, "--profile", help="print where the time went (load, fp32 reference, calibration, quantize / evaluate / layer SQNR per format, report; the kernels built or compiled on the way) and store it in results.json under \"profile\""),
 ) -> None:

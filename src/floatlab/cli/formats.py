@@ -53,7 +53,7 @@ def formats_command(
                           "default 262,144)."),
     out: Path = typer.Option(None, "--out", "-o", help="With --quality: also write results.json (with the environment) and "
                              "quality.md into this folder."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out (without it, an --out that holds one is refused)"),
     cost: bool = typer.Option(False, "--cost", help="The hardware cost model: bits moved per value and MAC energy/area "
                               "relative to an int8 MAC (floatlab.hw; fitted to Horowitz ISSCC 2014, 45 nm)."),
 ) -> None:

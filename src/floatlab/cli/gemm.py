@@ -78,7 +78,7 @@ def gemm(
     ),
     out: Path | None = typer.Option(None, help="Directory for gemm.json, gemm.md, gemm.png and results.json "
                                     "(the rows with the command and the environment)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out (without it, an --out that holds one is refused)"),
 ) -> None:
     """Measure max/mean/Frobenius relative errors of each method against float64."""
     with flag_errors("--sizes"):

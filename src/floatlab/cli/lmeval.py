@@ -25,7 +25,7 @@ def lm_eval_command(
     model: str = typer.Option(None, "--model", "-m", help="a ptq result's source model folder, if it moved"),
     device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N"),
     out: Path = typer.Option(Path("results/lm-eval"), "--out", "-o", help="folder for results.json"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier results.json in --out without asking"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier results.json in --out (without it, an --out that holds one is refused)"),
 ) -> None:
     """Evaluate a quantized model (weights and activations fake-quantized as floatlab saved them) on lm-eval tasks."""
     from floatlab.cli import inputs

@@ -34,7 +34,7 @@ def ptq_command(
     device: str = typer.Option("cpu", "--device", help="where the model runs: cpu, cuda, cuda:N"),
     blockwise: bool = typer.Option(False, "--blockwise", help="causal LMs larger than memory: read the checkpoint and quantize one transformer block at a time (rtn/gptq, with smoothquant/awq; the same result as without it)"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out (without it, an --out that holds one is refused)"),
 ) -> None:
     """Quantize MODEL's linear layers and save them (QTensors in safetensors + config.json)."""
     from floatlab.cli import inputs

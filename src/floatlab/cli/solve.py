@@ -46,7 +46,7 @@ def solve(
     seed: int = typer.Option(0, help="Random seed of the matrices."),
     out: Path | None = typer.Option(None, help="Directory for results.json (rows, boundaries, command, "
                                     "environment), report.md and solve.png."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out (without it, an --out that holds one is refused)"),
 ) -> None:
     """Refinement steps of LU-IR and GMRES-IR to working-precision accuracy over kappa = 1e1..1e10."""
     check_int(n, "--n", 2)

@@ -30,7 +30,7 @@ def sweep_command(
     windows: int = typer.Option(16, "--windows", help="causal LMs: perplexity windows"),
     window: int = typer.Option(256, "--window", help="causal LMs: tokens per window"),
     out: Path = typer.Option(Path("results/sweep"), "--out", "-o", help="folder for results.json, report.md, quality_vs_bits.png"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out without asking"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an earlier result in --out (without it, an --out that holds one is refused)"),
 ) -> None:
     """Weight-only PTQ of MODEL with every METHOD at every bit-width (plus --add points): a table
     and a plot of quality against bits per weight, every stored bit counted."""
