@@ -64,7 +64,7 @@ def test_version():
 
 
 # item 6: numbers are never cut, on any terminal width and in redirected output
-E4M3_FACTS = ["0.015625", "0.001953125", "448", "0.125", "253"]   # written out, independent of _num
+E4M3_FACTS = ["0.015625", "2^-9", "448", "0.125", "253"]   # written out, independent of _num
 
 
 @pytest.mark.parametrize("env", [{}, {"COLUMNS": "80"},
@@ -599,3 +599,23 @@ def test_ctrl_c_ends_a_command_with_one_line_and_its_hint(capsys):
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_fp64_is_a_format_wherever_emulate_takes_it():
+    r = runner.invoke(app, ["formats", "fp64"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "1.7976931348623157e+308" in r.output and "2^-1074" in r.output, r.output
+    import torch
+    x = torch.randn(6, dtype=torch.float64)
+    assert floatlab.quantize(x, "double").equal(x)                   # rounding into IEEE double: identity
+    assert "fp64" not in floatlab.list_formats()                     # listings stay about low precision
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--kappas", "inf"], "--kappas: condition numbers must be finite"),
+    (["--residual", "fp32,fp64"], "--residual: give one residual precision"),
+    (["--n", "1000000"], "--n: n = 1000000 needs about"),
+])
+def test_solve_refuses_before_any_run(tmp_path, args, words):
+    r = runner.invoke(app, ["solve", "--n", "8", *args, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and words in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "o").exists()

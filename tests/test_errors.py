@@ -209,7 +209,7 @@ def test_non_finite_right_hand_side_names_its_position():
     A = randsvd(8, 10.0, generator=torch.Generator().manual_seed(0))
     b = torch.ones(8, dtype=torch.float64)
     b[5] = float("inf")
-    with pytest.raises(ValueError, match=r"b has 1 non-finite entries \(first at entry 5: inf\)"):
+    with pytest.raises(ValueError, match=r"b has 1 non-finite entry \(first at entry 5: inf\)"):
         refine(A, b, "fp16")
     B = torch.ones(8, 2, dtype=torch.float64)
     B[3, 1] = float("nan")
@@ -256,3 +256,35 @@ def test_gmres_refuses_what_it_cannot_solve():
         gmres(lambda v: v, torch.ones(3, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="tol must be positive"):
         gmres(lambda v: v, torch.ones(3, dtype=torch.float64), tol=0.0)
+
+
+def test_flip_bits_reads_a_boolean_index_as_a_mask_and_refuses_repeats():
+    """A bool tensor was read as the indices 0 and 1: the wrong elements flipped, silently."""
+    from floatlab.faults import flip_bits, flip_random
+    q = floatlab.encode(torch.tensor([1.0, 2.0, 3.0, 4.0]), "e4m3")
+    out = floatlab.decode(flip_bits(q, 7, index=torch.tensor([False, False, True, False])))
+    assert out.tolist() == [1.0, 2.0, -3.0, 4.0]
+    for kwargs, words in (({"index": [0, 0]}, "index repeats an element"),
+                          ({"index": [True, False]}, "mask over the 4 units"),
+                          ({"index": [0.5]}, "integer flat indices")):
+        with pytest.raises(ValueError, match=words):
+            flip_bits(q, 7, **kwargs)
+    with pytest.raises(ValueError, match="bits repeats a position"):
+        flip_bits(q, [1, 1])
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        flip_random(q, 3, generator=0)
+
+
+@pytest.mark.parametrize("text,words", [("inf", "must be finite"), ("1e400", "must be finite"),
+                                        ("", "no condition numbers"), ("2..5", "holds no power of ten")])
+def test_kappas_refused_before_any_run(text, words):
+    from floatlab.linalg.study import parse_kappas
+    with pytest.raises(ValueError, match=words):
+        parse_kappas(text)
+
+
+def test_kappa_labels_are_the_values_given():
+    """A comma list's 50 was labelled 1e2 (round(log10)) in the table."""
+    from floatlab.linalg.study import kappa_label, parse_kappas
+    assert [kappa_label(k) for k in parse_kappas("10,50,1e3,2.5e4")] == ["1e1", "50", "1e3", "25000"]
+    assert parse_kappas("5..50") == [10.0]

@@ -101,7 +101,9 @@ def test_cli_writes_summary_curves_plot_and_refuses_bad_input(tmp_path):
            (["--model", "resnet"], "--model", "unknown value 'resnet'"),
            (["--preset", "paper"], "--preset", "unknown preset"),
            (["--master-weights", "bf16"], "--master-weights", "option of the lm task"),
-           (["--corpus", "file:x.txt", "--device", "cuda"], "--corpus", "--corpus and --device are options of the lm task")]
+           (["--corpus", "file:x.txt", "--device", "cuda"], "--corpus", "--corpus and --device are options of the lm task"),
+           (["--no-fp32-master"], "--no-fp32-master", "--no-fp32-master is an option of the lm task"),
+           (["--loss-scale-init", "5"], "--loss-scale-init", "--loss-scale-init is an option of the lm task")]
     for args, flag, words in bad:
         r = runner.invoke(app, ["train", "--task", "digits", "--out", str(tmp_path / "x"), *args])
         assert r.exit_code == 2 and f"error: {flag}:" in r.output and words in r.output, r.output
@@ -111,7 +113,24 @@ def test_cli_writes_summary_curves_plot_and_refuses_bad_input(tmp_path):
                             "bf16", "--out", str(out)])
     assert r.exit_code == 2 and r.output.startswith("error: --out:") and "steps: 6 in the checkpoint, 7 now" in r.output
     assert "Pass --fresh" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    # another model (or task) into the same --out would replace its summary.json: refused
+    for args in (["--task", "digits", "--model", "mlp", "--rule", "sgd"], ["--task", "lm", "--device", "cpu"]):
+        r = runner.invoke(app, ["train", *args, "--steps", "2", "--out", str(out)])
+        assert r.exit_code == 2 and "holds a comparison of the cnn on the digits task" in r.output, r.output
+    assert json.loads((out / "summary.json").read_text())["model"] == "cnn"
 
+
+def test_a_learning_rule_is_compared_with_float32_sgd(tmp_path):
+    """--rule sign compared the rule with itself ("vs sign +0.00"): SGD is now its reference."""
+    from floatlab.cli import app
+    r = CliRunner().invoke(app, ["train", "--task", "digits", "--model", "mlp", "--rule", "sign", "--steps", "4",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert list(s["recipes"]) == ["sgd", "sign"] and s["reference"] == "sgd" and s["rule"] == "sign"
+    r = CliRunner().invoke(app, ["train", "--task", "digits", "--model", "mlp", "--rule", "bsl", "--steps", "4",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 0 and "1 reused, 1 new" in r.output, r.output       # the SGD run is shared
 
 def test_fashion_mnist_folder_named_by_the_variable_is_the_only_one_read(tmp_path, monkeypatch):
     from floatlab.cli import app
@@ -127,5 +146,18 @@ def test_fashion_mnist_folder_named_by_the_variable_is_the_only_one_read(tmp_pat
     assert r.exit_code == 2 and "error: --task: FLOATLAB_FASHION_MNIST=" in r.output and not (tmp_path / "o").exists()
     r = CliRunner().invoke(app, ["data", "--prepare", "fashion-mnist"])   # would unpack where it is not read
     assert r.exit_code == 2 and "the folder lacks" in r.output
+    r = CliRunner().invoke(app, ["data"])
+    assert r.exit_code == 2 and "error: FLOATLAB_FASHION_MNIST=" in r.output
+    # the same files uncompressed (as other downloads ship them) are read as well
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 6), ("test", 4)):
+        imgs, labels = images.FILES[split]
+        for name, arr in ((imgs, rng.integers(0, 256, (n, 28, 28))), (labels, np.arange(n) % 10)):
+            _idx(tmp_path / "mine" / name, arr)
+            raw = gzip.decompress((tmp_path / "mine" / name).read_bytes())
+            (tmp_path / "mine" / name).unlink()
+            (tmp_path / "mine" / name.removesuffix(".gz")).write_bytes(raw)
+    d = images.load_fashion_mnist()
+    assert d.train_x.shape == (6, 1, 28, 28) and d.test_y.tolist() == [0, 1, 2, 3]
     monkeypatch.delenv("FLOATLAB_FASHION_MNIST")
     assert images.candidate_dirs()[0] == images.SYSTEM_DIR

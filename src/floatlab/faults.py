@@ -140,7 +140,8 @@ def flip_bits(q: QTensor, bits, *, index=None, target: str = CODES) -> QTensor:
         bits: an int or a sequence of ints, each in ``0 .. width - 1`` (``width``: the element's
             bits for ``"codes"``, the bits of one block's scale for a scale target).
         index: flat indices of the elements (``"codes"``: into the logical tensor, row-major) or
-            blocks (scale targets) to flip; ``None`` flips every one.
+            blocks (scale targets) to flip, each at most once, or a boolean mask over them;
+            ``None`` flips every one.
         target: ``"codes"`` or the name of a scale tensor (``"scale"``, ``"tensor_scale"``).
 
     Returns:
@@ -149,8 +150,9 @@ def flip_bits(q: QTensor, bits, *, index=None, target: str = CODES) -> QTensor:
 
     Raises:
         TypeError: ``q`` is not a QTensor.
-        ValueError: a bit position outside the width, an index out of range or not flat (more
-            than one dimension), an unknown target.
+        ValueError: a bit position outside the width or repeated, an index out of range,
+            repeated, not flat (more than one dimension) or not integer (a boolean mask of another
+            length), an unknown target.
     """
     _check_q(q)
     width = _width(q, target)
@@ -162,13 +164,25 @@ def flip_bits(q: QTensor, bits, *, index=None, target: str = CODES) -> QTensor:
     if index is None:
         idx = torch.arange(units, dtype=torch.int64)
     else:
-        idx = torch.as_tensor(index, dtype=torch.int64)
+        raw = torch.as_tensor(index)
+        if raw.dtype == torch.bool:                      # a mask, not the indices 0 and 1
+            if raw.numel() != units:
+                raise ValueError(f"a boolean index is a mask over the {units} units of {target!r}; got {raw.numel()} "
+                                 "values (give a mask of that many, or integer flat indices)")
+            raw = raw.reshape(-1).nonzero()[:, 0]
+        elif raw.is_floating_point() or raw.is_complex():
+            raise ValueError(f"index must hold integer flat indices (or a boolean mask), got {raw.dtype}")
+        idx = raw.to(torch.int64)
         if idx.dim() > 1:
             raise ValueError(f"index must be flat indices (an int or a 1-D sequence), got shape {tuple(idx.shape)}; "
                              f"for a position (i, j, ...) in the tensor pass its row-major flat index")
         idx = idx.reshape(-1)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= units):
             raise ValueError(f"index out of range: {target!r} has {units} units (0..{units - 1})")
+        if torch.unique(idx).numel() != idx.numel():      # flipped twice = not flipped at all
+            raise ValueError("index repeats an element; each listed element is flipped once, so give each once")
+    if len(set(bit_list)) != len(bit_list):
+        raise ValueError(f"bits repeats a position ({bits!r}); each listed bit is flipped once, so give each once")
     all_idx = idx.repeat_interleave(len(bit_list))
     all_bits = torch.tensor(bit_list, dtype=torch.int64).repeat(idx.numel())
     return _apply(q, target, all_idx, all_bits)
@@ -194,8 +208,12 @@ def flip_random(q: QTensor, n: int | None = None, *, rate: float | None = None, 
     Raises:
         ValueError: both or neither of ``n``/``rate``, ``n`` larger than the stored bits,
             ``rate`` outside [0, 1], an unknown target.
+        TypeError: ``q`` is not a QTensor, ``generator`` is not a ``torch.Generator``.
     """
     _check_q(q)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), "
+                        f"got {type(generator).__name__}")
     if (n is None) == (rate is None):
         raise ValueError("give exactly one of n (number of flips) and rate (bit error rate)")
     if target == "all":

@@ -16,17 +16,17 @@ _BLOCK_COLUMNS = ("format", "element", "scale", "block", "scale rule", "tensor s
 
 
 def _num(v: float) -> str:
-    """Compact and complete (never a cut number): integers as is, powers of two beyond 2^+-10 as
-    2^k, the rest as the shortest decimal that reads back as the same float64 (every value of a
-    format is a float64 exactly, so this names it exactly; where the value has a short exact
-    decimal, as small floats and fixed point do, it is that decimal: q3.4's max is 7.9375, not
-    7.938)."""
+    """Compact and complete (never a cut number): powers of two beyond 2^+-10, or whose decimal
+    runs past 8 characters, as 2^k; other integers below 2^53 as integers; the rest as the shortest
+    decimal that reads back as the same float64 (every value of a format is a float64 exactly, so
+    this names it exactly; where the value has a short exact decimal, as small floats and fixed
+    point do, it is that decimal: q3.4's max is 7.9375, not 7.938)."""
     if v == 0 or not math.isfinite(v):
         return str(v)
     m, e = math.frexp(abs(v))          # exact: |v| = m * 2^e with m in [0.5, 1)
-    if m == 0.5 and abs(e - 1) > 10:     # math.log2 rounds (2 - 2^-52) * 2^1023 up to 1024
-        return f"2^{e - 1}"
-    if float(v).is_integer() and abs(v) < 1e7:
+    if m == 0.5 and (abs(e - 1) > 10 or len(repr(abs(v))) > 8):   # not math.log2: it rounds
+        return f"{'-' if v < 0 else ''}2^{e - 1}"                   # (2 - 2^-52) * 2^1023 up to 1024
+    if float(v).is_integer() and abs(v) < 2.0 ** 53:
         return f"{v:.0f}"
     return repr(float(v))
 

@@ -381,6 +381,7 @@ def _noting_interrupts(seen: list[bool]) -> Iterator[None]:
 
 def _interrupted() -> int:
     error_line("interrupted" + (f"; {_interrupt_hint[0]}" if _interrupt_hint else ""))
+    _remove_created()          # only folders still empty: a run's checkpoints stay for the resume
     return 130
 
 

@@ -6,6 +6,7 @@ on the main CLI as ``floatlab solve``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -13,11 +14,19 @@ import typer
 from floatlab.cli.output import (CliError, FloatlabCommand, check_earlier_result, check_int, check_out_dir, command_line,
                                  flag_errors, progress, say)
 from floatlab.linalg.refine import METHODS, PRECISIONS
-from floatlab.linalg.study import (DEFAULT_FORMATS, boundaries, parse_kappas, run_study, to_markdown,
-                                   unit_roundoff, write_outputs)
+from floatlab.linalg.study import (DEFAULT_FORMATS, boundaries, kappa_label, memory_bytes, parse_kappas, run_study,
+                                   to_markdown, unit_roundoff, write_outputs)
 
 app = typer.Typer(help="LU-IR and GMRES-IR with low-precision LU factorizations.", add_completion=False,
                   pretty_exceptions_enable=False)
+
+
+def _physical_memory() -> int:
+    """Bytes of RAM on this machine (0 where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _split(text: str, valid=None, what: str = "") -> list[str]:
@@ -65,12 +74,20 @@ def solve(
     with flag_errors("--working"):
         work_list = _split(working, tuple(PRECISIONS), "working precision")
     with flag_errors("--residual"):
-        _split(residual, tuple(PRECISIONS), "residual precision")
+        if len(_split(residual, tuple(PRECISIONS), "residual precision")) > 1:
+            raise ValueError(f"give one residual precision u_r (fp64 or fp32), got {residual!r}; "
+                             "each working precision u is refined with the same u_r")
+        residual = residual.strip()
         if any(PRECISIONS[residual].itemsize < PRECISIONS[w].itemsize for w in work_list):
             raise ValueError(f"u_r = {residual} is less precise than a working precision in {working!r}")
     with flag_errors("--scaling"):
         if scaling not in ("auto", "squeeze", "none"):
             raise ValueError(f"must be auto, squeeze or none, got {scaling!r}")
+    need, have = memory_bytes(n, gmres_max_iter or None), _physical_memory()
+    if have and need > have // 2:
+        raise CliError(f"n = {n} needs about {need / 2 ** 30:.1f} GiB (six n x n float64 matrices), more than "
+                       f"half of this machine's {have / 2 ** 30:.1f} GiB; choose a smaller --n (the rounded LU "
+                       f"is O(n^3): --n 100 already takes minutes)", "--n")
     if out is not None:
         check_earlier_result(out, ("results.json", "report.md"), overwrite)
         out = check_out_dir(out)
@@ -86,7 +103,7 @@ def solve(
     for bnd in boundaries(rows):
         last = bnd["last_converged_kappa"]
         say(f"u={bnd['u']} {bnd['u_f']} {bnd['method']}: converged up to kappa "
-            f"{'none' if last is None else f'{last:.0e}'}")
+            f"{'none' if last is None else kappa_label(last)}")
     if out is not None:
         config = {"command": command_line(), "n": n, "kappas": kappa_list, "formats": fmt_list,
                   "methods": method_list, "working": work_list, "residual": residual, "scaling": scaling,

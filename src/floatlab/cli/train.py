@@ -18,6 +18,10 @@ import typer
 
 from floatlab.text import plural
 
+#: TrainOptions' fields and the flags that set them (all of them options of the lm task)
+_OPTION_FLAGS = {"dtype": "--dtype", "master_weights": "--no-fp32-master", "loss_scale": "--loss-scale",
+                 "init_scale": "--loss-scale-init", "growth_interval": "--loss-scale-window",
+                 "warmup_bf16": "--bf16-warmup"}
 _RESUME = "rerun the same command to resume: finished runs are kept, the others go on from their last checkpoint"
 
 
@@ -35,12 +39,12 @@ def train_command(
     task: str = typer.Option("lm", "--task", help="lm (byte-level language modelling, the GPT) | fashion-mnist | digits (scikit-learn's 8x8 digits, CI-sized)."),
     model: str = typer.Option(None, "--model", help="gpt (task lm) | cnn | mlp (image tasks; default cnn)."),
     rule: str = typer.Option("backprop", "--rule", help="Image tasks, MLP: backprop (the recipes) | sgd | sign | bsl (binary stochastic learning; see floatlab.nn.bsl)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 | fp16 | bf16: the dtype the whole model lives in (parameters, activations, gradients; optimizer states too with --no-fp32-master). The recipe's GEMM emulation applies on top."),
-    fp32_master: bool = typer.Option(True, "--fp32-master/--no-fp32-master", help="With --dtype fp16/bf16: keep fp32 master weights and optimizer states (default), or update the fp16/bf16 parameters directly."),
-    loss_scale: str = typer.Option("none", "--loss-scale", help="none | dynamic: skip the step and halve the scale on an Inf/NaN gradient, double it after --loss-scale-window clean steps."),
-    loss_scale_init: float = typer.Option(2.0 ** 16, "--loss-scale-init", help="First dynamic loss scale."),
-    loss_scale_window: int = typer.Option(200, "--loss-scale-window", help="Clean steps before the dynamic loss scale doubles."),
-    bf16_warmup: int = typer.Option(0, "--bf16-warmup", help="Run the first N steps of every recipe in bf16, then the recipe."),
+    dtype: str = typer.Option("fp32", "--dtype", help="lm task: fp32 | fp16 | bf16, the dtype the whole model lives in (parameters, activations, gradients; optimizer states too with --no-fp32-master). The recipe's GEMM emulation applies on top."),
+    fp32_master: bool = typer.Option(True, "--fp32-master/--no-fp32-master", help="lm task, with --dtype fp16/bf16: keep fp32 master weights and optimizer states (default), or update the fp16/bf16 parameters directly."),
+    loss_scale: str = typer.Option("none", "--loss-scale", help="lm task: none | dynamic, skip the step and halve the scale on an Inf/NaN gradient, double it after --loss-scale-window clean steps."),
+    loss_scale_init: float = typer.Option(2.0 ** 16, "--loss-scale-init", help="lm task: the first dynamic loss scale."),
+    loss_scale_window: int = typer.Option(200, "--loss-scale-window", help="lm task: clean steps before the dynamic loss scale doubles."),
+    bf16_warmup: int = typer.Option(0, "--bf16-warmup", help="lm task: run the first N steps of every recipe in bf16, then the recipe."),
     sweep: Path = typer.Option(None, "--sweep", help="A sweep file (.yaml/.json): a grid over element format, scale format, block size, SR/RHT roles, tensor scaling and seeds; see docs/training.md. Writes sweep.csv, sweep.md and sweep.png into --out; resumable."),
 ) -> None:
     """Train once per recipe and seed, and compare the recipes: a small GPT on bytes (--task lm,
@@ -72,19 +76,16 @@ def train_command(
                                init_scale=loss_scale_init, growth_interval=loss_scale_window,
                                warmup_bf16=bf16_warmup)
     except ValueError as err:
-        flags = {"dtype": "--dtype", "loss_scale": "--loss-scale", "init_scale": "--loss-scale-init",
-                 "growth_interval": "--loss-scale-window", "warmup_bf16": "--bf16-warmup"}
-        raise CliError(str(err), flags.get(str(err).split()[0], "--dtype")) from None
+        raise CliError(str(err), _OPTION_FLAGS.get(str(err).split()[0], "--dtype")) from None
     if sweep is not None:
         if recipe or task_name != "lm" or seeds != 1 or steps is not None or preset != "smoke" or master:
             raise CliError("--sweep takes the recipes, seeds, steps and preset from the sweep file; leave "
                            "--recipe, --seeds, --steps, --preset, --master-weights and --task out", "--sweep")
         return _sweep_command(sweep, out, threads, fresh, options, device, corpus)
     if task_name != "lm":
-        if options.to_dict():
-            raise CliError("--dtype, --loss-scale and --bf16-warmup are options of the lm task", "--task")
-        lm_only = [flag for flag, given in (("--master-weights", master), ("--corpus", corpus != "pydoc"),
-                                            ("--device", device not in (None, "cpu"))) if given]
+        lm_only = [_OPTION_FLAGS[k] for k in options.to_dict()]
+        lm_only += [flag for flag, given in (("--master-weights", master), ("--corpus", corpus != "pydoc"),
+                                             ("--device", device not in (None, "cpu"))) if given]
         if lm_only:
             raise CliError(f"{' and '.join(lm_only)} {'is an option' if len(lm_only) == 1 else 'are options'} of the "
                            f"lm task (the image tasks train on the CPU, on the task's own data); leave "
@@ -117,6 +118,7 @@ def train_command(
         raise CliError(f"the global batch of the {p.name} preset ({p.batch_size} sequences) is not divisible "
                        f"by {world} processes", "--nproc_per_node")
     out = check_out_dir(out)
+    _check_same_comparison(out, "lm", "gpt")
     if master and options.dtype != "fp32":
         raise CliError(f"--master-weights {master} rounds float32 master weights to a format; with --dtype "
                        f"{options.dtype} the master weights are fp32 (--fp32-master, the default)", "--master-weights")
@@ -184,18 +186,20 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
     kind = parse_choice(model or "cnn", ("cnn", "mlp"), "--model")
     how = parse_choice(rule, RULES, "--rule")
     if how != "backprop" and kind != "mlp":
-        raise CliError(f"--rule {how} trains binary stochastic learning's sigmoid MLP: add --model mlp", "--rule")
+        raise CliError(f"--rule {how} trains the sigmoid MLP on which binary stochastic learning compares its "
+                       "rules (sgd: float32 SGD, sign: the Manhattan rule, bsl): add --model mlp", "--rule")
     if how != "backprop" and recipe:
         raise CliError(f"--rule {how} trains without a recipe (its own binary signals); leave --recipe out", "--recipe")
     with flag_errors("--preset"):
         p = get_image_preset(preset).with_steps(steps)
     with flag_errors("--recipe", OSError):
-        recipes = resolve(recipe or list(IMAGE_RECIPES), how)
+        runs = resolve(recipe or list(IMAGE_RECIPES), how)
     with flag_errors("--task", DataMissing):
         data = load_data(task, p)
     out = check_out_dir(out)
+    _check_same_comparison(out, task, kind)
     try:
-        plan = plan_runs(recipes, list(range(seeds)), p, kind, how, out, data, fresh)
+        plan = plan_runs(runs, list(range(seeds)), p, kind, out, data, fresh)
     except ConfigMismatch as err:
         raise CliError(f"{err}. Pass --fresh to discard the runs in {out} and train from step 0, "
                        "or choose another --out", "--out") from None
@@ -211,7 +215,7 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
         + ", ".join(f"{n} {k}" for k, n in counts.items()))
     on_interrupt(_RESUME)
     with progress():
-        summary = run_image_experiment(recipes if how == "backprop" else [], list(range(seeds)), p, kind, out,
+        summary = run_image_experiment([r for r, _ in runs] if how == "backprop" else [], list(range(seeds)), p, kind, out,
                                        data, rule=how, fresh=fresh)
     columns = ("run", "test accuracy", "std", f"vs {summary['reference']} (points)", "ms/step", "time vs ref")
     rows = [(name, f"{100 * r['test_accuracy']:.2f}%", f"{100 * r['test_accuracy_std']:.2f}",
@@ -220,6 +224,26 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
     show_table(f"{task} test accuracy after {plural(p.steps, 'step')} ({kind}, {p.name} preset, {plural(seeds, 'seed')})",
                columns, rows, right=columns[1:])
     say(f"wrote {out}/summary.json, {out}/curves.csv, {out}/accuracy.png")
+
+
+def _check_same_comparison(out: Path, task: str, model: str) -> None:
+    """Refuse an ``--out`` whose summary.json compares another task or model: this command would
+    replace that comparison's summary (and leave its plot beside the new one)."""
+    import json
+
+    from floatlab.cli.output import CliError
+
+    try:
+        there = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(there, dict):
+        return
+    was = (there.get("task", "lm"), there["model"] if isinstance(there.get("model"), str) else "gpt")
+    if was != (task, model):
+        raise CliError(f"{out} holds a comparison of the {was[1]} on the {was[0]} task (summary.json); this "
+                       f"command trains the {model} on the {task} task and would replace it. Choose another --out",
+                       "--out")
 
 
 def _check_corpus_not_empty(corpus: str) -> None:
@@ -288,8 +312,12 @@ def _sweep_command(path: Path, out: Path, threads: int, fresh: bool, options, de
 def data_command(
     prepare: list[str] = typer.Option([], "--prepare", "-p", help="Prepare this data set: fashion-mnist (apt-get download + dpkg-deb -x into the floatlab cache where Debian's dataset-fashion-mnist package is not installed)."),
 ) -> None:
-    """List the image data sets and where they are; prepare Fashion-MNIST offline."""
-    from floatlab.cli.output import flag_errors, parse_choice, say, show_table
+    """List the image data sets and where they are; prepare Fashion-MNIST offline.
+
+    FLOATLAB_FASHION_MNIST=FOLDER reads your own copy of the four idx files instead (only that
+    folder, gzipped or not); a folder that lacks one is an error (exit code 2).
+    """
+    from floatlab.cli.output import CliError, flag_errors, parse_choice, say, show_table
     from floatlab.train.images import ENV_VAR, DataMissing, find_fashion_mnist, prepare_fashion_mnist
 
     names = [parse_choice(n, ("fashion-mnist",), "--prepare") for n in prepare]
@@ -299,7 +327,9 @@ def data_command(
     try:
         where = str(find_fashion_mnist())
     except DataMissing as err:
-        where = f"missing: {err}" if os.environ.get(ENV_VAR) else "missing: floatlab data --prepare fashion-mnist"
+        if os.environ.get(ENV_VAR):        # the folder the user named is not usable: say so, exit 2
+            raise CliError(str(err)) from None
+        where = "missing: floatlab data --prepare fashion-mnist"
     try:
         import sklearn  # noqa: F401
         digits = "in scikit-learn"

@@ -146,7 +146,14 @@ def p3109_format(precision: int, signed: bool = True, extended: bool = True) -> 
                        else NanStyle.FN, signed=signed, top_inf=extended, name=name)
 
 
+#: IEEE double's names: a spelled format (e11m52), not registered, so that listings and sweeps
+#: over the registry (``floatlab formats``, quality tables) stay about low precision
+FP64_NAMES = ("fp64", "float64", "double", "f64")
+
+
 def _parse(key: str):
+    if key in FP64_NAMES:
+        return FloatFormat(11, 52, name="fp64")
     m = _SPELLED_FLOAT.match(key)
     if m:
         unsigned, e, mb, nan, bias, sub, inf = m.groups()
@@ -192,8 +199,8 @@ def get_format(fmt):
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise ValueError(
         f"unknown format {fmt!r}.{hint} See floatlab.list_formats() (or `floatlab formats`); "
-        "any eXmY[fn|fnuz|fnone][_bBIAS][_inf], intN/uintN or p3109_p<P>[s|u][e|f] spelling "
-        "also works.")
+        "any eXmY[fn|fnuz|fnone][_bBIAS][_inf], intN/uintN, qI.F, p3109_p<P>[s|u][e|f] or fp64 "
+        "spelling also works.")
 
 
 def list_formats(kind: str | None = None) -> list[str]:

@@ -34,7 +34,9 @@ class GMRESResult:
 def gmres(matvec: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, *,
           precond: Callable[[torch.Tensor], torch.Tensor] | None = None, tol: float = 1e-6,
           max_iter: int | None = None, dtype: torch.dtype = torch.float64) -> GMRESResult:
-    """Solve ``M^-1 A x = M^-1 b`` (``matvec(v) = A v``, ``precond(v) = M^-1 v``) in ``dtype``.
+    """Solve ``M^-1 A x = M^-1 b`` (``matvec(v) = A v``, ``precond(v) = M^-1 v``) in ``dtype``:
+    GMRES (Saad and Schultz, SIAM J. Sci. Stat. Comput. 7(3), 1986) with CGS2 Arnoldi, Givens
+    rotations, a zero initial guess and no restart (the module docstring has the details).
 
     Args:
         matvec: ``v -> A v`` on (n,) tensors of ``dtype``.

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from floatlab.text import plural
+
 from floatlab.emulation.rounding import Rounder, two_product, two_sum
 
 
@@ -47,7 +49,7 @@ def _check_matrix(A, what: str = "A") -> torch.Tensor:
     bad = ~torch.isfinite(A)
     if bool(bad.any()):
         i, j = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(f"{what} has {int(bad.sum())} non-finite entries (first at row {i}, column {j}: "
+        raise ValueError(f"{what} has {plural(int(bad.sum()), 'non-finite entry', 'non-finite entries')} (first at row {i}, column {j}: "
                          f"{A[i, j].item()}); LU needs finite input")
     return A
 
@@ -58,7 +60,7 @@ def _check_finite_rhs(b: torch.Tensor) -> None:
     if bool(bad.any()):
         at = tuple(int(v) for v in bad.nonzero()[0])
         where = f"entry {at[0]}" if b.dim() == 1 else f"row {at[0]}, column {at[1]}"
-        raise ValueError(f"b has {int(bad.sum())} non-finite entries (first at {where}: {b[at].item()}); "
+        raise ValueError(f"b has {plural(int(bad.sum()), 'non-finite entry', 'non-finite entries')} (first at {where}: {b[at].item()}); "
                          "the solve needs finite input")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -28,12 +30,12 @@ def randsvd(n: int, kappa: float, *, mode: int = 3, generator: torch.Generator |
         An (n, n) float64 tensor.
 
     Raises:
-        ValueError: ``n < 2``, ``kappa < 1`` or an unknown mode.
+        ValueError: ``n < 2``, ``kappa`` below 1 or not finite, or an unknown mode.
     """
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2, got {n!r}")
-    if not kappa >= 1:
-        raise ValueError(f"kappa must be >= 1, got {kappa!r}")
+    if not (kappa >= 1 and math.isfinite(kappa)):
+        raise ValueError(f"kappa must be finite and >= 1, got {kappa!r}")
     i = torch.arange(n, dtype=torch.float64)
     if mode == 3:
         sigma = torch.tensor(float(kappa), dtype=torch.float64) ** (-i / (n - 1))

@@ -48,7 +48,8 @@ def parse_kappas(text: str) -> list[float]:
     """``"1e1..1e10"`` (every power of ten in between) or a comma list ``"10,1e4,1e8"``.
 
     Raises:
-        ValueError: neither form, a number that does not parse, a value below 1 or a reversed range.
+        ValueError: neither form, a number that does not parse, a value below 1 or not finite,
+            or a reversed range.
     """
     text = text.strip()
     syntax = "give 'LOW..HIGH' (every power of ten in between, e.g. 1e1..1e8) or a comma list (e.g. 10,1e4,1e8)"
@@ -59,14 +60,35 @@ def parse_kappas(text: str) -> list[float]:
             vals = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise ValueError(f"cannot read condition numbers from {text!r}: {syntax}") from None
+    if ".." not in text and not vals:
+        raise ValueError(f"no condition numbers in {text!r}: {syntax}")
+    given = (lo, hi) if ".." in text else vals
+    if not all(math.isfinite(v) for v in given):
+        raise ValueError(f"condition numbers must be finite (a float64 above 1.8e308 reads as inf), got {text!r}")
     if ".." in text:
         if not (lo >= 1 and hi >= lo):
             raise ValueError(f"kappa range {text!r} must satisfy 1 <= low <= high")
-        a, b = round(math.log10(lo)), round(math.log10(hi))
+        a, b = math.ceil(math.log10(lo) - 1e-9), math.floor(math.log10(hi) + 1e-9)
+        if a > b:
+            raise ValueError(f"kappa range {text!r} holds no power of ten; {syntax}")
         return [10.0 ** k for k in range(a, b + 1)]
     if not vals or any(not v >= 1 for v in vals):
         raise ValueError(f"condition numbers must be >= 1, got {text!r}")
     return vals
+
+
+def kappa_label(kappa: float) -> str:
+    """``"1e3"`` for a power of ten, else the value as given (``"50"``, ``"2.5e+04"``)."""
+    k = round(math.log10(kappa))
+    return f"1e{k}" if 10.0 ** k == kappa else f"{kappa:g}"
+
+
+def memory_bytes(n: int, gmres_max_iter: int | None = None) -> int:
+    """About the most memory one case of the study holds at once, in bytes: ``A``, its factors
+    and their scaled copies (float64, ``n x n`` each, six of them) and GMRES's Krylov basis
+    (``(m + 1) x n``, ``m = gmres_max_iter``, default ``n // 2``)."""
+    m = max(1, n // 2) if gmres_max_iter is None else gmres_max_iter
+    return 8 * (6 * n * n + (m + 1) * n)
 
 
 def _seed(seed: int, n: int, kappa: float) -> int:
@@ -142,7 +164,7 @@ def run_study(n: int = 100, kappas: Sequence[float] = DEFAULT_KAPPAS,
                                      "growth": factors.growth,
                                      "seconds": time.perf_counter() - t1})
                     if on_step is not None:
-                        on_step(f"kappa={kappa:.0e} {fmt} {method} u={w}")
+                        on_step(f"kappa={kappa_label(kappa)} {fmt} {method} u={w}")
     return rows
 
 
@@ -168,7 +190,7 @@ def to_markdown(rows: Sequence[Row]) -> str:
                  "fail = the factorization failed (zero pivot or overflow)", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for kappa in dict.fromkeys(r["kappa"] for r in sub):
-            cells = [f"1e{round(math.log10(kappa))}"]
+            cells = [kappa_label(kappa)]
             for f, s, m in cols:
                 match = [r for r in sub if r["kappa"] == kappa and (r["u_f"], r["scaling"], r["method"]) == (f, s, m)]
                 cells.append(cell(match[0]) if match else "")
@@ -261,8 +283,8 @@ def write_outputs(rows: Sequence[Row], out_dir: str | Path, config: dict | None 
               "|---|---|---|---|---|"]
     for bnd in boundaries(rows):
         last = "none" if bnd["last_converged_kappa"] is None else \
-            f"{bnd['last_converged_kappa']:.0e} ({bnd['kappa_uf_there']:.2g})"
-        first = "none" if bnd["first_failure_kappa"] is None else f"{bnd['first_failure_kappa']:.0e} ({bnd['first_failure']})"
+            f"{kappa_label(bnd['last_converged_kappa'])} ({bnd['kappa_uf_there']:.2g})"
+        first = "none" if bnd["first_failure_kappa"] is None else f"{kappa_label(bnd['first_failure_kappa'])} ({bnd['first_failure']})"
         lines.append(f"| {bnd['u']} | {bnd['u_f']} | {bnd['method']} | {last} | {first} |")
     write_text(paths["md"], "\n".join(lines) + "\n")
     plot(rows, paths["png"])

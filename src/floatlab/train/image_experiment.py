@@ -15,32 +15,43 @@ from floatlab.train.image_run import (ImagePreset, ImageRunResult, check_recipe,
 from floatlab.train.images import ImageData, baselines
 
 
-def resolve(recipes, rule: str) -> list[Recipe]:
-    """``fp32`` (the reference) first, then ``recipes``; other rules than backprop train the BSL
-    network, whose runs are named by the rule and use the fp32 recipe."""
+Run = tuple[Recipe, str]          # (recipe, training rule)
+
+
+def resolve(recipes, rule: str) -> list[Run]:
+    """The runs, reference first. ``backprop``: ``fp32`` (the reference), then ``recipes``. The
+    other rules train binary stochastic learning's sigmoid MLP with the fp32 recipe, named by the
+    rule: ``sgd`` (float32 SGD, the reference) first, then ``sign`` or ``bsl`` when asked for (the
+    paper's comparison: its rule against full-precision SGD on the same network).
+
+    Raises:
+        ValueError: two different recipes with one name; an unknown recipe (from
+            :func:`~floatlab.nn.recipes.get_recipe`).
+    """
     if rule != "backprop":
-        return [get_recipe("fp32")]
+        fp32 = get_recipe("fp32")
+        return [(fp32, r) for r in dict.fromkeys(("sgd", rule))]
     out: dict[str, Recipe] = {}
     for r in ["fp32", *recipes]:
         recipe = get_recipe(r)
         if recipe.name in out and out[recipe.name] != recipe:
             raise ValueError(f"two different recipes are named {recipe.name!r}; runs are stored by name")
         out[recipe.name] = recipe
-    return list(out.values())
+    return [(recipe, "backprop") for recipe in out.values()]
 
 
 def run_name(recipe: Recipe, rule: str) -> str:
     return recipe.name if rule == "backprop" else rule
 
 
-def plan_runs(recipes: list[Recipe], seeds, preset: ImagePreset, model: str, rule: str, out: Path,
+def plan_runs(runs: list[Run], seeds, preset: ImagePreset, model: str, out: Path,
               data: ImageData, fresh: bool = False) -> dict:
     """Check every run folder before training (see :func:`floatlab.train.experiment.plan_runs`):
     ``"new"``, ``"reused"`` or ``"resumed at step k"``; raises ``ConfigMismatch`` or ``ValueError``
     (a recipe naming layers the model does not have)."""
     cfg = preset.model_config(model, data)
     plan = {}
-    for recipe in recipes:
+    for recipe, rule in runs:
         check_recipe(recipe, cfg)
         for seed in seeds:
             name = run_name(recipe, rule)
@@ -56,21 +67,21 @@ def plan_runs(recipes: list[Recipe], seeds, preset: ImagePreset, model: str, rul
 
 def run_image_experiment(recipes, seeds, preset: ImagePreset, model: str, out: Path, data: ImageData,
                          rule: str = "backprop", fresh: bool = False, write: bool = True) -> dict:
-    """Train every (recipe, seed) under ``out/runs/<model>/<name>/seed<k>/`` and write the summary
-    (``out/summary.json``, with the environment), ``out/curves.csv`` and ``out/accuracy.png``.
-    Returns the summary."""
+    """Train every run of :func:`resolve` and seed under ``out/runs/<model>/<name>/seed<k>/`` and
+    write the summary (``out/summary.json``, with the environment), ``out/curves.csv`` and
+    ``out/accuracy.png``. Returns the summary."""
     out = Path(out)
-    resolved = resolve(recipes, rule)
-    plan_runs(resolved, seeds, preset, model, rule, out, data, fresh)
+    runs = resolve(recipes, rule)
+    plan_runs(runs, seeds, preset, model, out, data, fresh)
     results: dict[str, list[ImageRunResult]] = {}
-    for recipe in resolved:
-        name = run_name(recipe, rule)
+    for recipe, how in runs:
+        name = run_name(recipe, how)
         for seed in seeds:
             res = train_image_run(recipe, seed, preset, model, out / "runs" / model / name / f"seed{seed}",
-                                  data, rule=rule, fresh=fresh)
+                                  data, rule=how, fresh=fresh)
             res.recipe = name
             results.setdefault(name, []).append(res)
-    summary = summarize(results, preset, model, rule, seeds, {run_name(r, rule): r for r in resolved}, data)
+    summary = summarize(results, preset, model, rule, seeds, {run_name(r, how): r for r, how in runs}, data)
     if write:
         write_outputs(out, summary, results)
     return summary

@@ -7,8 +7,8 @@ images of 28x28 grey pixels, 10 classes) is read from the four standard idx file
 ``/usr/share/datasets/fashion-mnist``. Where the package is not installed,
 ``floatlab data --prepare fashion-mnist`` fetches it with ``apt-get download`` and unpacks it with
 ``dpkg-deb -x`` into ``$FLOATLAB_CACHE/datasets`` (no root needed). ``$FLOATLAB_FASHION_MNIST``
-names another folder holding the four files; when it is set, only that folder is read (an empty or
-wrong folder is an error, never a silent fall-back to another copy).
+names another folder holding the four files (gzipped or not); when it is set, only that folder
+is read (an empty or wrong folder is an error, never a silent fall-back to another copy).
 
 The idx files are read by :func:`read_idx`, a small numpy reader of the format (LeCun's: a magic
 number whose third byte is the element type and fourth the number of dimensions, the sizes as
@@ -105,6 +105,15 @@ def candidate_dirs() -> list[Path]:
     return [SYSTEM_DIR, cache_dir() / "fashion-mnist" / SYSTEM_DIR.relative_to("/")]
 
 
+def idx_file(folder: Path, name: str) -> Path | None:
+    """``folder/name`` (gzip-compressed, as Debian ships it), else the same file uncompressed
+    (``name`` without ``.gz``, as other downloads ship it), else None."""
+    for p in (folder / name, folder / name.removesuffix(".gz")):
+        if p.is_file():
+            return p
+    return None
+
+
 def find_fashion_mnist() -> Path:
     """The first folder holding all four idx files.
 
@@ -115,7 +124,7 @@ def find_fashion_mnist() -> Path:
     """
     names = FILES["train"] + FILES["test"]
     for d in candidate_dirs():
-        if all((d / n).is_file() for n in names):
+        if all(idx_file(d, n) is not None for n in names):
             return d
     if os.environ.get(ENV_VAR):
         d = candidate_dirs()[0]
@@ -123,9 +132,9 @@ def find_fashion_mnist() -> Path:
         if not d.is_dir():
             raise DataMissing(f"{where} is not a folder; point it at a folder holding {', '.join(names)}, "
                               f"or unset it to use Debian's {DEBIAN_PACKAGE} package")
-        lacks = [n for n in names if not (d / n).is_file()]
-        raise DataMissing(f"{where}: the folder lacks {', '.join(lacks)}; put Fashion-MNIST's four idx files "
-                          f"there, or unset {ENV_VAR} to use Debian's {DEBIAN_PACKAGE} package")
+        lacks = [n for n in names if idx_file(d, n) is None]
+        raise DataMissing(f"{where}: the folder lacks {', '.join(lacks)} (gzipped or not); put Fashion-MNIST's "
+                          f"four idx files there, or unset {ENV_VAR} to use Debian's {DEBIAN_PACKAGE} package")
     looked = ", ".join(str(d) for d in candidate_dirs())
     raise DataMissing(f"Fashion-MNIST's idx files are not on this machine (looked in {looked}); {HOW_TO_GET}")
 
@@ -247,7 +256,7 @@ def load_fashion_mnist(train_limit: int | None = None) -> ImageData:
     d = find_fashion_mnist()
     parts = []
     for split in ("train", "test"):
-        imgs, labels = (read_idx(d / n) for n in FILES[split])
+        imgs, labels = (read_idx(idx_file(d, n)) for n in FILES[split])
         if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
             raise ValueError(f"{d}: the {split} images {imgs.shape} and labels {labels.shape} do not match")
         x = torch.from_numpy(imgs.astype(np.float32) / 255.0).unsqueeze(1)
