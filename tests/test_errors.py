@@ -273,6 +273,9 @@ def test_flip_bits_reads_a_boolean_index_as_a_mask_and_refuses_repeats():
         flip_bits(q, [1, 1])
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         flip_random(q, 3, generator=0)
+    from floatlab.faults import bit_sensitivity
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        bit_sensitivity("e4m3", data="normal", generator=0)
 
 
 @pytest.mark.parametrize("text,words", [("inf", "must be finite"), ("1e400", "must be finite"),

@@ -54,6 +54,12 @@ def _check_q(q) -> QTensor:
     return q
 
 
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), "
+                        f"got {type(generator).__name__}")
+
+
 def _width(q: QTensor, target: str) -> int:
     """Bits per addressable unit of ``target``: per element code, or per block of a scale."""
     if target == CODES:
@@ -211,9 +217,7 @@ def flip_random(q: QTensor, n: int | None = None, *, rate: float | None = None, 
         TypeError: ``q`` is not a QTensor, ``generator`` is not a ``torch.Generator``.
     """
     _check_q(q)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), "
-                        f"got {type(generator).__name__}")
+    _check_generator(generator)
     if (n is None) == (rate is None):
         raise ValueError("give exactly one of n (number of flips) and rate (bit error rate)")
     if target == "all":
@@ -319,7 +323,9 @@ def bit_sensitivity(fmt, *, data: str = "codes", samples: int = 65536, large: fl
 
     Raises:
         ValueError: ``data="codes"`` with a block format or a format of more than 16 bits.
+        TypeError: ``generator`` is not a ``torch.Generator``.
     """
+    _check_generator(generator)
     spec = get_format(fmt)
     rows = []
     if data == "codes":
