@@ -244,6 +244,7 @@ def test_fault_errors_say_what_is_stored_and_want_flat_indices():
     with pytest.raises(ValueError, match=r"index must be flat indices .* got shape \(1, 2\)"):
         flip_bits(q, 0, index=[[1, 2]])
     assert flip_bits(q, 0, index=3).shape == q.shape                 # one flat index is fine
+    assert torch.equal(flip_bits(q, 0, index=[]).data, q.data)      # none: nothing flips
     with pytest.raises(ValueError, match="give bits .* or n/rate"):
         inject(torch.ones(3), "e4m3")
     with pytest.raises(ValueError, match="at least one bit_sensitivity"):
@@ -291,3 +292,4 @@ def test_kappa_labels_are_the_values_given():
     from floatlab.linalg.study import kappa_label, parse_kappas
     assert [kappa_label(k) for k in parse_kappas("10,50,1e3,2.5e4")] == ["1e1", "50", "1e3", "25000"]
     assert parse_kappas("5..50") == [10.0]
+    assert parse_kappas("1e3,1e1,10,0.1e2") == [10.0, 1000.0]         # sorted, each once

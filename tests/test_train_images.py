@@ -102,8 +102,8 @@ def test_cli_writes_summary_curves_plot_and_refuses_bad_input(tmp_path):
            (["--preset", "paper"], "--preset", "unknown preset"),
            (["--master-weights", "bf16"], "--master-weights", "option of the lm task"),
            (["--corpus", "file:x.txt", "--device", "cuda"], "--corpus", "--corpus and --device are options of the lm task"),
-           (["--no-fp32-master"], "--no-fp32-master", "--no-fp32-master is an option of the lm task"),
-           (["--loss-scale-init", "5"], "--loss-scale-init", "--loss-scale-init is an option of the lm task")]
+           (["--no-fp32-master"], "--no-fp32-master", "--no-fp32-master: an option of the lm task"),
+           (["--loss-scale-init", "5"], "--loss-scale-init", "--loss-scale-init: an option of the lm task")]
     for args, flag, words in bad:
         r = runner.invoke(app, ["train", "--task", "digits", "--out", str(tmp_path / "x"), *args])
         assert r.exit_code == 2 and f"error: {flag}:" in r.output and words in r.output, r.output

@@ -171,6 +171,8 @@ def flip_bits(q: QTensor, bits, *, index=None, target: str = CODES) -> QTensor:
         idx = torch.arange(units, dtype=torch.int64)
     else:
         raw = torch.as_tensor(index)
+        if raw.numel() == 0:                             # [] reads as float32: flip nothing
+            raw = raw.to(torch.int64)
         if raw.dtype == torch.bool:                      # a mask, not the indices 0 and 1
             if raw.numel() != units:
                 raise ValueError(f"a boolean index is a mask over the {units} units of {target!r}; got {raw.numel()} "

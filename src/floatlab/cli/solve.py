@@ -30,7 +30,7 @@ def _physical_memory() -> int:
 
 
 def _split(text: str, valid=None, what: str = "") -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
+    items = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))   # each once
     if not items:
         raise ValueError(f"no {what}s given")
     for item in items:
@@ -102,8 +102,8 @@ def solve(
     say(to_markdown(rows))
     for bnd in boundaries(rows):
         last = bnd["last_converged_kappa"]
-        say(f"u={bnd['u']} {bnd['u_f']} {bnd['method']}: converged up to kappa "
-            f"{'none' if last is None else kappa_label(last)}")
+        say(f"u={bnd['u']} {bnd['u_f']} {bnd['method']}: "
+            + ("did not converge at any kappa" if last is None else f"converged up to kappa {kappa_label(last)}"))
     if out is not None:
         config = {"command": command_line(), "n": n, "kappas": kappa_list, "formats": fmt_list,
                   "methods": method_list, "working": work_list, "residual": residual, "scaling": scaling,

@@ -87,9 +87,9 @@ def train_command(
         lm_only += [flag for flag, given in (("--master-weights", master), ("--corpus", corpus != "pydoc"),
                                              ("--device", device not in (None, "cpu"))) if given]
         if lm_only:
-            raise CliError(f"{' and '.join(lm_only)} {'is an option' if len(lm_only) == 1 else 'are options'} of the "
-                           f"lm task (the image tasks train on the CPU, on the task's own data); leave "
-                           f"{'it' if len(lm_only) == 1 else 'them'} out", lm_only[0])
+            what = ("an option" if len(lm_only) == 1 else f"{' and '.join(lm_only)} are options")
+            raise CliError(f"{what} of the lm task (the image tasks train on the CPU, on the task's own data); "
+                           f"leave {'it' if len(lm_only) == 1 else 'them'} out", lm_only[0])
         return _image_command(recipe, seeds, steps, preset, out, task_name, model, rule, threads, fresh)
     if model is not None and model.strip().lower() != "gpt":
         raise CliError(f"the lm task trains the GPT; --model {model!r} is for the image tasks "
@@ -189,7 +189,8 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
         raise CliError(f"--rule {how} trains the sigmoid MLP on which binary stochastic learning compares its "
                        "rules (sgd: float32 SGD, sign: the Manhattan rule, bsl): add --model mlp", "--rule")
     if how != "backprop" and recipe:
-        raise CliError(f"--rule {how} trains without a recipe (its own binary signals); leave --recipe out", "--recipe")
+        raise CliError(f"--rule {how} trains the float32 sigmoid MLP of the rules' comparison (float32 SGD as the "
+                       "reference), without a recipe; leave --recipe out", "--recipe")
     with flag_errors("--preset"):
         p = get_image_preset(preset).with_steps(steps)
     with flag_errors("--recipe", OSError):

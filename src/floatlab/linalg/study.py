@@ -45,7 +45,8 @@ def unit_roundoff(fmt) -> float:
 
 
 def parse_kappas(text: str) -> list[float]:
-    """``"1e1..1e10"`` (every power of ten in between) or a comma list ``"10,1e4,1e8"``.
+    """``"1e1..1e10"`` (every power of ten in between) or a comma list ``"10,1e4,1e8"`` (sorted,
+    each value once: ``1e1,10`` is one kappa).
 
     Raises:
         ValueError: neither form, a number that does not parse, a value below 1 or not finite,
@@ -64,7 +65,7 @@ def parse_kappas(text: str) -> list[float]:
         raise ValueError(f"no condition numbers in {text!r}: {syntax}")
     given = (lo, hi) if ".." in text else vals
     if not all(math.isfinite(v) for v in given):
-        raise ValueError(f"condition numbers must be finite (a float64 above 1.8e308 reads as inf), got {text!r}")
+        raise ValueError(f"condition numbers must be finite numbers (above 1.8e308 a float64 is inf), got {text!r}")
     if ".." in text:
         if not (lo >= 1 and hi >= lo):
             raise ValueError(f"kappa range {text!r} must satisfy 1 <= low <= high")
@@ -74,7 +75,7 @@ def parse_kappas(text: str) -> list[float]:
         return [10.0 ** k for k in range(a, b + 1)]
     if not vals or any(not v >= 1 for v in vals):
         raise ValueError(f"condition numbers must be >= 1, got {text!r}")
-    return vals
+    return sorted(set(vals))             # each once, in the order of the tables
 
 
 def kappa_label(kappa: float) -> str:
