@@ -143,7 +143,7 @@ def test_fashion_mnist_folder_named_by_the_variable_is_the_only_one_read(tmp_pat
     with pytest.raises(images.DataMissing, match="the folder lacks train-labels-idx1-ubyte.gz, t10k-images"):
         images.find_fashion_mnist()
     r = CliRunner().invoke(app, ["train", "--task", "fashion-mnist", "-r", "int8", "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "error: --task: FLOATLAB_FASHION_MNIST=" in r.output and not (tmp_path / "o").exists()
+    assert r.exit_code == 2 and r.output.startswith("error: FLOATLAB_FASHION_MNIST=") and not (tmp_path / "o").exists()
     r = CliRunner().invoke(app, ["data", "--prepare", "fashion-mnist"])   # would unpack where it is not read
     assert r.exit_code == 2 and "the folder lacks" in r.output
     r = CliRunner().invoke(app, ["data"])
@@ -159,5 +159,12 @@ def test_fashion_mnist_folder_named_by_the_variable_is_the_only_one_read(tmp_pat
             (tmp_path / "mine" / name.removesuffix(".gz")).write_bytes(raw)
     d = images.load_fashion_mnist()
     assert d.train_x.shape == (6, 1, 28, 28) and d.test_y.tolist() == [0, 1, 2, 3]
+    assert CliRunner().invoke(app, ["data"]).exit_code == 0
+    labels = tmp_path / "mine" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-1])                       # damaged: never listed as usable
+    r = CliRunner().invoke(app, ["data"])
+    assert r.exit_code == 2 and "t10k-labels-idx1-ubyte: 3 data bytes, but its header says" in r.output, r.output
+    r = CliRunner().invoke(app, ["train", "--task", "fashion-mnist", "-r", "int8", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and r.output.startswith("error: FLOATLAB_FASHION_MNIST: "), r.output
     monkeypatch.delenv("FLOATLAB_FASHION_MNIST")
     assert images.candidate_dirs()[0] == images.SYSTEM_DIR

@@ -195,8 +195,14 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
         p = get_image_preset(preset).with_steps(steps)
     with flag_errors("--recipe", OSError):
         runs = resolve(recipe or list(IMAGE_RECIPES), how)
-    with flag_errors("--task", DataMissing):
+    from floatlab.train.images import ENV_VAR
+    own = task == "fashion-mnist" and bool(os.environ.get(ENV_VAR))
+    try:
         data = load_data(task, p)
+    except DataMissing as err:      # with the variable set, the message starts with it
+        raise CliError(str(err), None if own else "--task") from None
+    except ValueError as err:       # a damaged file: in the user's own folder, that variable's problem
+        raise CliError(str(err), ENV_VAR if own else "--task") from None
     out = check_out_dir(out)
     _check_same_comparison(out, task, kind)
     try:
@@ -319,16 +325,16 @@ def data_command(
     folder, gzipped or not); a folder that lacks one is an error (exit code 2).
     """
     from floatlab.cli.output import CliError, flag_errors, parse_choice, say, show_table
-    from floatlab.train.images import ENV_VAR, DataMissing, find_fashion_mnist, prepare_fashion_mnist
+    from floatlab.train.images import ENV_VAR, DataMissing, check_fashion_mnist, prepare_fashion_mnist
 
     names = [parse_choice(n, ("fashion-mnist",), "--prepare") for n in prepare]
     for _ in names:
         with flag_errors("--prepare", DataMissing):
             prepare_fashion_mnist(log=say)
     try:
-        where = str(find_fashion_mnist())
-    except DataMissing as err:
-        if os.environ.get(ENV_VAR):        # the folder the user named is not usable: say so, exit 2
+        where = str(check_fashion_mnist())
+    except (DataMissing, ValueError) as err:   # missing, or a damaged file (named): never listed as usable
+        if os.environ.get(ENV_VAR) or not isinstance(err, DataMissing):
             raise CliError(str(err)) from None
         where = "missing: floatlab data --prepare fashion-mnist"
     try:

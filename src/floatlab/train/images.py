@@ -249,6 +249,22 @@ class ImageData:
         return self.train_x[idx], self.train_y[idx]
 
 
+def _read_split(d: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    imgs, labels = (read_idx(idx_file(d, n)) for n in FILES[split])
+    if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
+        raise ValueError(f"{d}: the {split} images {imgs.shape} and labels {labels.shape} do not match")
+    return imgs, labels
+
+
+def check_fashion_mnist() -> Path:
+    """The folder :func:`load_fashion_mnist` would read, after reading its four files as it does
+    (without making tensors). Raises :class:`DataMissing` or ``ValueError`` (a damaged file, named)."""
+    d = find_fashion_mnist()
+    for split in ("train", "test"):
+        _read_split(d, split)
+    return d
+
+
 def load_fashion_mnist(train_limit: int | None = None) -> ImageData:
     """Fashion-MNIST as :class:`ImageData` (the first ``train_limit`` training images if given;
     the whole test set). Raises :class:`DataMissing` (how to get it) or ``ValueError`` (a damaged
@@ -256,9 +272,7 @@ def load_fashion_mnist(train_limit: int | None = None) -> ImageData:
     d = find_fashion_mnist()
     parts = []
     for split in ("train", "test"):
-        imgs, labels = (read_idx(idx_file(d, n)) for n in FILES[split])
-        if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
-            raise ValueError(f"{d}: the {split} images {imgs.shape} and labels {labels.shape} do not match")
+        imgs, labels = _read_split(d, split)
         x = torch.from_numpy(imgs.astype(np.float32) / 255.0).unsqueeze(1)
         y = torch.from_numpy(labels.astype(np.int64))
         parts += [x, y]
