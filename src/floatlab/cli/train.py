@@ -177,7 +177,7 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
     from floatlab.train.checkpoint import ConfigMismatch
     from floatlab.train.image_experiment import plan_runs, resolve, run_image_experiment
     from floatlab.train.image_run import RULES, get_image_preset, load_data
-    from floatlab.train.images import DataMissing
+    from floatlab.train.images import ENV_VAR, DataMissing
 
     check_int(seeds, "--seeds", 1)
     if steps is not None:
@@ -195,7 +195,6 @@ def _image_command(recipe, seeds, steps, preset, out, task, model, rule, threads
         p = get_image_preset(preset).with_steps(steps)
     with flag_errors("--recipe", OSError):
         runs = resolve(recipe or list(IMAGE_RECIPES), how)
-    from floatlab.train.images import ENV_VAR
     own = task == "fashion-mnist" and bool(os.environ.get(ENV_VAR))
     try:
         data = load_data(task, p)
