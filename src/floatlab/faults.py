@@ -29,6 +29,7 @@ import torch
 from floatlab.formats.block import BlockFormat
 from floatlab.formats.registry import get_format
 from floatlab.ops.api import decode, encode
+from floatlab.rounding import check_generator
 from floatlab.tensor.qtensor import QTensor
 
 CODES = "codes"
@@ -52,12 +53,6 @@ def _check_q(q) -> QTensor:
         raise TypeError(f"expected a QTensor (from floatlab.encode), got {type(q).__name__}; "
                         "use floatlab.faults.inject for a float tensor")
     return q
-
-
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), "
-                        f"got {type(generator).__name__}")
 
 
 def _width(q: QTensor, target: str) -> int:
@@ -219,7 +214,7 @@ def flip_random(q: QTensor, n: int | None = None, *, rate: float | None = None, 
         TypeError: ``q`` is not a QTensor, ``generator`` is not a ``torch.Generator``.
     """
     _check_q(q)
-    _check_generator(generator)
+    check_generator(generator)
     if (n is None) == (rate is None):
         raise ValueError("give exactly one of n (number of flips) and rate (bit error rate)")
     if target == "all":
@@ -327,7 +322,7 @@ def bit_sensitivity(fmt, *, data: str = "codes", samples: int = 65536, large: fl
         ValueError: ``data="codes"`` with a block format or a format of more than 16 bits.
         TypeError: ``generator`` is not a ``torch.Generator``.
     """
-    _check_generator(generator)
+    check_generator(generator)
     spec = get_format(fmt)
     rows = []
     if data == "codes":

@@ -29,6 +29,8 @@ from __future__ import annotations
 import difflib
 import enum
 
+import torch
+
 
 class RoundingMode(str, enum.Enum):
     RNE = "rne"
@@ -103,6 +105,18 @@ def check_flag(value, name: str, optional: bool = False) -> bool | None:
         return bool(value)
     raise TypeError(f"{name} must be True or False{' (or None)' if optional else ''}, "
                     f"got {type(value).__name__} {value!r}")
+
+
+def check_generator(generator, device=None) -> None:
+    """Refuse a ``generator`` that is not a ``torch.Generator`` (``TypeError``), or, given the
+    ``device`` of the tensor it draws for, one on another device type (``ValueError``)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), "
+                        f"got {type(generator).__name__}")
+    if device is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device} but x is on {device}")
 
 
 MAX_SR_BITS = 52

@@ -36,14 +36,13 @@ from floatlab.formats.base import ScalarFormat
 from floatlab.formats.block import BlockFormat
 from floatlab.formats.floating import FloatFormat
 from floatlab.formats.hifloat8 import HiF8Format
-from floatlab.formats.registry import get_format
+from floatlab.formats.registry import FP64, FP64_NAMES, get_format
 from floatlab.kernels.dispatch import COMPILE_MIN_NUMEL
-from floatlab.rounding import RoundingMode, check_flag, resolve_rounding
+from floatlab.rounding import RoundingMode, check_flag, check_generator, resolve_rounding
 
 from . import lut, scan
 
-FP64 = FloatFormat(11, 52, name="fp64")
-_FP64_NAMES = ("fp64", "float64", "double", "f64", "e11m52")
+_FP64_NAMES = (*FP64_NAMES, "e11m52")     # the emulation's name for e11m52 too
 
 # (canonical spelling, saturate) -> torch dtype whose RNE cast from float32 equals floatlab.quantize
 _NATIVE = {
@@ -213,8 +212,7 @@ class Rounder:
         self.spec = resolve_format(fmt)
         self.mode = resolve_rounding(self.spec, rounding, sr_bits)
         self.saturate = bool(check_flag(saturate, "saturate", optional=True))
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        check_generator(generator)
         self.generator = generator
         self.sr_bits = sr_bits
         self.backend = backend

@@ -149,11 +149,12 @@ def p3109_format(precision: int, signed: bool = True, extended: bool = True) -> 
 #: IEEE double's names: a spelled format (e11m52), not registered, so that listings and sweeps
 #: over the registry (``floatlab formats``, quality tables) stay about low precision
 FP64_NAMES = ("fp64", "float64", "double", "f64")
+FP64 = FloatFormat(11, 52, name="fp64")
 
 
 def _parse(key: str):
     if key in FP64_NAMES:
-        return FloatFormat(11, 52, name="fp64")
+        return FP64
     m = _SPELLED_FLOAT.match(key)
     if m:
         unsigned, e, mb, nan, bias, sub, inf = m.groups()

@@ -36,8 +36,7 @@ from floatlab.formats import BlockFormat, get_format
 from floatlab.rounding import parse_rounding
 
 ROUNDINGS = ("rne", "rna", "rnz", "rtz", "rup", "rdn", "rto", "sr", "sr_half")
-DEFAULT_CHUNK = 16
-FP64_NAMES = ("fp64", "float64", "double", "f64")   # IEEE double, as floatlab.emulation names it  # inner dimension of an FP16 tensor-core MMA (m16n8k16)
+DEFAULT_CHUNK = 16   # inner dimension of an FP16 tensor-core MMA (m16n8k16)
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,7 @@ class Accumulator:
             raise ValueError(f"accumulator format must be a non-empty string, got {self.fmt!r}")
         # checked here, not at the first rounding: an unknown name gets its did-you-mean now,
         # and a block format (which would round the running sum block by block) is refused
-        # IEEE double's names (the emulation's no-rounding accumulator) are not registry names
-        if self.fmt.lower() not in FP64_NAMES and isinstance(get_format(self.fmt), BlockFormat):
+        if isinstance(get_format(self.fmt), BlockFormat):
             raise ValueError(f"accumulator format {self.fmt!r} is a block format: an accumulator rounds "
                              "each running sum on its own, so it takes a scalar format (fp32, tf32, "
                              "bf16, fp16, e4m3, ...)")

@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from floatlab.text import plural
-
 from floatlab.emulation.rounding import Rounder, two_product, two_sum
+from floatlab.text import plural
 
 
 class SingularMatrixError(ValueError):
@@ -46,22 +45,22 @@ def _check_matrix(A, what: str = "A") -> torch.Tensor:
         raise ValueError(f"{what} must be a square matrix, got shape {tuple(A.shape)}")
     if A.shape[0] == 0:
         raise ValueError(f"{what} is empty (0 x 0)")
-    bad = ~torch.isfinite(A)
-    if bool(bad.any()):
-        i, j = (int(v) for v in bad.nonzero()[0])
-        raise ValueError(f"{what} has {plural(int(bad.sum()), 'non-finite entry', 'non-finite entries')} (first at row {i}, column {j}: "
-                         f"{A[i, j].item()}); LU needs finite input")
+    _check_finite(A, what, "LU needs finite input")
     return A
 
 
-def _check_finite_rhs(b: torch.Tensor) -> None:
-    """Refuse a right-hand side holding NaN/Inf, naming how many and where the first one is."""
-    bad = ~torch.isfinite(b)
+def _check_finite(t: torch.Tensor, what: str, need: str) -> None:
+    """Refuse a vector or matrix holding NaN/Inf, naming how many and where the first one is."""
+    bad = ~torch.isfinite(t)
     if bool(bad.any()):
         at = tuple(int(v) for v in bad.nonzero()[0])
-        where = f"entry {at[0]}" if b.dim() == 1 else f"row {at[0]}, column {at[1]}"
-        raise ValueError(f"b has {plural(int(bad.sum()), 'non-finite entry', 'non-finite entries')} (first at {where}: {b[at].item()}); "
-                         "the solve needs finite input")
+        where = f"entry {at[0]}" if t.dim() == 1 else f"row {at[0]}, column {at[1]}"
+        raise ValueError(f"{what} has {plural(int(bad.sum()), 'non-finite entry', 'non-finite entries')} "
+                         f"(first at {where}: {t[at].item()}); {need}")
+
+
+def _check_finite_rhs(b: torch.Tensor) -> None:
+    _check_finite(b, "b", "the solve needs finite input")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from floatlab.kernels.block import quantize_block
 from floatlab.ops.autograd import check_grad, straight_through
 from floatlab.plain.block import block_decode, block_encode, block_quantize
 from floatlab.plain.scalar import quantize_to_float64
-from floatlab.rounding import check_flag, resolve_rounding
+from floatlab.rounding import check_flag, check_generator, resolve_rounding
 from floatlab.tensor.qtensor import QTensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -30,15 +30,6 @@ def _check_input(x, what: str = "x") -> None:
         raise TypeError(
             f"{what} has dtype {x.dtype}; floatlab quantizes floating tensors only "
             "(float16, bfloat16, float32, float64). Convert integers with x.float() first.")
-
-
-def _check_generator(generator, x: torch.Tensor) -> None:
-    if generator is None:
-        return
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    if generator.device.type != x.device.type:
-        raise ValueError(f"generator is on {generator.device} but x is on {x.device}")
 
 
 
@@ -124,7 +115,7 @@ def quantize(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     else:
         _reject_block_options(spec, block_options)
         mode = resolve_rounding(spec, rounding, sr_bits)
-    _check_generator(generator, x)
+    check_generator(generator, x.device)
     if x.requires_grad and torch.is_grad_enabled() and grad != "none":
         if out is not None:
             raise ValueError("out= cannot record a gradient: x requires grad. Call quantize without "
@@ -213,7 +204,7 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
     spec = get_format(fmt)
     if isinstance(spec, BlockFormat):
         mode, axis, pad = _block_args(spec, rounding, saturate, sr_bits, block_options)
-        _check_generator(generator, x)
+        check_generator(generator, x.device)
         fast = fast_codes.encode_block(x, spec, mode, generator, sr_bits, backend, axis, pad)
         if fast is not None:
             data, scales, meta = fast
@@ -222,7 +213,7 @@ def encode(x: torch.Tensor, fmt, rounding=None, saturate: bool | None = None,
         return QTensor.from_codes(codes, spec, dtype=x.dtype, scales=scales, meta=meta, shape=x.shape)
     _reject_block_options(spec, block_options)
     mode = resolve_rounding(spec, rounding, sr_bits)
-    _check_generator(generator, x)
+    check_generator(generator, x.device)
     data = fast_codes.encode_scalar(x, spec, mode, bool(saturate), generator, sr_bits, backend)
     if data is not None:
         return QTensor(data, spec, tuple(x.shape), x.dtype)
